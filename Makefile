@@ -1,0 +1,38 @@
+# The README's two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= frontdesk.toml
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	@test -f $(CONFIG) || $(BIN)/frontdesk init -c $(CONFIG)
+	$(BIN)/frontdesk db upgrade -c $(CONFIG)
+	exec $(BIN)/frontdesk run -c $(CONFIG)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy daemon channels storage config
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/smtp_ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,49 @@
+"""The email channel: frontdesk's SMTP server in, the configured relay out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from frontdesk.channels.base import Accept, InboundMessage, OutboundMessage, Receipt
+from frontdesk.config.schema import EmailConfig
+
+from .parse import parse_email
+from .sender import EmailSender
+from .smtp import InboxAddresses, SmtpServer
+
+log = logging.getLogger(__name__)
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(self, config: EmailConfig) -> None:
+        self._config = config
+        self._inboxes = tuple(config.inbox_addresses)
+        self._sender = EmailSender(config.outbound)
+        self.smtp: SmtpServer | None = None
+        if config.smtp_server.enabled:
+            self.smtp = SmtpServer(config.smtp_server, InboxAddresses(self._inboxes))
+
+    async def start(self, accept: Accept) -> None:
+        if self.smtp is not None:
+            if not self._inboxes:
+                log.warning("email.inbox_addresses is empty: the SMTP server refuses every "
+                            "recipient until you name at least one inbox address")
+            await self.smtp.start(accept)
+
+    async def stop(self) -> None:
+        if self.smtp is not None:
+            await self.smtp.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.smtp is None or self.smtp.serving
+
+    def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
+        return parse_email(raw, meta, self._inboxes)
+
+    async def send(self, outbound: OutboundMessage) -> Receipt:
+        return await self._sender.send(outbound)

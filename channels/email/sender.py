@@ -1,0 +1,350 @@
+"""Outbound email: turn an :class:`OutboundMessage` into RFC 5322 mail and relay it over SMTP.
+
+Staff replies, acknowledgements and escalation notices to customers who wrote by email leave
+through the relay named in ``[email.outbound]``. :meth:`EmailSender.build` is pure (it makes the
+message: threading headers, ``Auto-Submitted`` for automated mail, a UTF-8 text body) and
+:meth:`EmailSender.send` speaks SMTP with aiosmtplib: implicit TLS or STARTTLS (required,
+opportunistic or off), certificate checks against the system store or ``ca_file``, AUTH.
+
+The outbox worker retries :class:`TemporaryFailure` with backoff and gives up on
+:class:`PermanentFailure`; both carry a ``reason`` shown to staff, so it is written in plain
+words and never contains the relay password.  Automated mail (acknowledgements) goes out with
+the null envelope sender ``MAIL FROM:<>`` (RFC 3834), so a bounce or an auto-reply to it cannot
+start a mail loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.errors
+import email.policy
+import email.utils
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+
+import aiosmtplib
+from frontdesk.channels.base import (
+    DeliveryError,
+    OutboundMessage,
+    PermanentFailure,
+    Receipt,
+    TemporaryFailure,
+)
+from frontdesk.config.schema import OutboundConfig
+
+logger = logging.getLogger(__name__)
+
+_MASK = "********"
+_LINE_BREAK = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+
+
+def _bare_id(value: str) -> str:
+    """``"<a@b>"`` or ``"a@b"`` → ``"a@b"``."""
+    return value.strip().strip("<>").strip()
+
+
+def _one_line(value: str) -> str:
+    """Header text on one line: a line break (which the email package refuses) becomes a space."""
+    return _LINE_BREAK.sub(" ", value).strip()
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, then what caused it (``raise ... from``), then what it was raised in."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+class EmailSender:
+    """Builds and relays outbound email according to ``[email.outbound]``.
+
+    ``hostname`` is the name given in EHLO; by default the machine's FQDN, looked up once.
+    ``clock`` returns the time for the Date header (an aware datetime); tests inject one.
+    """
+
+    channel = "email"
+
+    def __init__(
+        self,
+        config: OutboundConfig,
+        *,
+        hostname: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self._hostname = hostname
+        self._clock = clock or (lambda: datetime.now(UTC))
+        _, address = email.utils.parseaddr(config.from_)
+        if "@" not in address:
+            raise ValueError(
+                f"email.outbound.from = {config.from_!r} does not contain an email address"
+            )
+        self.from_address = address
+        self.from_domain = address.rpartition("@")[2]
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def relay(self) -> str:
+        """``host:port`` of the relay, as people read it."""
+        return f"{self.config.host}:{self.config.port}"
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self, out: OutboundMessage) -> EmailMessage:
+        """The RFC 5322 message for ``out`` (CRLF line ends when serialised). No I/O.
+
+        Raises ValueError (or an :class:`email.errors.MessageError`) for an address that cannot
+        be written in a header.
+        """
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["From"] = self.config.from_
+        msg["To"] = Address(display_name=_one_line(out.to_name), addr_spec=out.to_address.strip())
+        msg["Subject"] = _one_line(out.subject)
+        msg["Date"] = email.utils.format_datetime(self._clock())
+        if out.message_id:
+            msg["Message-ID"] = f"<{_bare_id(out.message_id)}>"
+        else:
+            msg["Message-ID"] = email.utils.make_msgid(domain=self.from_domain)
+        if out.in_reply_to:
+            msg["In-Reply-To"] = f"<{_bare_id(out.in_reply_to)}>"
+        refs = [_bare_id(ref) for ref in out.references if _bare_id(ref)]
+        if refs:
+            msg["References"] = " ".join(f"<{ref}>" for ref in refs)
+        if out.reply_to:
+            msg["Reply-To"] = out.reply_to
+        if out.automated:
+            msg["Auto-Submitted"] = "auto-replied"
+            msg["X-Auto-Response-Suppress"] = "All"
+        text = out.text.replace("\r\n", "\n").replace("\r", "\n")
+        msg.set_content(text, subtype="plain", charset="utf-8")
+        return msg
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(self, out: OutboundMessage) -> Receipt:
+        """Relay ``out``; the receipt holds its Message-ID and the relay's final reply."""
+        try:
+            msg = self.build(out)
+        except (ValueError, email.errors.MessageError) as exc:
+            raise PermanentFailure(
+                f"the email to {out.to_address!r} could not be written: {exc}"
+            ) from None
+        message_id = _bare_id(str(msg["Message-ID"]))
+        sender = "" if out.automated else self.from_address
+        recipient = out.to_address.strip()
+        config = self.config
+
+        tls_context = (
+            await self._tls_context() if (config.tls or config.starttls != "off") else None
+        )
+        smtp = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            local_hostname=await self._local_hostname(),
+            timeout=config.timeout.total_seconds(),
+            use_tls=config.tls,
+            start_tls=False,  # decided below, so "required" and "opportunistic" differ
+            tls_context=tls_context,
+        )
+        stage = "connect"
+        try:
+            await smtp.connect()
+            if not config.tls and config.starttls != "off":
+                stage = "ehlo"
+                await smtp.ehlo()
+                if smtp.supports_extension("starttls"):
+                    stage = "starttls"
+                    await smtp.starttls()
+                elif config.starttls == "required":
+                    raise TemporaryFailure(
+                        f"the mail relay {self.relay} does not offer STARTTLS, and "
+                        'email.outbound.starttls is "required", so nothing was sent'
+                    )
+            if config.username:
+                stage = "auth"
+                if smtp.get_transport_info("sslcontext") is None:
+                    raise TemporaryFailure(
+                        f"frontdesk will not send its login for the mail relay {self.relay} "
+                        "over an unencrypted connection (the relay did not offer STARTTLS, or "
+                        'email.outbound.starttls is "off"); use STARTTLS, or tls = true on '
+                        "port 465"
+                    )
+                await smtp.login(config.username, config.password.get_secret_value())
+            stage = "send"
+            _, reply = await smtp.send_message(msg, sender=sender, recipients=[recipient])
+        except DeliveryError as own:
+            smtp.close()
+            logger.warning("email %s to %s not sent: %s", message_id, recipient, own.reason)
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
+            smtp.close()
+            failure = self._failure(exc, stage, recipient, sender)
+            logger.warning("email %s to %s not sent: %s", message_id, recipient, failure.reason)
+            raise failure from exc
+        except BaseException:
+            smtp.close()
+            raise
+        await self._quit(smtp)
+        logger.info("email %s to %s accepted by %s: %s", message_id, recipient, self.relay, reply)
+        return Receipt(remote_id=message_id, detail=reply)
+
+    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        """Say goodbye; the message is already accepted, so a failure here does not matter."""
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            smtp.close()
+
+    async def _local_hostname(self) -> str:
+        if self._hostname is None:
+            self._hostname = await asyncio.to_thread(socket.getfqdn) or "localhost"
+        return self._hostname
+
+    async def _tls_context(self) -> ssl.SSLContext:
+        """The client TLS context, made once (reading CA files is blocking, so in a thread)."""
+        if self._tls is None:
+            try:
+                self._tls = await asyncio.to_thread(self._make_tls_context)
+            except (OSError, ValueError) as exc:
+                raise TemporaryFailure(
+                    f"the CA file email.outbound.ca_file = {self.config.ca_file!r} could not "
+                    f"be read: {getattr(exc, 'strerror', None) or exc}"
+                ) from exc
+        return self._tls
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.ca_file or None)
+        if not self.config.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    # -- turning errors into words --------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self.config.password.get_secret_value()
+        return text.replace(password, _MASK) if password else text
+
+    def _failure(
+        self, exc: BaseException, stage: str, recipient: str, sender: str
+    ) -> DeliveryError:
+        failure = self._classify(exc, stage, recipient, sender)
+        failure.reason = self._scrub(failure.reason)
+        failure.args = (failure.reason,)
+        return failure
+
+    def _classify(
+        self, exc: BaseException, stage: str, recipient: str, sender: str
+    ) -> DeliveryError:
+        relay = self.relay
+        seconds = int(self.config.timeout.total_seconds())
+        within = "1 second" if seconds == 1 else f"{seconds} seconds"
+
+        cert = _find(exc, ssl.SSLCertVerificationError)
+        if isinstance(cert, ssl.SSLCertVerificationError):
+            return TemporaryFailure(
+                f"the mail relay {relay}'s certificate could not be verified "
+                f"({cert.verify_message or cert}); set email.outbound.ca_file to the CA that "
+                "signed it, or verify_tls = false if you accept an unverified relay"
+            )
+        tls = _find(exc, ssl.SSLError)
+        if tls is not None:
+            return TemporaryFailure(f"the TLS handshake with the mail relay {relay} failed ({tls})")
+
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return TemporaryFailure(
+                f"the mail relay {relay} rejected frontdesk's login as "
+                f"{self.config.username!r} ({exc.code} {exc.message}); check "
+                "email.outbound.username and password"
+            )
+        if stage == "auth" and type(exc) is aiosmtplib.SMTPException:
+            return TemporaryFailure(
+                f"the mail relay {relay} does not accept a login (no AUTH offered), but "
+                "email.outbound.username is set"
+            )
+
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 530:
+            # RFC 4954 / RFC 3207: "authentication required" or "must issue STARTTLS first".
+            # The relay's rule, not the message's fault: a config fix makes the retry work.
+            return TemporaryFailure(
+                f"the mail relay {relay} requires a login or STARTTLS first "
+                f"({exc.code} {exc.message}); check email.outbound.username, password "
+                "and starttls"
+            )
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+            if exc.recipients[0].code == 530:
+                return self._classify(exc.recipients[0], stage, recipient, sender)
+            refused = exc.recipients[0]
+            reply = f"{refused.code} {refused.message}"
+            if 500 <= refused.code < 600:
+                return PermanentFailure(
+                    f"the mail relay refused the recipient {refused.recipient}: {reply}"
+                )
+            return TemporaryFailure(
+                f"the mail relay {relay} deferred the recipient {refused.recipient}: {reply}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            who = exc.sender or "<> (the null sender of automated mail)"
+            return self._by_code(exc, f"the mail relay {relay} refused the sender {who}")
+        if isinstance(exc, aiosmtplib.SMTPDataError):
+            return self._by_code(exc, f"the mail relay {relay} refused the message")
+        if isinstance(exc, aiosmtplib.SMTPNotSupported):
+            return PermanentFailure(
+                f"the mail relay {relay} cannot take this message: {exc.message}"
+            )
+
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            what = {
+                "connect": "turned frontdesk away",
+                "ehlo": "refused frontdesk's greeting (EHLO)",
+                "starttls": "refused STARTTLS",
+            }.get(stage)
+            if what is not None:  # the relay's problem or ours, not the message's: retry
+                return TemporaryFailure(f"the mail relay {relay} {what}: {exc.code} {exc.message}")
+            return self._by_code(exc, f"the mail relay {relay} answered")
+
+        if isinstance(exc, TimeoutError) or _find(exc, TimeoutError) is not None:
+            doing = "connecting" if stage == "connect" else "waiting for an answer"
+            return TemporaryFailure(
+                f"the mail relay {relay} did not answer within {within} ({doing})"
+            )
+        if _find(exc, ConnectionRefusedError) is not None:
+            return TemporaryFailure(f"mail relay {relay} refused the connection")
+        if _find(exc, socket.gaierror) is not None:
+            return TemporaryFailure(
+                f"the mail relay's name {self.config.host!r} could not be resolved (DNS)"
+            )
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            return TemporaryFailure(f"the mail relay {relay} closed the connection unexpectedly")
+        if isinstance(exc, (aiosmtplib.SMTPConnectError, OSError)):
+            cause = _find(exc, OSError)
+            detail = getattr(cause, "strerror", None) or str(cause or exc)
+            return TemporaryFailure(f"could not connect to the mail relay {relay} ({detail})")
+        if isinstance(exc, ValueError):
+            return PermanentFailure(
+                f"the address {recipient!r} (or the sender {sender!r}) cannot be used in "
+                f"SMTP: {exc}"
+            )
+        return TemporaryFailure(f"sending through the mail relay {relay} failed: {exc}")
+
+    @staticmethod
+    def _by_code(exc: aiosmtplib.SMTPResponseException, what: str) -> DeliveryError:
+        reason = f"{what}: {exc.code} {exc.message}"
+        if 500 <= exc.code < 600:
+            return PermanentFailure(reason)
+        return TemporaryFailure(reason)

@@ -1,0 +1,119 @@
+"""Loading frontdesk.toml: TOML first, then FRONTDESK_<SECTION>__<KEY> environment overrides.
+
+Errors come back as a list of ``(key, message)`` so ``frontdesk check`` can name every bad or
+unknown key at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .schema import Settings
+
+ENV_PREFIX = "FRONTDESK_"
+CONFIG_ENV = "FRONTDESK_CONFIG"
+DEFAULT_PATH = "frontdesk.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``problems`` is a list of (key, message)."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = [f"{key}: {msg}" if key else msg for key, msg in problems]
+        super().__init__(f"{path}: " + "; ".join(lines))
+
+
+class _EnvSettings(Settings, BaseSettings):
+    """Settings with pydantic-settings' environment source layered over the TOML values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_nested_max_split=0,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The first source wins: the environment overrides the file.
+        return env_settings, init_settings
+
+
+def resolve_path(path: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """``-c`` wins, then $FRONTDESK_CONFIG, then ./frontdesk.toml."""
+    return Path(path or environ.get(CONFIG_ENV) or DEFAULT_PATH)
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item == "from_":
+            parts.append("from")
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def problems_of(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(_key(tuple(e["loc"])), _message(e)) for e in exc.errors()]
+
+
+def load_settings(path: Path | str, *, require_file: bool = True) -> Settings:
+    """Read and validate the config file plus environment overrides, or raise ConfigError."""
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), [("", f"not valid TOML: {exc}")]) from None
+        except OSError as exc:
+            raise ConfigError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    elif require_file:
+        raise ConfigError(
+            str(path), [("", "no such config file; `frontdesk init` writes a starter one")]
+        )
+    try:
+        env_settings = _EnvSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), problems_of(exc)) from None
+    return Settings.model_validate(env_settings.model_dump(by_alias=True))
+
+
+__all__ = ["ConfigError", "load_settings", "resolve_path", "InitSettingsSource"]

@@ -1,0 +1,193 @@
+"""The composition root: builds the daemon from settings and runs its lifecycle.
+
+Start: migrate the store, start the journal, the processor (which first finishes whatever a
+previous run left pending), the outbox worker, the HTTP server and the enabled channels, then tell
+systemd READY. Stop (SIGTERM/SIGINT): STOPPING, stop taking messages, let in-flight ones commit,
+finish the batch in hand, and exit 0 within ``daemon.shutdown_timeout``. Whatever was not sent
+stays queued in the store for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from frontdesk.channels.base import Channel
+from frontdesk.config.schema import Settings
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import InboundJournal, Outbox
+
+from .business_hours import BusinessCalendar, calendar_from_settings
+from .http import HttpServer
+from .ingest import AttachmentStore, Journal, Processor, ThreadingRules
+from .metrics import Metrics
+from .outbox import OutboxWorker, RetryPolicy
+from .systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SlaClock:
+    """Due times from the SLA and the business calendar."""
+
+    def __init__(self, calendar: BusinessCalendar, first_response: timedelta) -> None:
+        self.calendar = calendar
+        self.first_response = first_response
+
+    def first_response_due(self, start: datetime) -> datetime:
+        return self.calendar.add(start, self.first_response)
+
+
+def disabled_channels(settings: Settings) -> list[str]:
+    """One line per channel that will not run, saying why (no tracebacks, no secrets)."""
+    lines = []
+    t = settings.twilio
+    if not (t.account_sid and t.auth_token.get_secret_value()):
+        lines.append("twilio channel (sms, whatsapp, voice) disabled: "
+                     "twilio.account_sid and twilio.auth_token are not set")
+    else:
+        lines.append("twilio channel (sms, whatsapp, voice) disabled: "
+                     "this version of frontdesk has no Twilio channel yet")
+    if not settings.telegram.bot_token.get_secret_value():
+        lines.append("telegram channel disabled: telegram.bot_token is not set")
+    else:
+        lines.append("telegram channel disabled: this version of frontdesk has no Telegram "
+                     "channel yet")
+    if not settings.slack.bot_token.get_secret_value():
+        lines.append("slack desk disabled: slack.bot_token is not set")
+    else:
+        lines.append("slack desk disabled: this version of frontdesk has no Slack desk yet")
+    if not settings.email.imap.host:
+        lines.append("imap mailbox disabled: email.imap.host is not set")
+    else:
+        lines.append("imap mailbox disabled: this version of frontdesk has no IMAP reader yet")
+    if not settings.email.smtp_server.enabled:
+        lines.append("smtp server disabled: email.smtp_server.enabled is false")
+    return lines
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, clock: Clock = utcnow,
+                 notifier: Notifier | None = None) -> None:
+        from frontdesk.channels.email.channel import EmailChannel
+
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier.from_environ()
+        self.store = Store(settings.database.url, synchronous=settings.database.sqlite_synchronous)
+        self.sla = SlaClock(calendar_from_settings(settings.sla), settings.sla.first_response)
+        self.email = EmailChannel(settings.email)
+        self.channels: list[Channel] = [self.email]
+        self.processor = Processor(
+            self.store,
+            parsers={c.name: c.parse for c in self.channels},
+            attachments=AttachmentStore(Path(settings.daemon.data_dir)),
+            due=self.sla,
+            rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
+            clock=clock, metrics=self.metrics,
+        )
+        self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
+                               on_commit=self.processor.kick)
+        d = settings.daemon
+        self.outbox = OutboxWorker(
+            self.store, senders={c.name: c.send for c in self.channels}, clock=clock,
+            metrics=self.metrics,
+            policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
+            poll=d.outbox_poll,
+        )
+        self.http = HttpServer(settings.http.listen, metrics=self.metrics,
+                               readiness=self.readiness, refresh_metrics=self.refresh_gauges)
+        self._started: list[Channel] = []
+        self._stop = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks = {"store": "ok" if await self.store.ping() else "unreachable"}
+        for channel in self.channels:
+            checks[channel.name] = "ok" if channel in self._started and channel.ready else "down"
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def refresh_gauges(self) -> None:
+        async with self.store.reader() as s:
+            self.metrics.outbox_depth.set((await s.execute(
+                select(func.count()).select_from(Outbox).where(Outbox.state == "pending")
+            )).scalar_one())
+            counts = dict((await s.execute(
+                select(InboundJournal.state, func.count()).where(
+                    InboundJournal.state.in_(("pending", "failed")))
+                .group_by(InboundJournal.state)
+            )).tuples().all())
+        self.metrics.journal_pending.set(counts.get("pending", 0))
+        self.metrics.journal_failed_now.set(counts.get("failed", 0))
+
+    async def start(self) -> None:
+        self.notifier.notify("STATUS=starting")
+        await self.store.ensure_schema()
+        self.journal.start()
+        self.processor.start()
+        self.outbox.start()
+        await self.http.start()
+        for line in disabled_channels(self.settings):
+            log.info("%s", line)
+        for channel in self.channels:
+            await channel.start(self.journal.accept)
+            self._started.append(channel)
+            self.metrics.channel_up.labels(channel.name).set(1)
+        self._watchdog = asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog")
+        self.notifier.notify("READY=1", "STATUS=running")
+        log.info("frontdesk is running")
+
+    async def stop(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping: no new messages; finishing what is in flight")
+        timeout = self.settings.daemon.shutdown_timeout.total_seconds()
+
+        async def drain() -> None:
+            for channel in reversed(self._started):
+                await channel.stop()
+                self.metrics.channel_up.labels(channel.name).set(0)
+            await self.journal.stop()
+            await self.processor.stop()
+            await self.outbox.stop()
+
+        try:
+            await asyncio.wait_for(drain(), timeout=max(1.0, timeout - 2))
+        except TimeoutError:
+            log.warning("shutdown_timeout reached; unsent work stays queued for the next start")
+        if self._watchdog:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self.http.stop()
+        await self.store.dispose()
+        log.info("stopped cleanly")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, wait for SIGTERM/SIGINT, stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

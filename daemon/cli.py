@@ -1,0 +1,424 @@
+"""The ``frontdesk`` command line.
+
+Exit codes: 0 success, 1 for anything that went wrong (bad config, unknown reference, store
+unreachable), 2 for a usage error. Problems are one short line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any, NoReturn
+
+from sqlalchemy import select
+
+from frontdesk.config.loader import ConfigError, load_settings, resolve_path
+from frontdesk.config.schema import Settings, parse_duration
+
+log = logging.getLogger("frontdesk")
+
+
+class Failure(Exception):
+    """A problem to report in one line, exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n(see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
+                        help="config file (default: $FRONTDESK_CONFIG, then ./frontdesk.toml)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _Parser(prog="frontdesk", description="Omnichannel support inbox daemon.",
+                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    sub.add_parser("init", parents=[common],
+                   help="write a starter config (never overwrites) and migrate the store")
+    check = sub.add_parser("check", parents=[common], help="validate the config")
+    check.add_argument("--show", action="store_true",
+                       help="print the effective config (secrets masked)")
+    db = sub.add_parser("db", parents=[common], help="store maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser,
+                               metavar="COMMAND")
+    db_sub.add_parser("upgrade", parents=[common], help="apply the store's migrations")
+    conv = sub.add_parser("conversations", parents=[common, as_json],
+                          help="list conversations, newest first")
+    conv.add_argument("--status", choices=["open", "pending", "snoozed", "resolved"])
+    conv.add_argument("--limit", type=int, metavar="N")
+    show = sub.add_parser("show", parents=[common, as_json], help="one conversation")
+    show.add_argument("ref", metavar="REF", help="FD-12 or 12")
+    reply = sub.add_parser("reply", parents=[common], help="send a staff reply")
+    reply.add_argument("ref", metavar="REF")
+    reply.add_argument("text", metavar="TEXT")
+    reply.add_argument("--as", dest="author", metavar="NAME",
+                       help="the staff member's name (default: $USER)")
+    report = sub.add_parser("report", parents=[common, as_json], help="service figures")
+    report.add_argument("--since", default="7d", help='the period, like "7d" or "24h"')
+    journal = sub.add_parser("journal", parents=[common, as_json],
+                             help="inbound messages that failed to process")
+    journal.add_argument("--failed", action="store_true", help="only failed ones")
+    journal.add_argument("--limit", type=int, default=50, metavar="N")
+    journal_sub = journal.add_subparsers(dest="journal_command", parser_class=_Parser,
+                                         metavar="retry")
+    retry = journal_sub.add_parser("retry", parents=[common, as_json],
+                                   help="process failed messages again")
+    retry.add_argument("id", nargs="?", type=int, metavar="ID")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(resolve_path(getattr(args, "config", None)))
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _with_store(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from frontdesk.storage.db import Store
+
+    store = Store(settings.database.url, synchronous=settings.database.sqlite_synchronous)
+    try:
+        await store.ensure_schema()
+        return await work(store)
+    finally:
+        await store.dispose()
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import Daemon
+
+    settings = _settings(args)
+    _logging(settings.daemon.log_level)
+    try:
+        asyncio.run(Daemon(settings).run())
+    except OSError as exc:
+        raise Failure(f"cannot start: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = resolve_path(getattr(args, "config", None))
+    if path.exists():
+        print(f"{path} exists; left as it is")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with files("frontdesk.config").joinpath("frontdesk.example.toml").open("rb") as src, \
+                open(path, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.chmod(path, 0o640)
+        print(f"wrote {path}")
+    settings = load_settings(path)
+
+    async def work(store: Any) -> int:
+        print(f"store ready: {_safe_url(settings.database.url)}")
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .app import disabled_channels
+
+    path = resolve_path(getattr(args, "config", None))
+    settings = load_settings(path)
+    print(f"{path}: OK")
+    for line in disabled_channels(settings):
+        print(f"  {line}")
+    if not settings.email.inbox_addresses:
+        print("  warning: email.inbox_addresses is empty; the SMTP server will refuse all mail")
+    if args.show:
+        print(json.dumps(masked(settings), indent=2))
+    return 0
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as JSON-able data, every secret shown as ********."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    data["database"]["url"] = _safe_url(settings.database.url)
+    return data
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from frontdesk.storage.db import Store, head_revision
+
+    async def work() -> int:
+        store = Store(settings.database.url)
+        try:
+            await store.upgrade()
+            print(f"store at revision {await store.current_revision()} (head {head_revision()})")
+        finally:
+            await store.dispose()
+        return 0
+
+    return asyncio.run(work())
+
+
+def cmd_conversations(args: argparse.Namespace) -> int:
+    from frontdesk.storage.models import Conversation
+
+    from .conversations import conversation_view
+
+    settings = _settings(args)
+    if args.limit is not None and args.limit < 1:
+        raise Failure("--limit must be at least 1")
+
+    async def work(store: Any) -> int:
+        query = select(Conversation).order_by(Conversation.created_at.desc(),
+                                              Conversation.id.desc())
+        if args.status:
+            query = query.where(Conversation.status == args.status)
+        if args.limit:
+            query = query.limit(args.limit)
+        async with store.reader() as s:
+            rows = [conversation_view(c) for c in (await s.execute(query)).unique().scalars()]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no conversations")
+        else:
+            for c in rows:
+                who = c["contact"]["name"] or ""
+                address = (c["contact"]["identities"] or [{"address": ""}])[0]["address"]
+                print(f"{c['reference']:>8}  {c['status']:8} {c['channel']:8} "
+                      f"{c['created_at'][:16].replace('T', ' ')}  {who} <{address}>  "
+                      f"{c['subject']}")
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .conversations import conversation_detail, get_conversation, messages_of
+
+    settings = _settings(args)
+
+    async def work(store: Any) -> int:
+        async with store.reader() as s:
+            conversation = await get_conversation(s, args.ref)
+            detail = conversation_detail(conversation, await messages_of(s, conversation.id))
+        if args.json:
+            _print_json(detail)
+        else:
+            print(_format_detail(detail))
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def _format_detail(d: dict[str, Any]) -> str:
+    contact = d["contact"]
+    ids = ", ".join(f"{i['channel']}:{i['address']}" for i in contact["identities"])
+    lines = [
+        f"{d['reference']}  {d['subject']}",
+        f"  status {d['status']}, priority {d['priority']}, channel {d['channel']}"
+        + (f", assigned to {d['assignee']}" if d["assignee"] else ""),
+        f"  contact {contact['name'] or '(no name)'} ({ids})",
+        f"  created {d['created_at']}, first response due {d['first_response_due_at'] or '-'}"
+        + (f", answered {d['first_responded_at']}" if d["first_responded_at"] else ""),
+        "",
+    ]
+    for m in d["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        who = m["author_name"] or m["address"] or m["author"]
+        status = f" [{m['delivery_status']}]" if m["delivery_status"] else ""
+        flags = " (automated)" if m["automated"] else ""
+        lines.append(f"{arrow} {m['created_at']} {m['author']} {who}{status}{flags}")
+        if m.get("failure_reason"):
+            lines.append(f"   failed: {m['failure_reason']}")
+        for a in m["attachments"]:
+            lines.append(f"   attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+        lines.extend("   " + line for line in (m["text"] or "").splitlines() or [""])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cmd_reply(args: argparse.Namespace) -> int:
+    from .conversations import add_staff_reply, get_conversation
+
+    settings = _settings(args)
+    author = args.author or os.environ.get("USER") or "staff"
+
+    async def work(store: Any) -> int:
+        async with store.session() as s:
+            conversation = await get_conversation(s, args.ref)
+            message = await add_staff_reply(s, conversation, args.text, author=author,
+                                            settings=settings, now=_now())
+        print(f"queued reply #{message.id} to {message.address} on {conversation.reference}")
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .business_hours import calendar_from_settings
+    from .report import build_report, format_report
+
+    settings = _settings(args)
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        raise Failure(f"--since: {exc}") from None
+
+    async def work(store: Any) -> int:
+        async with store.reader() as s:
+            report = await build_report(s, since=since, now=_now(),
+                                        calendar=calendar_from_settings(settings.sla))
+        if args.json:
+            _print_json(report)
+        else:
+            print(format_report(report))
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from frontdesk.storage.models import InboundJournal
+
+    from .conversations import iso
+
+    settings = _settings(args)
+
+    def view(row: Any) -> dict[str, Any]:
+        return {"id": row.id, "channel": row.channel, "remote_id": row.remote_id,
+                "state": row.state, "received_at": iso(row.received_at),
+                "processed_at": iso(row.processed_at), "attempts": row.attempts,
+                "error": row.error.splitlines()[0] if row.error else None,
+                "size": row.size, "message_id": row.message_id}
+
+    async def listing(store: Any) -> int:
+        t = InboundJournal.__table__
+        from sqlalchemy import func
+
+        query = select(t.c.id, t.c.channel, t.c.remote_id, t.c.state, t.c.received_at,
+                       t.c.processed_at, t.c.attempts, t.c.error, t.c.message_id,
+                       func.length(t.c.raw).label("size")).order_by(t.c.id.desc())
+        query = query.where(t.c.state == "failed") if args.failed else query
+        async with store.reader() as s:
+            rows = [view(r) for r in (await s.execute(query.limit(args.limit))).all()]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no failed messages" if args.failed else "the journal is empty")
+        else:
+            for r in rows:
+                print(f"#{r['id']:<6} {r['state']:8} {r['channel']:8} {r['received_at']}  "
+                      f"{r['remote_id'][:60]}" + (f"\n        {r['error']}" if r["error"] else ""))
+        return 0
+
+    async def retry(store: Any) -> int:
+        return await _retry(store, settings, args)
+
+    return asyncio.run(_with_store(settings, retry if args.journal_command else listing))
+
+
+async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> int:
+    from .app import Daemon
+    from .ingest import retry_failed
+
+    ids = await retry_failed(store, args.id)
+    if not ids:
+        if args.id is not None:
+            raise Failure(f"journal #{args.id} is not a failed message")
+        print("no failed messages")
+        return 0
+    daemon = Daemon(settings)  # the same parsers and rules as the running daemon
+    try:
+        outcomes = []
+        for start in range(0, len(ids), daemon.processor.batch_size):
+            outcomes += await daemon.processor.process_pending(
+                ids[start:start + daemon.processor.batch_size])
+    finally:
+        await daemon.store.dispose()
+    failed = 0
+    for o in outcomes:
+        if o.error:
+            failed += 1
+            print(f"#{o.journal_id}: failed again: {o.error.splitlines()[0]}")
+        elif o.conversation_id:
+            print(f"#{o.journal_id}: stored in FD-{o.conversation_id}")
+    if args.json:
+        _print_json([{"id": o.journal_id, "conversation_id": o.conversation_id,
+                      "error": o.error.splitlines()[0] if o.error else None} for o in outcomes])
+    return 1 if failed else 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "init": cmd_init, "check": cmd_check, "db": cmd_db,
+    "conversations": cmd_conversations, "show": cmd_show, "reply": cmd_reply,
+    "report": cmd_report, "journal": cmd_journal,
+}
+
+
+def _logging(level: str) -> None:
+    under_systemd = "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command != "run":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"frontdesk: config {exc.path} is not valid:", file=sys.stderr)
+        for key, message in exc.problems:
+            print(f"  {key}: {message}" if key else f"  {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for people; details at debug level
+        from .conversations import CannotReply, UnknownConversation
+
+        if isinstance(exc, Failure | UnknownConversation | CannotReply):
+            print(f"frontdesk: {exc}", file=sys.stderr)
+        else:
+            log.debug("command failed", exc_info=True)
+            print(f"frontdesk: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "failed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+

@@ -1,0 +1,128 @@
+"""Engines, sessions and migrations: the store's unit of work.
+
+SQLite (aiosqlite) is the embedded default: WAL, a busy timeout, foreign keys, and
+``BEGIN IMMEDIATE`` so read-then-write transactions never fail with "database is locked".
+PostgreSQL (asyncpg) is the same schema through the same Alembic migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _sqlite_events(engine: AsyncEngine, synchronous: str) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, synchronous: str = "full", **kwargs: Any) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, **kwargs)
+        _sqlite_events(engine, synchronous)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **kwargs)
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
+    if connection.dialect.name == "postgresql":
+        # Several instances may start at once: one migrates, the others wait and find it done.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+    command.upgrade(_alembic_config(connection), "head")
+
+
+class Store:
+    """The engine and its sessions. ``async with store.session() as s:`` is one transaction."""
+
+    def __init__(self, url: str, *, synchronous: str = "full", **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
+        self.dialect = self.engine.dialect.name
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction commits on success and rolls back on error."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    def reader(self) -> AsyncSession:
+        """A session for reads (``async with store.reader() as s``)."""
+        return self._sessions()
+
+    async def current_revision(self) -> str | None:
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+                return row[0] if row else None
+        except (OperationalError, ProgrammingError):
+            return None
+
+    async def upgrade(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def ensure_schema(self) -> None:
+        """Migrate to the newest schema unless the store is there already (a cheap check)."""
+        if await self.current_revision() != head_revision():
+            log.info("migrating the store to revision %s", head_revision())
+            await self.upgrade()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - readiness reports any store failure
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,129 @@
+"""Shared fixtures: settings on a temp dir, the store on SQLite and (when named) PostgreSQL,
+and a daemon running on the test's own event loop with loopback ports chosen by the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from frontdesk.config.schema import Settings  # noqa: E402
+
+POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"
+PG_SKIP = (f"PostgreSQL tests need {POSTGRES_ENV} "
+           "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test); .ci/run sets it")
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _pg_admin_url(url: str) -> str:
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base)
+    name = f"fd_test_{secrets.token_hex(4)}"
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Store tests run on both backends (PostgreSQL only when FRONTDESK_TEST_POSTGRES_URL is set)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def settings_for(tmp_path: Path, *, database_url: str | None = None,
+                 **sections: dict[str, Any]) -> Settings:
+    data: dict[str, Any] = {
+        "database": {"url": database_url or f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"},
+        "http": {"listen": "127.0.0.1:0"},
+        "email": {"inbox_addresses": ["support@example.com"],
+                  "smtp_server": {"listen": "127.0.0.1:0", "hostname": "frontdesk.test"},
+                  "outbound": {"host": "127.0.0.1", "port": 9, "from": "Support <support@example.com>",
+                               "starttls": "off"}},
+        "daemon": {"data_dir": str(tmp_path / "data"), "outbox_poll": "1s",
+                   "outbox_retry_initial": "1s", "outbox_retry_max": "2s",
+                   "shutdown_timeout": "10s"},
+        "sla": {"business_hours": "always", "first_response": "1h", "timezone": "UTC"},
+    }
+    for section, values in sections.items():
+        target = data.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = {**target[key], **value}
+            else:
+                target[key] = value
+    return Settings.model_validate(data)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **kw: settings_for(tmp_path, **kw)
+
+
+@pytest.fixture
+async def daemon_factory() -> AsyncIterator[Callable[..., Any]]:
+    """Start daemons on this loop; every one still running is stopped at the end."""
+    from frontdesk.daemon.app import Daemon
+
+    started: list[Daemon] = []
+
+    async def start(settings: Settings, **kwargs: Any) -> Daemon:
+        d = Daemon(settings, **kwargs)
+        await d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if not d._stop.is_set():
+            d.request_stop()
+            await d.stop()

@@ -1,0 +1,79 @@
+"""Small helpers the end-to-end tests share: send mail over real SMTP, wait for the store."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+
+from frontdesk.daemon.conversations import conversation_detail, get_conversation, messages_of
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import Conversation, InboundJournal
+
+T = TypeVar("T")
+
+
+def mail(frm: str = "Ada Lovelace <ada@example.org>", to: str = "support@example.com",
+         subject: str = "Order 1234 never arrived", body: str = "Hello, where is my order?",
+         msgid: str | None = "<m1@example.org>", **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = frm
+    msg["To"] = to
+    msg["Subject"] = subject
+    if msgid:
+        msg["Message-ID"] = msgid
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+def smtp_send(port: int, message: EmailMessage | bytes, *, sender: str = "ada@example.org",
+              rcpt: list[str] | None = None) -> dict[str, Any]:
+    """Send one message; returns smtplib's refused-recipients dict (raises on a refusal)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+        return s.sendmail(sender, rcpt or ["support@example.com"], data)
+
+
+async def send(port: int, message: EmailMessage | bytes, **kw: Any) -> dict[str, Any]:
+    return await asyncio.to_thread(smtp_send, port, message, **kw)
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0,
+                     interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+async def processed(store: Store) -> bool:
+    async with store.reader() as s:
+        pending = (await s.execute(select(func.count()).select_from(InboundJournal)
+                                   .where(InboundJournal.state == "pending"))).scalar_one()
+        total = (await s.execute(select(func.count()).select_from(InboundJournal))).scalar_one()
+    return pending == 0 and total > 0
+
+
+async def conversations(store: Store) -> list[Conversation]:
+    async with store.reader() as s:
+        return list((await s.execute(select(Conversation).order_by(Conversation.id)))
+                    .unique().scalars())
+
+
+async def detail(store: Store, ref: str | int) -> dict[str, Any]:
+    async with store.reader() as s:
+        c = await get_conversation(s, ref)
+        return conversation_detail(c, await messages_of(s, c.id))

@@ -1,0 +1,260 @@
+"""The daemon as a user runs it: `frontdesk run` in its own process, signals, kill -9, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import mail, smtp_send
+from smtp_sink import SmtpSink
+
+FRONTDESK = str(Path(sys.executable).parent / "frontdesk")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A `frontdesk run` process with its config in a temp dir."""
+
+    def __init__(self, tmp: Path, database_url: str, relay_port: int = 9) -> None:
+        self.tmp = tmp
+        self.smtp_port, self.http_port = free_port(), free_port()
+        self.config = tmp / "frontdesk.toml"
+        self.config.write_text(f"""
+[database]
+url = "{database_url}"
+[http]
+listen = "127.0.0.1:{self.http_port}"
+[email]
+inbox_addresses = ["support@example.com"]
+[email.smtp_server]
+listen = "127.0.0.1:{self.smtp_port}"
+hostname = "frontdesk.test"
+[email.outbound]
+host = "127.0.0.1"
+port = {relay_port}
+from = "Example Support <support@example.com>"
+starttls = "off"
+[daemon]
+data_dir = "{tmp}/data"
+shutdown_timeout = "10s"
+outbox_retry_initial = "1s"
+outbox_retry_max = "1s"
+[sla]
+business_hours = "always"
+""")
+        self.log = tmp / "frontdesk.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [FRONTDESK, "run", "-c", str(self.config)], stdin=subprocess.DEVNULL,
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=self.tmp)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
+                                            timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("daemon not ready:\n" + self.log.read_text())
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([FRONTDESK, *args, "-c", str(self.config)], capture_output=True,
+                                text=True, cwd=self.tmp, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Iterator[Proc]:
+    p = Proc(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db")
+    yield p
+    if p.process and p.process.poll() is None:
+        p.process.kill()
+        p.process.wait()
+
+
+def wait_for(check: Any, timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met")
+
+
+def test_mail_that_got_250_survives_kill_9(proc: Proc) -> None:
+    proc.start()
+    for i in range(20):
+        smtp_send(proc.smtp_port, mail(msgid=f"<k{i}@example.org>", subject=f"Kill test {i}"))
+    assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    proc.start()  # the restart processes whatever was journaled but not yet processed
+    convs = wait_for(lambda: len(c := proc.json("conversations")) == 20 and c)
+    assert {c["subject"] for c in convs} == {f"Kill test {i}" for i in range(20)}
+    assert proc.stop() == 0
+
+
+def test_sigterm_drains_and_exits_0(proc: Proc) -> None:
+    proc.start()
+    smtp_send(proc.smtp_port, mail())
+    started = time.monotonic()
+    assert proc.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    log = proc.log.read_text()
+    assert "stopped cleanly" in log and "Traceback" not in log
+    [conv] = proc.json("conversations")
+    assert conv["subject"] == "Order 1234 never arrived"
+
+
+def test_disabled_channels_one_line_each_and_health_routes(proc: Proc) -> None:
+    proc.start()
+    base = f"http://127.0.0.1:{proc.http_port}"
+    with urllib.request.urlopen(base + "/healthz") as r:
+        assert r.status == 200
+    smtp_send(proc.smtp_port, mail())
+    wait_for(lambda: proc.json("conversations"))
+    with urllib.request.urlopen(base + "/metrics") as r:
+        metrics = r.read().decode()
+    assert 'frontdesk_messages_in_total{channel="email"} 1.0' in metrics
+    assert "frontdesk_outbox_depth 0.0" in metrics
+    assert "frontdesk_ingest_latency_seconds_count" in metrics
+    proc.stop()
+    log = proc.log.read_text()
+    for name in ("twilio", "telegram", "slack", "imap"):
+        lines = [line for line in log.splitlines() if name in line and "disabled" in line]
+        assert len(lines) == 1, (name, log)
+    assert "Traceback" not in log
+
+
+def test_staff_reply_reaches_the_relay_with_threading_headers_after_it_comes_up(
+        tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    relay_port = free_port()
+    p = Proc(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db", relay_port=relay_port)
+    p.start()
+    try:
+        smtp_send(p.smtp_port, mail(msgid="<order@example.org>"))
+        [conv] = wait_for(lambda: p.json("conversations"))
+        out = p.cli("reply", conv["reference"], "Your parcel left today.", "--as", "Grace")
+        assert "queued" in out.stdout
+        # The relay is down: the reply stays queued and is retried.
+        wait_for(lambda: "refused the connection" in p.log.read_text())
+        shown = p.json("show", conv["reference"])
+        assert shown["messages"][-1]["delivery_status"] == "queued"
+        assert shown["status"] == "pending"
+        # Bring the relay up on its port: the next retry delivers.
+        loop = asyncio.new_event_loop()
+        sink = SmtpSink()
+        sink_ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                await sink.start(port=relay_port)
+                sink_ready.set()
+                while not sink.messages:
+                    await asyncio.sleep(0.05)
+                await sink.stop()
+            loop.run_until_complete(main())
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert sink_ready.wait(10)
+        thread.join(20)
+        [(mail_from, rcpt, raw)] = sink.messages
+        assert rcpt == ["ada@example.org"]
+        text = raw.decode()
+        assert "In-Reply-To: <order@example.org>" in text
+        assert "References: <order@example.org>" in text
+        assert f"[{conv['reference']}]" in text
+        assert f"Reply-To: support+{conv['reference']}@example.com" in text
+        assert "Your parcel left today." in text
+        wait_for(lambda: p.json("show", conv["reference"])["messages"][-1]["delivery_status"]
+                 == "sent")
+    finally:
+        assert p.stop() == 0
+
+
+def test_cli_usage_and_errors(proc: Proc, tmp_path: Path) -> None:
+    r = subprocess.run([FRONTDESK, "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2 and "frobnicate" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([FRONTDESK, "show", "--bogus", "1"], capture_output=True, text=True)
+    assert r.returncode == 2
+    r = proc.cli("show", "FD-999", check=False)
+    assert r.returncode == 1 and "FD-999" in r.stderr and "Traceback" not in r.stderr
+    r = proc.cli("show", "nonsense", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([FRONTDESK, "conversations", "-c", str(tmp_path / "missing.toml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "missing.toml" in r.stderr and "init" in r.stderr
+
+
+def test_check_names_bad_keys_and_masks_secrets(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[database]\nurl = "mysql://x"\ncolour = "blue"\n[sla]\nfirst_response = "soon"\n'
+                   '[email.smtp_server]\nlisten = "8025"\n')
+    r = subprocess.run([FRONTDESK, "check", "-c", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    for key in ("database.url", "database.colour: unknown key", "sla.first_response",
+                "email.smtp_server.listen"):
+        assert key in r.stderr, r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[slack]\nbot_token = "xoxb-very-secret"\n')
+    env = {**os.environ, "FRONTDESK_EMAIL__OUTBOUND__PASSWORD": "hunter2-secret",
+           "FRONTDESK_SLA__FIRST_RESPONSE": "2h"}
+    r = subprocess.run([FRONTDESK, "check", "--show", "-c", str(good)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout and "xoxb-very-secret" not in r.stdout
+    shown = json.loads(r.stdout[r.stdout.index("{"):])
+    assert shown["sla"]["first_response"] == "2h"  # the environment overrides the file
+    assert shown["email"]["outbound"]["password"] == "**********"
+
+
+def test_init_writes_once_and_migrates(tmp_path: Path) -> None:
+    cfg = tmp_path / "frontdesk.toml"
+    r = subprocess.run([FRONTDESK, "init", "-c", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "frontdesk.db").exists()
+    text = cfg.read_text()
+    assert "[email.smtp_server]" in text and "#" in text
+    cfg.write_text(text + "\n# mine\n")
+    r = subprocess.run([FRONTDESK, "init", "-c", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "# mine" in cfg.read_text()
+    r = subprocess.run([FRONTDESK, "check", "-c", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
