@@ -110,7 +110,7 @@ class ParseError(ValueError):
 
 
 Accept = Callable[[str, str, bytes, Mapping[str, Any]], Awaitable[bool]]
-"""``accept(channel, remote_id, raw, meta)``: journal and commit; True if new, False if a duplicate."""
+"""``accept(channel, remote_id, raw, meta)``: journal and commit; True if new, False if seen."""
 
 
 class Channel(Protocol):

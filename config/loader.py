@@ -116,4 +116,4 @@ def load_settings(path: Path | str, *, require_file: bool = True) -> Settings:
     return Settings.model_validate(env_settings.model_dump(by_alias=True))
 
 
-__all__ = ["ConfigError", "load_settings", "resolve_path", "InitSettingsSource"]
+__all__ = ["ConfigError", "InitSettingsSource", "load_settings", "resolve_path"]

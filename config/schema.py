@@ -142,7 +142,8 @@ class SmtpServerConfig(Section):
         if self.require_starttls and not self.tls_cert:
             raise ValueError("require_starttls needs tls_cert and tls_key")
         if self.auth_username and not self.tls_cert:
-            raise ValueError("auth_username needs tls_cert and tls_key: AUTH is only offered over TLS")
+            raise ValueError(
+                "auth_username needs tls_cert and tls_key: AUTH is only offered over TLS")
         if self.auth_required and not self.auth_username:
             raise ValueError("auth_required needs auth_username and auth_password")
         return self

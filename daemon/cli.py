@@ -36,10 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $FRONTDESK_CONFIG, then ./frontdesk.toml)")
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _Parser(prog="frontdesk", description="Omnichannel support inbox daemon.",
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line for people; details at debug level
+    except Exception as exc:
         from .conversations import CannotReply, UnknownConversation
 
         if isinstance(exc, Failure | UnknownConversation | CannotReply):

@@ -95,7 +95,8 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
     await session.flush()
     out["idempotency_key"] = f"message-{message.id}"
     session.add(Outbox(kind="deliver", conversation_id=conversation.id, message_id=message.id,
-                       payload=asdict(OutboundMessage(**out)), idempotency_key=out["idempotency_key"],
+                       payload=asdict(OutboundMessage(**out)),
+                       idempotency_key=out["idempotency_key"],
                        state="pending", attempts=0, next_attempt_at=now, created_at=now))
     if conversation.first_responded_at is None:
         conversation.first_responded_at = now

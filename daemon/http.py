@@ -43,7 +43,7 @@ class HttpServer:
     async def _metrics_route(self, request: web.Request) -> web.Response:
         try:
             await self._refresh()
-        except Exception:  # noqa: BLE001 - the counters still render when the store is down
+        except Exception:
             log.warning("could not refresh store gauges for /metrics", exc_info=True)
         return web.Response(body=self._metrics.render(),
                             headers={"Content-Type": self._metrics.content_type})

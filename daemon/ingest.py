@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import Attachment as InboundAttachment
@@ -231,7 +232,7 @@ class Processor:
             while not self._stopping:
                 try:
                     done = await self.process_pending()
-                except Exception:  # noqa: BLE001 - the store failed; try again shortly
+                except Exception:
                     log.exception("processing the journal failed; retrying in 5 s")
                     await asyncio.sleep(5)
                     break
@@ -292,7 +293,7 @@ class Processor:
                         .values(state="done", processed_at=now, error=None,
                                 attempts=table.c.attempts + 1)
                     )
-                    if claimed.rowcount == 0:  # another processor took it
+                    if cast(CursorResult[Any], claimed).rowcount == 0:  # another one took it
                         return Outcome(row.id, None, None)
                     msg_id, conv_id = await self._store_message(session, message, row, now)
                     await session.execute(
@@ -354,17 +355,18 @@ class Processor:
 
     async def _contact_for(self, session: AsyncSession, m: InboundMessage,
                            now: datetime) -> Contact:
-        found = (await session.execute(
+        found: Contact | None = (await session.execute(
             select(Contact).join(Identity, Identity.contact_id == Contact.id)
             .where(Identity.channel == m.channel, Identity.address == m.sender_address)
         )).scalars().first()
         if found is not None:
-            while found.merged_into_id is not None:
-                found = await session.get_one(Contact, found.merged_into_id)
-            if not found.name and m.sender_name:
-                found.name = m.sender_name
-                found.updated_at = now
-            return found
+            known: Contact = found
+            while known.merged_into_id is not None:
+                known = await session.get_one(Contact, known.merged_into_id)
+            if not known.name and m.sender_name:
+                known.name = m.sender_name
+                known.updated_at = now
+            return known
         contact = Contact(name=m.sender_name, created_at=now, updated_at=now, tags={})
         session.add(contact)
         await session.flush()
@@ -461,5 +463,11 @@ async def retry_failed(store: Store, journal_id: int | None = None) -> list[int]
         return sorted(r.id for r in result)
 
 
-__all__ = ["Journal", "Processor", "AttachmentStore", "ThreadingRules", "Outcome",
-           "retry_failed"]
+__all__ = [
+    "AttachmentStore",
+    "Journal",
+    "Outcome",
+    "Processor",
+    "ThreadingRules",
+    "retry_failed",
+]

@@ -20,16 +20,18 @@ class Metrics:
             "frontdesk_duplicates", "Inbound deliveries already in the journal", ["channel"],
             registry=r)
         self.messages_out = Counter(
-            "frontdesk_messages_out", "Outbound messages delivered, by channel", ["channel"],
-            registry=r)
+            "frontdesk_messages_out", "Outbound messages delivered, by channel",
+            ["channel"], registry=r)
         self.delivery_failures = Counter(
-            "frontdesk_delivery_failures", "Outbound send attempts that failed, by channel and kind",
+            "frontdesk_delivery_failures",
+            "Outbound send attempts that failed, by channel and kind",
             ["channel", "kind"], registry=r)
         self.journal_failed = Counter(
             "frontdesk_journal_failed", "Inbound messages that failed to process", ["channel"],
             registry=r)
         self.journal_errors = Counter(
-            "frontdesk_journal_commit_errors", "Journal commits that failed (senders told to retry)",
+            "frontdesk_journal_commit_errors",
+            "Journal commits that failed (senders told to retry)",
             registry=r)
         self.journal_commit_seconds = Histogram(
             "frontdesk_journal_commit_seconds", "Time of one journal group commit",
@@ -46,7 +48,8 @@ class Metrics:
         self.journal_pending = Gauge(
             "frontdesk_journal_pending", "Journal rows waiting to be processed", registry=r)
         self.journal_failed_now = Gauge(
-            "frontdesk_journal_failed_rows", "Journal rows marked failed (dead letters)", registry=r)
+            "frontdesk_journal_failed_rows", "Journal rows marked failed (dead letters)",
+            registry=r)
         self.channel_up = Gauge(
             "frontdesk_channel_up", "1 when the channel is enabled and running", ["channel"],
             registry=r)

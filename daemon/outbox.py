@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from frontdesk.channels.base import (
     DeliveryError,
@@ -65,6 +65,7 @@ class OutboxWorker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._round = asyncio.Lock()  # one delivery round at a time, or a row could go twice
 
     def kick(self) -> None:
         self._wakeup.set()
@@ -83,7 +84,7 @@ class OutboxWorker:
         while not self._stopping:
             try:
                 await self.deliver_due()
-            except Exception:  # noqa: BLE001 - the store failed; the next round retries
+            except Exception:
                 log.exception("outbox round failed")
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll)
@@ -91,15 +92,13 @@ class OutboxWorker:
                 pass
             self._wakeup.clear()
 
-    async def depth(self) -> int:
-        async with self._store.reader() as s:
-            return (await s.execute(
-                select(func.count()).select_from(Outbox).where(Outbox.state == "pending")
-            )).scalar_one()
-
     async def deliver_due(self) -> int:
         """Send every due row (in id order, keeping each conversation's order); return how many
         were attempted."""
+        async with self._round:
+            return await self._deliver_round()
+
+    async def _deliver_round(self) -> int:
         now = self._clock()
         async with self._store.reader() as s:
             rows = (await s.execute(
@@ -132,7 +131,7 @@ class OutboxWorker:
         except DeliveryError as exc:
             await self._failed(row, out, exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - an unexpected sender bug is retried, not fatal
+        except Exception as exc:
             log.exception("sending outbox #%d crashed", row.id)
             await self._failed(row, out, TemporaryFailure(f"internal error: {exc}"))
             return False

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from frontdesk.config.schema import Settings  # noqa: E402
+from frontdesk.config.schema import Settings
 
 POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"
 PG_SKIP = (f"PostgreSQL tests need {POSTGRES_ENV} "
@@ -74,7 +74,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Store tests run on both backends (PostgreSQL only when FRONTDESK_TEST_POSTGRES_URL is set)."""
+    """Store tests run on both backends (PostgreSQL when FRONTDESK_TEST_POSTGRES_URL is set)."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"
     return request.getfixturevalue("postgres_url")
@@ -87,8 +87,8 @@ def settings_for(tmp_path: Path, *, database_url: str | None = None,
         "http": {"listen": "127.0.0.1:0"},
         "email": {"inbox_addresses": ["support@example.com"],
                   "smtp_server": {"listen": "127.0.0.1:0", "hostname": "frontdesk.test"},
-                  "outbound": {"host": "127.0.0.1", "port": 9, "from": "Support <support@example.com>",
-                               "starttls": "off"}},
+                  "outbound": {"host": "127.0.0.1", "port": 9, "starttls": "off",
+                               "from": "Support <support@example.com>"}},
         "daemon": {"data_dir": str(tmp_path / "data"), "outbox_poll": "1s",
                    "outbox_retry_initial": "1s", "outbox_retry_max": "2s",
                    "shutdown_timeout": "10s"},

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from frontdesk.daemon.business_hours import (
     BusinessCalendar,
     WeeklyHours,
@@ -134,8 +135,9 @@ def test_parse_errors_name_the_problem(spec: str, message: str) -> None:
 
 
 def test_config_schema_reports_the_parse_error_verbatim() -> None:
-    from frontdesk.config.schema import SlaConfig
     from pydantic import ValidationError
+
+    from frontdesk.config.schema import SlaConfig
 
     with pytest.raises(ValidationError, match=r'"Mox" is not a day \(Mon\.\.Sun\)'):
         SlaConfig(business_hours="Mox 09:00-17:00")

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import trustme
+
 from frontdesk.channels.base import OutboundMessage, PermanentFailure, TemporaryFailure
 from frontdesk.channels.email.sender import EmailSender
 from frontdesk.config.schema import OutboundConfig
+
 from smtp_sink import SmtpSink
 
 PASSWORD = "s3cret-Pa55word"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import mail, smtp_send
 from smtp_sink import SmtpSink
 
@@ -193,7 +194,7 @@ def test_staff_reply_reaches_the_relay_with_threading_headers_after_it_comes_up(
         thread.start()
         assert sink_ready.wait(10)
         thread.join(20)
-        [(mail_from, rcpt, raw)] = sink.messages
+        [(_from, rcpt, raw)] = sink.messages
         assert rcpt == ["ada@example.org"]
         text = raw.decode()
         assert "In-Reply-To: <order@example.org>" in text
@@ -223,8 +224,8 @@ def test_cli_usage_and_errors(proc: Proc, tmp_path: Path) -> None:
 
 def test_check_names_bad_keys_and_masks_secrets(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[database]\nurl = "mysql://x"\ncolour = "blue"\n[sla]\nfirst_response = "soon"\n'
-                   '[email.smtp_server]\nlisten = "8025"\n')
+    bad.write_text('[database]\nurl = "mysql://x"\ncolour = "blue"\n'
+                   '[sla]\nfirst_response = "soon"\n[email.smtp_server]\nlisten = "8025"\n')
     r = subprocess.run([FRONTDESK, "check", "-c", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1
     for key in ("database.url", "database.colour: unknown key", "sla.first_response",
@@ -258,3 +259,59 @@ def test_init_writes_once_and_migrates(tmp_path: Path) -> None:
     r = subprocess.run([FRONTDESK, "check", "-c", str(cfg)], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_journal_lists_failed_and_retry_processes_them(proc: Proc) -> None:
+    proc.start()
+    smtp_send(proc.smtp_port, b"Subject: who am I\r\nMessage-ID: <anon@x>\r\n\r\nhello\r\n",
+              sender="")
+    failed = wait_for(lambda: proc.json("journal", "--failed"))
+    assert failed[0]["remote_id"] == "anon@x" and "sender" in failed[0]["error"]
+    text = proc.cli("journal", "--failed").stdout
+    assert "anon@x" in text
+    r = proc.cli("journal", "retry", str(failed[0]["id"]), check=False)
+    assert r.returncode == 1 and "failed again" in r.stdout  # the fix is not in yet
+    assert proc.json("journal", "--failed")[0]["attempts"] == 2
+    r = proc.cli("journal", "retry", "999", check=False)
+    assert r.returncode == 1 and "#999" in r.stderr
+    proc.stop()
+
+
+def test_report_counts_volume_and_first_response(proc: Proc) -> None:
+    proc.start()
+    smtp_send(proc.smtp_port, mail(msgid="<r1@example.org>"))
+    smtp_send(proc.smtp_port, mail(msgid="<r2@example.org>", subject="Second"))
+    convs = wait_for(lambda: len(c := proc.json("conversations")) == 2 and c)
+    proc.cli("reply", convs[0]["reference"], "Answered")
+    report = proc.json("report", "--since", "1d")
+    overall = report["overall"]
+    assert overall["conversations"] == 2 and overall["answered"] == 1
+    assert overall["messages_in"] == 2 and overall["messages_out"] == 1
+    assert overall["sla_met"] == 1 and overall["first_response_seconds_median"] < 60
+    assert report["channels"]["email"]["conversations"] == 2
+    assert "email" in proc.cli("report").stdout
+    r = proc.cli("report", "--since", "soon", check=False)
+    assert r.returncode == 1 and "--since" in r.stderr
+    assert [c["status"] for c in proc.json("conversations", "--status", "pending")] == ["pending"]
+    assert len(proc.json("conversations", "--limit", "1")) == 1
+    proc.stop()
+
+
+def test_sd_notify_ready_and_stopping(tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    p = Proc(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db")
+    os.environ["NOTIFY_SOCKET"] = str(sock_path)
+    try:
+        p.start()
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    received = []
+    while not any("READY=1" in r for r in received):
+        received.append(sock.recv(4096).decode())
+    assert p.stop() == 0
+    while not any("STOPPING=1" in r for r in received):
+        received.append(sock.recv(4096).decode())
+    sock.close()

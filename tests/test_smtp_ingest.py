@@ -7,10 +7,11 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from helpers import conversations, detail, eventually, mail, processed, send
 from sqlalchemy import event, func, select
 
 from frontdesk.storage.models import InboundJournal, Message
+
+from helpers import conversations, detail, eventually, mail, processed, send
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from frontdesk.daemon.systemd import (
     READY,
     STOPPING,

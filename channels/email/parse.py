@@ -122,7 +122,8 @@ def _id_key(msgid: str) -> str:
     """Keep an id inside the column: an absurdly long one is replaced by its hash."""
     if len(msgid) <= _MAX_ID:
         return msgid
-    return f"sha256-{hashlib.sha256(msgid.encode('utf-8', 'replace')).hexdigest()}@frontdesk.invalid"
+    digest = hashlib.sha256(msgid.encode("utf-8", "replace")).hexdigest()
+    return f"sha256-{digest}@frontdesk.invalid"
 
 
 def remote_id_for(raw: bytes) -> str:
@@ -179,7 +180,7 @@ def _codec(charset: str | None) -> str | None:
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset; fall back to UTF-8, then Windows-1252/Latin-1. Never raises."""
+    """Decode with the declared charset, else UTF-8, then Windows-1252/Latin-1. Never raises."""
     codec = _codec(charset)
     if codec is not None:
         try:
@@ -770,8 +771,8 @@ def parse_email(raw: bytes, meta: Mapping[str, Any],
         # A multipart whose boundary never appears: show what is there rather than nothing.
         text = _clean_text(_part_text(msg))
 
-    block = raw[: raw.find(b"\n") + 1] if b"\n" in raw else raw
-    linesep = "\r\n" if block.endswith(b"\r\n") else "\n"
+    first_line = raw[: raw.find(b"\n") + 1]
+    linesep = "\r\n" if first_line.endswith(b"\r\n") else "\n"  # for regenerated parts
     attachments = _collect_attachments(msg, (plain_part, html_part), linesep)
 
     kept = {}

@@ -29,6 +29,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 
 import aiosmtplib
+
 from frontdesk.channels.base import (
     DeliveryError,
     OutboundMessage,
