@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 
@@ -26,9 +27,9 @@ from frontdesk.storage.models import InboundJournal, Outbox
 
 from .business_hours import BusinessCalendar, calendar_from_settings
 from .http import HttpServer
-from .ingest import AttachmentStore, Journal, Processor, ThreadingRules
+from .ingest import AttachmentStore, InboundHook, Journal, Processor, ThreadingRules
 from .metrics import Metrics
-from .outbox import OutboxWorker, RetryPolicy
+from .outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,19 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Service(Protocol):
+    """Something that runs beside the channels for the daemon's lifetime."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def ready(self) -> bool: ...
 
 
 class SlaClock:
@@ -51,8 +65,27 @@ class SlaClock:
         return self.calendar.add(start, self.first_response)
 
 
+def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
+    """The enabled customer channels, and one line per disabled one saying why.
+
+    Each channel module has ``from_settings(settings) -> Channel | str``: the channel when it can
+    run, else the reason it cannot (missing credentials). Its SDK is imported only when enabled.
+    """
+    from frontdesk.channels.email.channel import from_settings as email
+
+    channels: list[Channel] = []
+    disabled = disabled_channels(settings)
+    for factory in (email,):
+        built = factory(settings)
+        if isinstance(built, str):
+            disabled.append(built)
+        else:
+            channels.append(built)
+    return channels, disabled
+
+
 def disabled_channels(settings: Settings) -> list[str]:
-    """One line per channel that will not run, saying why (no tracebacks, no secrets)."""
+    """Channels this version does not have yet: one line each, saying why (no secrets)."""
     lines = []
     t = settings.twilio
     if not (t.account_sid and t.auth_token.get_secret_value()):
@@ -82,35 +115,45 @@ def disabled_channels(settings: Settings) -> list[str]:
 class Daemon:
     def __init__(self, settings: Settings, *, clock: Clock = utcnow,
                  notifier: Notifier | None = None) -> None:
-        from frontdesk.channels.email.channel import EmailChannel
-
         self.settings = settings
         self.clock = clock
         self.metrics = Metrics()
         self.notifier = notifier or Notifier.from_environ()
         self.store = Store(settings.database.url, synchronous=settings.database.sqlite_synchronous)
         self.sla = SlaClock(calendar_from_settings(settings.sla), settings.sla.first_response)
-        self.email = EmailChannel(settings.email)
-        self.channels: list[Channel] = [self.email]
+        # Services beside the channels (the Slack desk, the scheduler) plug in through these:
+        # hooks that run inside the ingest transaction, outbox handlers for their kinds of work,
+        # hooks on delivery results, and start/stop with the daemon.
+        self.inbound_hooks: list[InboundHook] = []
+        self.outbox_handlers: dict[str, Handler] = {}
+        self.delivery_hooks: list[DeliveryHook] = []
+        self.services: list[Service] = []
+        self.channels, self.disabled = build_channels(settings)
+        by_name = {c.name: c for c in self.channels}
+        self.email: Any = by_name.get("email")
         self.processor = Processor(
             self.store,
-            parsers={c.name: c.parse for c in self.channels},
+            parsers=_parsers(self.channels),
             attachments=AttachmentStore(Path(settings.daemon.data_dir)),
             due=self.sla,
             rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
-            clock=clock, metrics=self.metrics,
+            clock=clock, metrics=self.metrics, hooks=self.inbound_hooks,
         )
         self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
                                on_commit=self.processor.kick)
         d = settings.daemon
         self.outbox = OutboxWorker(
-            self.store, senders={c.name: c.send for c in self.channels}, clock=clock,
+            self.store, senders=_senders(self.channels), clock=clock,
             metrics=self.metrics,
             policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
-            poll=d.outbox_poll,
+            poll=d.outbox_poll, handlers=self.outbox_handlers, hooks=self.delivery_hooks,
         )
         self.http = HttpServer(settings.http.listen, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
+        for channel in self.channels:
+            routes = getattr(channel, "http_routes", None)
+            if routes is not None:  # webhooks (Twilio, Telegram) on the daemon's HTTP server
+                self.http.app.router.add_routes(routes())
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -119,6 +162,8 @@ class Daemon:
         checks = {"store": "ok" if await self.store.ping() else "unreachable"}
         for channel in self.channels:
             checks[channel.name] = "ok" if channel in self._started and channel.ready else "down"
+        for service in self.services:
+            checks[service.name] = "ok" if service.ready else "down"
         return all(v == "ok" for v in checks.values()), checks
 
     async def refresh_gauges(self) -> None:
@@ -141,8 +186,10 @@ class Daemon:
         self.processor.start()
         self.outbox.start()
         await self.http.start()
-        for line in disabled_channels(self.settings):
+        for line in self.disabled:
             log.info("%s", line)
+        for service in self.services:
+            await service.start()
         for channel in self.channels:
             await channel.start(self.journal.accept)
             self._started.append(channel)
@@ -163,6 +210,8 @@ class Daemon:
             await self.journal.stop()
             await self.processor.stop()
             await self.outbox.stop()
+            for service in reversed(self.services):
+                await service.stop()
 
         try:
             await asyncio.wait_for(drain(), timeout=max(1.0, timeout - 2))
@@ -191,3 +240,14 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def _parsers(channels: list[Channel]) -> dict[str, Callable[..., Any]]:
+    """Journal rows are parsed by the channel that journaled them (its ``journal_names``, when it
+    journals under several names, like Twilio's sms/whatsapp/voice)."""
+    return {name: c.parse for c in channels for name in getattr(c, "journal_names", (c.name,))}
+
+
+def _senders(channels: list[Channel]) -> dict[str, Callable[..., Any]]:
+    """Outbound messages go to the channel that owns the customer channel name."""
+    return {name: c.send for c in channels for name in getattr(c, "channel_names", (c.name,))}

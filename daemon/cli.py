@@ -139,12 +139,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .app import disabled_channels
+    from .app import build_channels
 
     path = resolve_path(getattr(args, "config", None))
     settings = load_settings(path)
     print(f"{path}: OK")
-    for line in disabled_channels(settings):
+    for line in build_channels(settings)[1]:
         print(f"  {line}")
     if not settings.email.inbox_addresses:
         print("  warning: email.inbox_addresses is empty; the SMTP server will refuse all mail")
@@ -168,13 +168,14 @@ def _safe_url(url: str) -> str:
 
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from frontdesk.storage.db import Store, head_revision
+    from frontdesk.storage.db import Store
 
     async def work() -> int:
         store = Store(settings.database.url)
         try:
             await store.upgrade()
-            print(f"store at revision {await store.current_revision()} (head {head_revision()})")
+            revisions = ", ".join(sorted(await store.current_revisions()))
+            print(f"store migrated: revision {revisions}")
         finally:
             await store.dispose()
         return 0
@@ -384,7 +385,7 @@ def _logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access"):
+    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -203,7 +203,7 @@ class Processor:
         self._rules = rules
         self._clock = clock
         self._metrics = metrics
-        self._hooks = list(hooks)
+        self._hooks = hooks  # by reference: services register theirs after construction
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import (
     DeliveryError,
@@ -33,6 +34,12 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 Sender = Callable[[OutboundMessage], Awaitable[Receipt]]
+"""A customer channel's send: rows of kind ``deliver`` go to ``senders[payload.channel]``."""
+Handler = Callable[[Outbox], Awaitable[Receipt]]
+"""Any other kind of row (a Slack post, a reaction): ``handlers[row.kind](row)``."""
+DeliveryHook = Callable[[AsyncSession, Outbox, "DeliveryError | None"], Awaitable[None]]
+"""Runs in the transaction that marks a row sent (error None) or failed for good, e.g. so the
+Slack desk can queue a reaction or a thread message about it."""
 Clock = Callable[[], datetime]
 
 
@@ -55,9 +62,14 @@ class OutboxWorker:
     batch_size = 100
 
     def __init__(self, store: Store, *, senders: Mapping[str, Sender], clock: Clock,
-                 metrics: Metrics, policy: RetryPolicy, poll: timedelta) -> None:
+                 metrics: Metrics, policy: RetryPolicy, poll: timedelta,
+                 handlers: Mapping[str, Handler] | None = None,
+                 hooks: Sequence[DeliveryHook] = ()) -> None:
         self._store = store
         self._senders = senders
+        # By reference: the Slack desk and the scheduler register theirs after construction.
+        self._handlers = handlers if handlers is not None else {}
+        self._hooks = hooks
         self._clock = clock
         self._metrics = metrics
         self._policy = policy
@@ -105,12 +117,14 @@ class OutboxWorker:
                 select(Outbox).where(Outbox.state == "pending")
                 .order_by(Outbox.id).limit(self.batch_size)
             )).scalars().all()
-        blocked: set[int] = set()
+        blocked: set[tuple[str, int]] = set()
         attempted = 0
         for row in rows:
             if self._stopping:
                 break
-            key = row.conversation_id or -row.id
+            # Order is kept per conversation and kind: a Slack post that waits does not hold
+            # back the customer's reply, but a second reply waits for the first.
+            key = (row.kind, row.conversation_id or -row.id)
             if key in blocked:
                 continue
             if row.next_attempt_at > now:
@@ -121,42 +135,57 @@ class OutboxWorker:
                 blocked.add(key)
         return attempted
 
-    async def _deliver(self, row: Outbox) -> bool:
+    async def _send(self, row: Outbox) -> Receipt:
+        if row.kind != "deliver":
+            handler = self._handlers.get(row.kind)
+            if handler is None:
+                raise TemporaryFailure(f"nothing in this daemon handles {row.kind!r} work")
+            return await handler(row)
         out = OutboundMessage(**row.payload)
         sender = self._senders.get(out.channel)
+        if sender is None:
+            raise TemporaryFailure(f"the {out.channel} channel is not enabled")
+        return await sender(out)
+
+    async def _deliver(self, row: Outbox) -> bool:
+        target = _Target.of(row)
         try:
-            if sender is None:
-                raise TemporaryFailure(f"the {out.channel} channel is not enabled")
-            receipt = await sender(out)
+            receipt = await self._send(row)
         except DeliveryError as exc:
-            await self._failed(row, out, exc)
+            await self._failed(row, target, exc)
             return False
-        except Exception as exc:
+        except Exception as exc:  # a sender bug is retried, not fatal
             log.exception("sending outbox #%d crashed", row.id)
-            await self._failed(row, out, TemporaryFailure(f"internal error: {exc}"))
+            await self._failed(row, target, TemporaryFailure(f"internal error: {exc}"))
             return False
-        await self._sent(row, out, receipt)
+        await self._sent(row, target, receipt)
         return True
 
-    async def _sent(self, row: Outbox, out: OutboundMessage, receipt: Receipt) -> None:
+    async def _sent(self, row: Outbox, target: _Target, receipt: Receipt) -> None:
         now = self._clock()
+        deliver = row.kind == "deliver"
         async with self._store.session() as s:
             current = await s.get_one(Outbox, row.id)
             current.state, current.done_at = "done", now
             current.attempts += 1
             current.last_error = None
-            if row.message_id is not None:
+            if deliver and row.message_id is not None:
                 message = await s.get_one(Message, row.message_id)
                 message.delivery_status, message.sent_at = "sent", now
                 message.failure_reason = None
-            s.add(Event(kind="message_sent", conversation_id=row.conversation_id,
-                        message_id=row.message_id, created_at=now,
-                        data={"channel": out.channel, "to": out.to_address,
-                              "remote_id": receipt.remote_id, "attempt": current.attempts}))
-        self._metrics.messages_out.labels(out.channel).inc()
-        log.info("sent outbox #%d (%s to %s)", row.id, out.channel, out.to_address)
+            if deliver:
+                s.add(Event(kind="message_sent", conversation_id=row.conversation_id,
+                            message_id=row.message_id, created_at=now,
+                            data={"channel": target.channel, "to": target.to_address,
+                                  "remote_id": receipt.remote_id, "attempt": current.attempts}))
+            for hook in self._hooks:
+                await hook(s, current, None)
+        if deliver:
+            self._metrics.messages_out.labels(target.channel).inc()
+        log.info("sent outbox #%d (%s %s to %s)", row.id, row.kind, target.channel,
+                 target.to_address)
 
-    async def _failed(self, row: Outbox, out: OutboundMessage, exc: DeliveryError) -> None:
+    async def _failed(self, row: Outbox, target: _Target, exc: DeliveryError) -> None:
         now = self._clock()
         permanent = isinstance(exc, PermanentFailure)
         async with self._store.session() as s:
@@ -166,23 +195,41 @@ class OutboxWorker:
             give_up = permanent or current.attempts >= self._policy.max_attempts
             if give_up:
                 current.state, current.done_at = "failed", now
-                if row.message_id is not None:
+                if row.kind == "deliver" and row.message_id is not None:
                     message = await s.get_one(Message, row.message_id)
                     message.delivery_status = "failed"
                     message.failure_reason = exc.reason
                 s.add(Event(kind="delivery_failed", conversation_id=row.conversation_id,
                             message_id=row.message_id, created_at=now,
-                            data={"channel": out.channel, "to": out.to_address,
-                                  "reason": exc.reason, "attempts": current.attempts}))
+                            data={"kind": row.kind, "channel": target.channel,
+                                  "to": target.to_address, "reason": exc.reason,
+                                  "attempts": current.attempts}))
+                for hook in self._hooks:
+                    await hook(s, current, exc)
             else:
                 current.next_attempt_at = now + self._policy.delay(current.attempts,
                                                                    exc.retry_after)
         self._metrics.delivery_failures.labels(
-            out.channel, "permanent" if give_up else "temporary").inc()
+            target.channel, "permanent" if give_up else "temporary").inc()
         if give_up:
-            log.warning("gave up on outbox #%d (%s to %s) after %d attempt(s): %s",
-                        row.id, out.channel, out.to_address, current.attempts, exc.reason)
+            log.warning("gave up on outbox #%d (%s %s to %s) after %d attempt(s): %s",
+                        row.id, row.kind, target.channel, target.to_address, current.attempts,
+                        exc.reason)
         else:
-            log.info("outbox #%d (%s to %s) failed, retry at %s: %s", row.id, out.channel,
-                     out.to_address, current.next_attempt_at.isoformat(timespec="seconds"),
-                     exc.reason)
+            log.info("outbox #%d (%s %s to %s) failed, retry at %s: %s", row.id, row.kind,
+                     target.channel, target.to_address,
+                     current.next_attempt_at.isoformat(timespec="seconds"), exc.reason)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a row goes, for logs, events and metrics."""
+
+    channel: str
+    to_address: str
+
+    @classmethod
+    def of(cls, row: Outbox) -> _Target:
+        payload = row.payload or {}
+        return cls(str(payload.get("channel", row.kind)),
+                   str(payload.get("to_address", payload.get("target", ""))))

@@ -66,13 +66,12 @@ def _alembic_config(connection: Connection) -> Any:
     return cfg
 
 
-def head_revision() -> str:
+def head_revisions() -> frozenset[str]:
+    """The newest revision of every migration branch (features may add branches off 0001)."""
     from alembic.script import ScriptDirectory
 
     cfg = _alembic_config(None)  # type: ignore[arg-type]
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head is not None
-    return head
+    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
 
 
 def _upgrade(connection: Connection) -> None:
@@ -81,7 +80,7 @@ def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Several instances may start at once: one migrates, the others wait and find it done.
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-    command.upgrade(_alembic_config(connection), "head")
+    command.upgrade(_alembic_config(connection), "heads")
 
 
 class Store:
@@ -103,13 +102,13 @@ class Store:
         """A session for reads (``async with store.reader() as s``)."""
         return self._sessions()
 
-    async def current_revision(self) -> str | None:
+    async def current_revisions(self) -> frozenset[str]:
         try:
             async with self.engine.connect() as conn:
-                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
-                return row[0] if row else None
+                rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+                return frozenset(r[0] for r in rows)
         except (OperationalError, ProgrammingError):
-            return None
+            return frozenset()
 
     async def upgrade(self) -> None:
         async with self.engine.begin() as conn:
@@ -117,8 +116,9 @@ class Store:
 
     async def ensure_schema(self) -> None:
         """Migrate to the newest schema unless the store is there already (a cheap check)."""
-        if await self.current_revision() != head_revision():
-            log.info("migrating the store to revision %s", head_revision())
+        heads = head_revisions()
+        if await self.current_revisions() != heads:
+            log.info("migrating the store to revision %s", ", ".join(sorted(heads)))
             await self.upgrade()
 
     async def ping(self) -> bool:

@@ -7,13 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from frontdesk.channels.base import Accept, InboundMessage, OutboundMessage, Receipt
-from frontdesk.config.schema import EmailConfig
+from frontdesk.config.schema import EmailConfig, Settings
 
 from .parse import parse_email
 from .sender import EmailSender
 from .smtp import InboxAddresses, SmtpServer
 
 log = logging.getLogger(__name__)
+
+
+def from_settings(settings: Settings) -> EmailChannel:
+    """Email is always on: replies go out through the relay even when the SMTP server is off
+    (mail then comes in only through the IMAP mailbox)."""
+    return EmailChannel(settings.email)
 
 
 class EmailChannel:

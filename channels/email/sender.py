@@ -188,18 +188,18 @@ class EmailSender:
             _, reply = await smtp.send_message(msg, sender=sender, recipients=[recipient])
         except DeliveryError as own:
             smtp.close()
-            logger.warning("email %s to %s not sent: %s", message_id, recipient, own.reason)
+            logger.debug("email %s to %s not sent: %s", message_id, recipient, own.reason)
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             smtp.close()
             failure = self._failure(exc, stage, recipient, sender)
-            logger.warning("email %s to %s not sent: %s", message_id, recipient, failure.reason)
+            logger.debug("email %s to %s not sent: %s", message_id, recipient, failure.reason)
             raise failure from exc
         except BaseException:
             smtp.close()
             raise
         await self._quit(smtp)
-        logger.info("email %s to %s accepted by %s: %s", message_id, recipient, self.relay, reply)
+        logger.debug("email %s to %s accepted by %s: %s", message_id, recipient, self.relay, reply)
         return Receipt(remote_id=message_id, detail=reply)
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
