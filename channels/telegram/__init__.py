@@ -1,0 +1,1 @@
+"""Telegram: a bot that customers message."""

@@ -1,0 +1,1 @@
+"""Loopback fakes of the remote SaaS APIs (Slack, Twilio, Telegram), speaking their wire protocols."""
