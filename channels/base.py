@@ -60,6 +60,25 @@ class InboundMessage:
     automated_reason: str | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     raw_ref: int | None = None
+    text_new: str | None = None
+    """The new part of a quoted reply (None: all of ``text`` is new)."""
+    delivery_report: DeliveryReport | None = None
+    """Set when this message is a bounce or delivery report about mail we sent."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a bounce (a delivery status notification) says about outbound mail of ours.
+
+    ``original_ids`` are the Message-IDs it names (the returned message's, Original-Message-ID,
+    In-Reply-To/References); ``failed`` is False for a delay warning or a success notice;
+    ``reason`` is in words a person understands.
+    """
+
+    original_ids: tuple[str, ...]
+    failed: bool
+    reason: str
+    recipients: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +118,12 @@ class DeliveryError(Exception):
 
 class TemporaryFailure(DeliveryError):
     """Try again later (connection refused, 4xx, timeouts, rate limits)."""
+
+
+class Deferred(TemporaryFailure):
+    """Not tried now: a rate limit (the remote side's Retry-After, or a pace of our own) says
+    wait ``retry_after`` seconds. The outbox waits exactly that long, and the wait does not count
+    as a failed attempt, so a long queue behind a rate limit never gives up."""
 
 
 class PermanentFailure(DeliveryError):

@@ -175,6 +175,21 @@ class ImapConfig(Section):
     verify_tls: bool = True
     ca_file: str = ""
     move_to: str = ""
+    timeout: Duration = timedelta(seconds=30)
+    idle: bool = True
+    idle_interval: Duration = timedelta(minutes=5)
+    poll_interval: Duration = timedelta(seconds=60)
+    fetch_batch: int = Field(default=100, ge=1, le=1000)
+    reconnect_initial: Duration = timedelta(seconds=1)
+    reconnect_max: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> ImapConfig:
+        if self.tls and self.starttls == "required":
+            raise ValueError(
+                'starttls = "required" is for a plain connection upgraded to TLS (tls = false, '
+                "usually port 143); tls = true is already implicit TLS (port 993)")
+        return self
 
 
 class EmailConfig(Section):
@@ -182,6 +197,22 @@ class EmailConfig(Section):
     smtp_server: SmtpServerConfig = Field(default_factory=SmtpServerConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     imap: ImapConfig = Field(default_factory=ImapConfig)
+    reply_languages: list[str] = Field(default_factory=lambda: ["en"])
+
+    @field_validator("reply_languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        from mailparser_reply.constants import MAIL_LANGUAGES
+
+        known = sorted(k for k in MAIL_LANGUAGES if len(k) == 2)
+        out = []
+        for language in value:
+            code = language.strip().lower()
+            if code not in known:
+                raise ValueError(f"{language!r} is not a language the quoted-reply parser knows "
+                                 f"({', '.join(known)})")
+            out.append(code)
+        return out
 
 
 class TwilioConfig(Section):
@@ -191,6 +222,22 @@ class TwilioConfig(Section):
     whatsapp_from: str = ""
     api_base_url: str = "https://api.twilio.com"
     webhook_signing_key: SecretStr = SecretStr("")
+    help_text: str = ("You are writing to our support team: send your question and a person "
+                      "will answer here. Reply STOP to stop messages, START to receive them again.")
+    voice_greeting_open: str = ("Thank you for calling. Please leave a message after the tone "
+                                "and we will get back to you shortly.")
+    voice_greeting_closed: str = ("Thank you for calling. We are closed right now. Please leave "
+                                  "a message after the tone and we will get back to you when "
+                                  "we open.")
+    voice_max_length: Duration = timedelta(minutes=2)
+    request_timeout: Duration = timedelta(seconds=15)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _twilio_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http://)")
+        return value.rstrip("/")
 
 
 class TelegramConfig(Section):
@@ -198,6 +245,50 @@ class TelegramConfig(Section):
     api_base_url: str = "https://api.telegram.org"
     mode: Literal["polling", "webhook"] = "polling"
     webhook_secret: SecretStr = SecretStr("")
+    greeting: str = ("Hello! Write your question here and our support team will answer you in "
+                     "this chat.")
+    poll_timeout: Duration = timedelta(seconds=30)
+    request_timeout: Duration = timedelta(seconds=15)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _telegram_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http://)")
+        return value.rstrip("/")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_token(cls, value: SecretStr) -> SecretStr:
+        # Telegram's secret_token: 1-256 characters, A-Z, a-z, 0-9, _ and -.
+        if value.get_secret_value() and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}",
+                                                         value.get_secret_value()):
+            raise ValueError("use 1 to 256 characters of A-Z, a-z, 0-9, _ and - "
+                             "(Telegram's rule for secret_token)")
+        return value
+
+
+class SlackRoute(Section):
+    """One ``[[slack.routes]]`` rule: conversations that match go to ``channel_id``.
+
+    Every condition a rule names must match (a list matches when any of its items does); the
+    first matching rule wins; no match sends the conversation to ``slack.channel_id``.
+    """
+
+    channel_id: str
+    customer_channels: list[Literal["email", "sms", "whatsapp", "voice", "telegram"]] = Field(
+        default_factory=list)
+    inbox_addresses: list[EmailAddress] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    contact_tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_a_condition(self) -> SlackRoute:
+        if not (self.customer_channels or self.inbox_addresses or self.keywords
+                or self.contact_tags):
+            raise ValueError("a route needs at least one of customer_channels, inbox_addresses, "
+                             "keywords, contact_tags")
+        return self
 
 
 class SlackConfig(Section):
@@ -207,6 +298,28 @@ class SlackConfig(Section):
     mode: Literal["http", "socket"] = "http"
     app_token: SecretStr = SecretStr("")
     api_base_url: str = "https://slack.com/api/"
+    replies_enabled: bool = True
+    post_interval: Delay = timedelta(seconds=1)
+    routes: list[SlackRoute] = Field(default_factory=list)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http://)")
+        return value if value.endswith("/") else value + "/"
+
+    def missing(self) -> str | None:
+        """Why the desk cannot run with these settings (a key that is not set), or None."""
+        if not self.bot_token.get_secret_value():
+            return "slack.bot_token is not set"
+        if not self.channel_id:
+            return "slack.channel_id is not set (the channel for conversations, like C0123456789)"
+        if self.mode == "http" and not self.signing_secret.get_secret_value():
+            return 'slack.signing_secret is not set (mode = "http" checks every request with it)'
+        if self.mode == "socket" and not self.app_token.get_secret_value():
+            return 'slack.app_token is not set (mode = "socket" connects with this xapp- token)'
+        return None
 
 
 _RATE = re.compile(r"^(\d+)/(\d+[smhd])$")
@@ -220,12 +333,101 @@ def _rate_limit(value: str) -> str:
     return value.strip()
 
 
+class MessageTemplate(Section):
+    """One automatic message (acknowledgement, survey, reminder) for one channel and language:
+    ``subject`` (email only) and ``text`` with placeholders like ``{reference}``."""
+
+    subject: str = ""
+    text: str
+
+
+_TEMPLATE_CHANNELS = ("email", "sms", "whatsapp", "voice", "telegram", "chat")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
+
+TemplateTable = dict[str, dict[str, MessageTemplate]]
+"""``[<kind>.templates.<channel>.<language>]``: channel is a customer channel or ``chat`` (every
+channel but email); language like ``en`` or ``de-at``."""
+
+
+def _check_templates(kind: str, value: TemplateTable) -> TemplateTable:
+    from frontdesk.daemon.notices import check_template
+
+    out: TemplateTable = {}
+    for channel, languages in value.items():
+        if channel not in _TEMPLATE_CHANNELS:
+            raise ValueError(f"templates.{channel}: not a channel "
+                             f"({', '.join(_TEMPLATE_CHANNELS)})")
+        out[channel] = {}
+        for language, template in languages.items():
+            code = language.strip().lower().replace("_", "-")
+            if not _LANGUAGE.match(code):
+                raise ValueError(f"templates.{channel}.{language}: not a language code like "
+                                 '"en" or "de-at"')
+            try:
+                check_template(kind, channel, code, template.subject, template.text)
+            except ValueError as exc:
+                raise ValueError(f"templates.{channel}.{language}: {exc}") from None
+            out[channel][code] = template
+    return out
+
+
 class AcknowledgementConfig(Section):
     enabled: bool = True
     delay: Delay = timedelta(0)
     rate_limits: list[Annotated[str, AfterValidator(_rate_limit)]] = Field(
         default_factory=lambda: ["10/10m", "15/30m", "25/1h", "50/3h", "100/10h"]
     )
+    templates: TemplateTable = Field(default_factory=dict)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: TemplateTable) -> TemplateTable:
+        return _check_templates("acknowledgement", value)
+
+
+class SurveyConfig(Section):
+    """The satisfaction survey after a conversation is resolved ("How did we do? Reply 1-5")."""
+
+    enabled: bool = True
+    delay: Delay = timedelta(hours=1)
+    window: Duration = timedelta(days=7)
+    low_score: int = Field(default=2, ge=0, le=5)
+    templates: TemplateTable = Field(default_factory=dict)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: TemplateTable) -> TemplateTable:
+        return _check_templates("survey", value)
+
+
+class ReminderConfig(Section):
+    """One reminder to a customer who has not answered a pending conversation."""
+
+    enabled: bool = True
+    after: Duration = timedelta(days=3)
+    templates: TemplateTable = Field(default_factory=dict)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: TemplateTable) -> TemplateTable:
+        return _check_templates("reminder", value)
+
+
+class SchedulerConfig(Section):
+    """The scheduler's sweeps over due times (acknowledgements, escalations, surveys, snoozes)."""
+
+    enabled: bool = True
+    interval: Duration = timedelta(seconds=30)
+    batch_size: int = Field(default=200, ge=1, le=10000)
+    default_language: str = "en"
+
+    @field_validator("default_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        code = value.strip().lower().replace("_", "-")
+        if not _LANGUAGE.match(code):
+            raise ValueError('not a language code like "en" or "de-at"')
+        return code
 
 
 class ConversationConfig(Section):
@@ -257,12 +459,70 @@ def _business_hours(value: str) -> str:
     return value
 
 
+_PRIORITY_NAMES = Literal["low", "normal", "high", "urgent"]
+_CUSTOMER_CHANNELS = Literal["email", "sms", "whatsapp", "voice", "telegram"]
+
+
+class SlaPolicy(Section):
+    """One ``[[sla.policies]]`` entry: targets for the conversations it matches.
+
+    Every condition it names must match (a list matches when any of its items does); the first
+    matching policy wins; a target it leaves out comes from ``[sla]``.
+    """
+
+    name: str
+    channels: list[_CUSTOMER_CHANNELS] = Field(default_factory=list)
+    priorities: list[_PRIORITY_NAMES] = Field(default_factory=list)
+    contact_tags: list[str] = Field(default_factory=list)
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError("a policy name is 1-64 letters, digits, '.', '-' and '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_target(self) -> SlaPolicy:
+        if self.first_response is None and self.next_response is None \
+                and self.resolution is None:
+            raise ValueError(f"policy {self.name!r} sets no target (first_response, "
+                             "next_response or resolution)")
+        return self
+
+
 class SlaConfig(Section):
     first_response: Duration = timedelta(hours=1)
+    next_response: Duration | None = None
+    """After each later customer message while the team owes an answer; unset: first_response."""
+    resolution: Duration | None = None
+    """From the first customer message to resolved; unset: no resolution target."""
+    warn_before: Delay = timedelta(minutes=15)
+    """An "SLA warning" in the Slack thread this much business time before a breach; "0s": none."""
+    warn_mention: str = ""
     timezone: Annotated[str, AfterValidator(_timezone)] = "Europe/London"
     business_hours: Annotated[str, AfterValidator(_business_hours)] = "always"
     holidays_country: str = ""
     holidays: list[date] = Field(default_factory=list)
+    policies: list[SlaPolicy] = Field(default_factory=list)
+
+    @field_validator("warn_mention")
+    @classmethod
+    def _warn_mention(cls, value: str) -> str:
+        return _mention(value)
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_names(cls, value: list[SlaPolicy]) -> list[SlaPolicy]:
+        seen: set[str] = set()
+        for policy in value:
+            if policy.name in seen:
+                raise ValueError(f"two policies are called {policy.name!r}")
+            seen.add(policy.name)
+        return value
 
     @field_validator("holidays_country")
     @classmethod
@@ -275,9 +535,72 @@ class SlaConfig(Section):
         return value.upper()
 
 
+def _mention(value: str) -> str:
+    """A Slack mention: a user (U0123...), a user group (S0123...), "here" or "channel"."""
+    value = value.strip()
+    bare = value.lstrip("@!")
+    if not value:
+        return ""
+    if bare.lower() in ("here", "channel", "everyone"):
+        return "@" + bare.lower()
+    if re.fullmatch(r"[UW][A-Z0-9]{2,}", bare) or re.fullmatch(r"S[A-Z0-9]{2,}", bare):
+        return bare
+    raise ValueError(f"{value!r} is not a Slack mention: a user id (U0123ABCD), a user group id "
+                     '(S0123ABCD), "@here" or "@channel"')
+
+
+_NOTIFY = Literal["slack", "channel", "email", "sms"]
+
+
+def _notify_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return value
+
+
+def _phone(value: str) -> str:
+    value = re.sub(r"[\s().-]", "", value)
+    if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+        raise ValueError(f"{value!r} is not a phone number in E.164 form (+15550001111)")
+    return value
+
+
 class EscalationLevel(Section):
-    after: Duration = timedelta(hours=1)
-    notify: str = "slack"
+    """One ``[[escalation]]`` level. ``after`` is business time past the due time ("0s": at the
+    breach); ``notify`` lists where it goes: ``slack`` (the conversation's thread), ``channel``
+    (``channel_id``, a managers' channel), ``email`` and ``sms`` (a person on call)."""
+
+    after: Delay = timedelta(hours=1)
+    notify: Annotated[list[_NOTIFY], BeforeValidator(_notify_list)] = Field(
+        default_factory=lambda: list[_NOTIFY](["slack"]))
+    mention: Annotated[str, AfterValidator(_mention)] = ""
+    channel_id: str = ""
+    email: str = ""
+    sms: Annotated[str, AfterValidator(_phone)] = ""
+    raise_priority: bool | _PRIORITY_NAMES = False
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return _email_address(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _targets(self) -> EscalationLevel:
+        targets: tuple[tuple[_NOTIFY, str, str], ...] = (
+            ("channel", self.channel_id, "channel_id"), ("email", self.email, "email"),
+            ("sms", self.sms, "sms"))
+        for target, address, key in targets:
+            if target in self.notify and not address:
+                raise ValueError(f'notify includes "{target}" but {key} is not set')
+            if address and target not in self.notify:
+                self.notify.append(target)
+        return self
+
+
+def _reply_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError(f"{value!r}: a saved reply's name is letters, digits, - and _")
+    return value.lower()
 
 
 class Settings(Section):
@@ -294,3 +617,20 @@ class Settings(Section):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     sla: SlaConfig = Field(default_factory=SlaConfig)
     escalation: list[EscalationLevel] = Field(default_factory=lambda: [EscalationLevel()])
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    survey: SurveyConfig = Field(default_factory=SurveyConfig)
+    reminder: ReminderConfig = Field(default_factory=ReminderConfig)
+    saved_replies: dict[Annotated[str, AfterValidator(_reply_name)], str] = Field(
+        default_factory=dict)
+    """Answers a team gives every day, by name: ``refund = "Hi {name}, ..."`` (see
+    :func:`frontdesk.daemon.conversations.render_saved_reply` for the placeholders)."""
+
+    @field_validator("escalation")
+    @classmethod
+    def _levels_in_order(cls, value: list[EscalationLevel]) -> list[EscalationLevel]:
+        for number in range(2, len(value) + 1):
+            earlier, later = value[number - 2], value[number - 1]
+            if later.after < earlier.after:
+                raise ValueError(f"level {number} comes before level {number - 1}: each level's "
+                                 "after (past the due time) must be at least the one before")
+        return value

@@ -27,7 +27,14 @@ from frontdesk.storage.models import InboundJournal, Outbox
 
 from .business_hours import BusinessCalendar, calendar_from_settings
 from .http import HttpServer
-from .ingest import AttachmentStore, InboundHook, Journal, Processor, ThreadingRules
+from .ingest import (
+    AttachmentStore,
+    InboundFilter,
+    InboundHook,
+    Journal,
+    Processor,
+    ThreadingRules,
+)
 from .metrics import Metrics
 from .outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
 from .systemd import Notifier
@@ -72,10 +79,17 @@ def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
     run, else the reason it cannot (missing credentials). Its SDK is imported only when enabled.
     """
     from frontdesk.channels.email.channel import from_settings as email
+    from frontdesk.channels.telegram import from_settings as telegram
+    from frontdesk.channels.twilio import from_settings as twilio
 
     channels: list[Channel] = []
     disabled = disabled_channels(settings)
-    for factory in (email,):
+    factories: list[Callable[[Settings], Any]] = [email, twilio, telegram]
+    if settings.email.imap.host:  # without a host it is one of the disabled_channels lines
+        from frontdesk.channels.email.imap import from_settings as imap
+
+        factories.append(imap)
+    for factory in factories:
         built = factory(settings)
         if isinstance(built, str):
             disabled.append(built)
@@ -87,26 +101,11 @@ def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
 def disabled_channels(settings: Settings) -> list[str]:
     """Channels this version does not have yet: one line each, saying why (no secrets)."""
     lines = []
-    t = settings.twilio
-    if not (t.account_sid and t.auth_token.get_secret_value()):
-        lines.append("twilio channel (sms, whatsapp, voice) disabled: "
-                     "twilio.account_sid and twilio.auth_token are not set")
-    else:
-        lines.append("twilio channel (sms, whatsapp, voice) disabled: "
-                     "this version of frontdesk has no Twilio channel yet")
-    if not settings.telegram.bot_token.get_secret_value():
-        lines.append("telegram channel disabled: telegram.bot_token is not set")
-    else:
-        lines.append("telegram channel disabled: this version of frontdesk has no Telegram "
-                     "channel yet")
-    if not settings.slack.bot_token.get_secret_value():
-        lines.append("slack desk disabled: slack.bot_token is not set")
-    else:
-        lines.append("slack desk disabled: this version of frontdesk has no Slack desk yet")
+    slack_missing = settings.slack.missing()
+    if slack_missing:
+        lines.append(f"slack desk disabled: {slack_missing}")
     if not settings.email.imap.host:
         lines.append("imap mailbox disabled: email.imap.host is not set")
-    else:
-        lines.append("imap mailbox disabled: this version of frontdesk has no IMAP reader yet")
     if not settings.email.smtp_server.enabled:
         lines.append("smtp server disabled: email.smtp_server.enabled is false")
     return lines
@@ -125,10 +124,13 @@ class Daemon:
         # hooks that run inside the ingest transaction, outbox handlers for their kinds of work,
         # hooks on delivery results, and start/stop with the daemon.
         self.inbound_hooks: list[InboundHook] = []
+        self.inbound_filters: list[InboundFilter] = []
         self.outbox_handlers: dict[str, Handler] = {}
         self.delivery_hooks: list[DeliveryHook] = []
         self.services: list[Service] = []
         self.channels, self.disabled = build_channels(settings)
+        # SQLite has one writer: the journal and the processor take turns in order.
+        gate = asyncio.Lock() if self.store.dialect == "sqlite" else None
         by_name = {c.name: c for c in self.channels}
         self.email: Any = by_name.get("email")
         self.processor = Processor(
@@ -138,9 +140,11 @@ class Daemon:
             due=self.sla,
             rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
             clock=clock, metrics=self.metrics, hooks=self.inbound_hooks,
+            filters=self.inbound_filters, gate=gate,
+            ingest_idle=lambda: self.journal.idle(),
         )
         self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
-                               on_commit=self.processor.kick)
+                               on_commit=self.processor.kick, gate=gate)
         d = settings.daemon
         self.outbox = OutboxWorker(
             self.store, senders=_senders(self.channels), clock=clock,
@@ -154,6 +158,20 @@ class Daemon:
             routes = getattr(channel, "http_routes", None)
             if routes is not None:  # webhooks (Twilio, Telegram) on the daemon's HTTP server
                 self.http.app.router.add_routes(routes())
+        for channel in self.channels:
+            attach = getattr(channel, "attach", None)
+            if attach is not None:  # store-side parts: filters, hooks, outbox handlers, clock
+                attach(self)
+        if settings.slack.missing() is None:
+            from frontdesk.channels.slack.desk import SlackDesk
+
+            self.services.append(SlackDesk(self))  # registers its hooks, handler and route
+        from .scheduler import Scheduler
+
+        # SLA due times are kept at ingest even when the sweeps do not run (scheduler.enabled).
+        self.scheduler = Scheduler(self)  # registers its ingest hook and outbox handler
+        if settings.scheduler.enabled:
+            self.services.append(self.scheduler)
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -175,9 +193,13 @@ class Daemon:
                 select(InboundJournal.state, func.count()).where(
                     InboundJournal.state.in_(("pending", "failed")))
                 .group_by(InboundJournal.state)
-            )).tuples().all())
+            )).all())
         self.metrics.journal_pending.set(counts.get("pending", 0))
         self.metrics.journal_failed_now.set(counts.get("failed", 0))
+        for service in self.services:
+            refresh = getattr(service, "refresh_gauges", None)
+            if refresh is not None:  # a service's own gauges (the Slack desk's backlog)
+                await refresh()
 
     async def start(self) -> None:
         self.notifier.notify("STATUS=starting")

@@ -23,6 +23,8 @@ from sqlalchemy import select
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
 from frontdesk.config.schema import Settings, parse_duration
 
+from . import cli_contacts, cli_desk
+
 log = logging.getLogger("frontdesk")
 
 
@@ -68,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the staff member's name (default: $USER)")
     report = sub.add_parser("report", parents=[common, as_json], help="service figures")
     report.add_argument("--since", default="7d", help='the period, like "7d" or "24h"')
+    report.add_argument("--csv", action="store_true",
+                        help="one CSV row per channel and overall")
     journal = sub.add_parser("journal", parents=[common, as_json],
                              help="inbound messages that failed to process")
     journal.add_argument("--failed", action="store_true", help="only failed ones")
@@ -77,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     retry = journal_sub.add_parser("retry", parents=[common, as_json],
                                    help="process failed messages again")
     retry.add_argument("id", nargs="?", type=int, metavar="ID")
+    cli_desk.add_parsers(sub, common, as_json, _Parser)
+    cli_contacts.add_parsers(sub, common, as_json, _Parser)
     return p
 
 
@@ -218,6 +224,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .contacts import other_conversations
     from .conversations import conversation_detail, get_conversation, messages_of
 
     settings = _settings(args)
@@ -225,7 +232,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         async with store.reader() as s:
             conversation = await get_conversation(s, args.ref)
-            detail = conversation_detail(conversation, await messages_of(s, conversation.id))
+            detail = conversation_detail(conversation, await messages_of(s, conversation.id),
+                                         await other_conversations(s, conversation))
         if args.json:
             _print_json(detail)
         else:
@@ -236,6 +244,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _format_detail(d: dict[str, Any]) -> str:
+    from frontdesk.channels.email.quotes import folded
+
+    from .sla import sla_lines
+
     contact = d["contact"]
     ids = ", ".join(f"{i['channel']}:{i['address']}" for i in contact["identities"])
     lines = [
@@ -245,6 +257,8 @@ def _format_detail(d: dict[str, Any]) -> str:
         f"  contact {contact['name'] or '(no name)'} ({ids})",
         f"  created {d['created_at']}, first response due {d['first_response_due_at'] or '-'}"
         + (f", answered {d['first_responded_at']}" if d["first_responded_at"] else ""),
+        *sla_lines(d),
+        *_other_lines(d.get("other_conversations") or []),
         "",
     ]
     for m in d["messages"]:
@@ -252,14 +266,26 @@ def _format_detail(d: dict[str, Any]) -> str:
         who = m["author_name"] or m["address"] or m["author"]
         status = f" [{m['delivery_status']}]" if m["delivery_status"] else ""
         flags = " (automated)" if m["automated"] else ""
+        flags += " (internal note)" if m.get("note") else ""
         lines.append(f"{arrow} {m['created_at']} {m['author']} {who}{status}{flags}")
         if m.get("failure_reason"):
             lines.append(f"   failed: {m['failure_reason']}")
         for a in m["attachments"]:
             lines.append(f"   attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
-        lines.extend("   " + line for line in (m["text"] or "").splitlines() or [""])
+        text = folded(m["text"] or "", m.get("text_new"))  # quoted history folded away
+        lines.extend("   " + line for line in text.splitlines() or [""])
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _other_lines(others: list[dict[str, Any]]) -> list[str]:
+    """The contact's other conversations, one short line each."""
+    if not others:
+        return []
+    shown = [f"{o['reference']} ({o['channel']}, {o['status']}) {o['subject']}".rstrip()
+             for o in others]
+    return ["  other conversations: " + shown[0], *("                       " + o
+                                                    for o in shown[1:])]
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
@@ -281,9 +307,11 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .business_hours import calendar_from_settings
-    from .report import build_report, format_report
+    from .report import build_report, format_report, report_csv
 
     settings = _settings(args)
+    if args.json and args.csv:
+        raise Failure("choose one of --json and --csv")
     try:
         since = parse_duration(args.since)
     except ValueError as exc:
@@ -295,6 +323,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                                         calendar=calendar_from_settings(settings.sla))
         if args.json:
             _print_json(report)
+        elif args.csv:
+            sys.stdout.write(report_csv(report))
         else:
             print(format_report(report))
         return 0
@@ -377,6 +407,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "init": cmd_init, "check": cmd_check, "db": cmd_db,
     "conversations": cmd_conversations, "show": cmd_show, "reply": cmd_reply,
     "report": cmd_report, "journal": cmd_journal,
+    **cli_desk.COMMANDS,  # search, resolve, reopen, assign, snooze
+    **cli_contacts.COMMANDS,  # contact show|merge|link
 }
 
 

@@ -6,17 +6,22 @@ Also the JSON views of conversations and messages that CONTRACT.md fixes.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import UTC, datetime
-from email.utils import make_msgid, parseaddr
+from datetime import UTC, datetime, time, timedelta
+from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import OutboundMessage
+from frontdesk.channels.email.ids import new_message_id
 from frontdesk.config.schema import Settings
 from frontdesk.storage.models import Contact, Conversation, Event, Message, Outbox
+
+from .business_hours import BusinessCalendar
+from .sla import sla_view
 
 _REF = re.compile(r"^\s*(?:FD-?)?(\d+)\s*$", re.IGNORECASE)
 
@@ -61,8 +66,13 @@ def _plus_address(inbox: str, reference: str) -> str:
 
 
 async def add_staff_reply(session: AsyncSession, conversation: Conversation, text: str, *,
-                          author: str, settings: Settings, now: datetime) -> Message:
-    """Store a staff reply and queue its delivery on the customer's channel."""
+                          author: str, settings: Settings, now: datetime,
+                          actor: str | None = None,
+                          event_data: Mapping[str, Any] | None = None) -> Message:
+    """Store a staff reply and queue its delivery on the customer's channel.
+
+    ``actor`` names the staff member in the audit (default: ``author``); ``event_data`` adds to
+    the audit event (where the reply came from, the Slack user)."""
     text = text.strip()
     if not text:
         raise CannotReply("the reply is empty")
@@ -80,7 +90,7 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
     subject = ""
     if channel == "email":
         from_domain = parseaddr(settings.email.outbound.from_)[1].rpartition("@")[2] or None
-        external_id = make_msgid(domain=from_domain).strip("<>")
+        external_id = new_message_id(from_domain)
         refs = [m.external_id for m in history if m.channel == "email" and m.external_id]
         inbox = conversation.inbox_address or next(iter(settings.email.inbox_addresses), None)
         subject = _reply_subject(conversation.subject, reference)
@@ -104,10 +114,159 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
     conversation.updated_at = now
     if conversation.status == "open":
         conversation.status = "pending"
-    session.add(Event(kind="staff_reply", actor=author, conversation_id=conversation.id,
-                      message_id=message.id, created_at=now, data={"channel": channel}))
+    session.add(Event(kind="staff_reply", actor=actor or author, conversation_id=conversation.id,
+                      message_id=message.id, created_at=now,
+                      data={"channel": channel, **(event_data or {})}))
     await session.flush()
     return message
+
+
+# --- staff actions: the same from Slack, the command line and the scheduler ----------------------
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class InvalidAction(ValueError):
+    """The action cannot apply to this conversation (snooze into the past, unknown priority)."""
+
+
+def _audit(session: AsyncSession, conversation: Conversation, kind: str, *, actor: str,
+           now: datetime, data: Mapping[str, Any] | None, **fields: Any) -> None:
+    session.add(Event(kind=kind, actor=actor, conversation_id=conversation.id,
+                      contact_id=conversation.contact_id, created_at=now,
+                      data={**fields, **(data or {})}))
+
+
+async def resolve(session: AsyncSession, conversation: Conversation, *, actor: str,
+                  now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Mark the conversation resolved; False (and no audit) if it already was."""
+    if conversation.status == "resolved":
+        return False
+    previous = conversation.status
+    conversation.status, conversation.resolved_at = "resolved", now
+    conversation.snoozed_until = None
+    conversation.updated_at = now
+    _audit(session, conversation, "conversation_resolved", actor=actor, now=now, data=data,
+           previous=previous)
+    await session.flush()
+    return True
+
+
+async def reopen(session: AsyncSession, conversation: Conversation, *, actor: str,
+                 now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Open a resolved, snoozed or pending conversation again; False if it is open already."""
+    if conversation.status == "open":
+        return False
+    previous = conversation.status
+    conversation.status = "open"
+    conversation.resolved_at = conversation.snoozed_until = None
+    conversation.updated_at = now
+    _audit(session, conversation, "conversation_reopened", actor=actor, now=now, data=data,
+           previous=previous)
+    await session.flush()
+    return True
+
+
+async def assign(session: AsyncSession, conversation: Conversation, assignee: str | None, *,
+                 actor: str, now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Give the conversation to ``assignee`` (None: nobody); False if nothing changed."""
+    assignee = (assignee or "").strip()[:256] or None
+    if conversation.assignee == assignee:
+        return False
+    previous = conversation.assignee
+    conversation.assignee = assignee
+    conversation.updated_at = now
+    _audit(session, conversation, "conversation_assigned", actor=actor, now=now, data=data,
+           assignee=assignee, previous=previous)
+    await session.flush()
+    return True
+
+
+async def snooze(session: AsyncSession, conversation: Conversation, until: datetime, *,
+                 actor: str, now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Put the conversation aside until ``until`` (the scheduler wakes it then)."""
+    if until <= now:
+        raise InvalidAction("a snooze must end in the future")
+    if conversation.status == "resolved":
+        raise InvalidAction(f"{conversation.reference} is resolved; reopen it to snooze it")
+    if conversation.status == "snoozed" and conversation.snoozed_until == until:
+        return False
+    previous = conversation.status
+    conversation.status, conversation.snoozed_until = "snoozed", until
+    conversation.updated_at = now
+    _audit(session, conversation, "conversation_snoozed", actor=actor, now=now, data=data,
+           until=iso(until), previous=previous)
+    await session.flush()
+    return True
+
+
+async def set_priority(session: AsyncSession, conversation: Conversation, priority: str, *,
+                       actor: str, now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Set the priority (low, normal, high, urgent); False if it already was that."""
+    priority = priority.strip().lower()
+    if priority not in PRIORITIES:
+        raise InvalidAction(f"{priority!r} is not a priority ({', '.join(PRIORITIES)})")
+    if conversation.priority == priority:
+        return False
+    previous = conversation.priority
+    conversation.priority = priority
+    conversation.updated_at = now
+    _audit(session, conversation, "priority_changed", actor=actor, now=now, data=data,
+           priority=priority, previous=previous)
+    await session.flush()
+    return True
+
+
+_MORNING = frozenset({"morning", "next-business-morning", "next_business_morning", "tomorrow"})
+
+
+def snooze_until(spec: str, now: datetime, calendar: BusinessCalendar) -> datetime:
+    """When a snooze given as ``"2h"``, ``"30m"``, ``"1d"`` or ``"morning"`` ends.
+
+    "morning" is the next business morning: the first opening of the business calendar on a
+    later day than today (09:00 local when the hours are "always").
+    """
+    spec = spec.strip().lower()
+    if spec in _MORNING:
+        return next_business_morning(now, calendar)
+    from frontdesk.config.schema import parse_duration
+
+    try:
+        length = parse_duration(spec)
+    except ValueError:
+        raise InvalidAction(f'{spec!r} is not a snooze like "1h", "4h", "2d" or "morning"') \
+            from None
+    if length <= timedelta(0):
+        raise InvalidAction("a snooze must end in the future")
+    return now + length
+
+
+def next_business_morning(now: datetime, calendar: BusinessCalendar) -> datetime:
+    tz = calendar.tz
+    tomorrow = now.astimezone(tz).date() + timedelta(days=1)
+    opening = calendar.next_open(datetime.combine(tomorrow, time(0), tzinfo=tz))
+    if calendar.hours.always:
+        opening = datetime.combine(opening.astimezone(tz).date(), time(9), tzinfo=tz)
+    return opening.astimezone(UTC)
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render_saved_reply(template: str, conversation: Conversation, *, agent: str = "") -> str:
+    """A saved reply with ``{name}``, ``{first_name}``, ``{reference}``, ``{subject}`` and
+    ``{agent}`` filled in (an unknown name stays as written; no name known gives "there")."""
+    name = (conversation.contact.name or "").strip()
+    values = _Blank(name=name or "there", first_name=name.split()[0] if name else "there",
+                    reference=conversation.reference, subject=conversation.subject,
+                    agent=agent)
+    try:
+        return template.format_map(values)
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise InvalidAction(f"the saved reply cannot be filled in ({exc}); "
+                            "write a literal brace as {{ or }}") from None
 
 
 # --- JSON views (CONTRACT.md "--json shapes") -------------------------------------------------
@@ -133,6 +292,7 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
         "first_responded_at": iso(c.first_responded_at), "resolved_at": iso(c.resolved_at),
         "escalation_level": c.escalation_level, "inbox_address": c.inbox_address,
         "contact": contact_view(c.contact),
+        **sla_view(c),  # the scheduler's due times, SLA policy and pause, survey and rating
     }
 
 
@@ -140,6 +300,7 @@ def message_view(m: Message) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": m.id, "direction": m.direction, "author": m.author, "author_name": m.author_name,
         "channel": m.channel, "address": m.address, "subject": m.subject, "text": m.text,
+        "text_new": m.text_new if m.text_new is not None else m.text,  # without quoted history
         "created_at": iso(m.created_at), "delivery_status": m.delivery_status,
         "automated": m.automated, "note": m.is_note, "external_id": m.external_id,
         "sent_at": iso(m.sent_at),
@@ -151,5 +312,11 @@ def message_view(m: Message) -> dict[str, Any]:
     return view
 
 
-def conversation_detail(c: Conversation, messages: list[Message]) -> dict[str, Any]:
-    return {**conversation_view(c), "messages": [message_view(m) for m in messages]}
+def conversation_detail(c: Conversation, messages: list[Message],
+                        other_conversations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The conversation with its messages and (when given, see
+    :func:`.contacts.other_conversations`) the contact's other conversations on every channel."""
+    detail = {**conversation_view(c), "messages": [message_view(m) for m in messages]}
+    if other_conversations is not None:
+        detail["other_conversations"] = other_conversations
+    return detail

@@ -13,12 +13,13 @@ a message that fails is rolled back alone, marked ``failed`` with its error, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,11 +69,14 @@ class Journal:
     """Group commit of raw inbound messages. ``accept`` returns once the message is durable."""
 
     def __init__(self, store: Store, *, clock: Clock, metrics: Metrics,
-                 on_commit: Callable[[], None] = lambda: None) -> None:
+                 on_commit: Callable[[], None] = lambda: None,
+                 gate: asyncio.Lock | None = None) -> None:
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._on_commit = on_commit
+        self._gate = gate
+        self._last_commit = 0.0
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +88,13 @@ class Journal:
             .on_conflict_do_nothing(index_elements=["channel", "remote_id"])
             .returning(table.c.channel, table.c.remote_id)
         )
+
+    quiet = 0.02
+    """Seconds without a commit after which no message counts as arriving."""
+
+    def idle(self) -> bool:
+        """Nothing waiting to be journaled and no commit just now."""
+        return not self._queue and time.monotonic() - self._last_commit >= self.quiet
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._committer(), name="journal-committer")
@@ -123,7 +134,7 @@ class Journal:
         ]
         started = time.perf_counter()
         try:
-            async with self._store.engine.begin() as conn:
+            async with _gated(self._gate), self._store.engine.begin() as conn:
                 result = await conn.execute(self._insert, rows)
                 new = {(r.channel, r.remote_id) for r in result}
         except Exception as exc:  # noqa: BLE001 - every waiting sender gets a temporary failure
@@ -133,6 +144,7 @@ class Journal:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        self._last_commit = time.monotonic()
         self._metrics.journal_commit_seconds.observe(time.perf_counter() - started)
         self._metrics.journal_batch_size.observe(len(batch))
         for p in batch:
@@ -145,6 +157,13 @@ class Journal:
             if not p.future.done():
                 p.future.set_result(is_new)
         self._on_commit()
+
+
+def _gated(gate: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The write gate when there is one (SQLite: one writer; waiting on an asyncio lock is
+    first come, first served, where SQLite's busy handler would let a busy writer starve the
+    journal), else nothing."""
+    return gate if gate is not None else contextlib.nullcontext()
 
 
 class AttachmentStore:
@@ -187,16 +206,28 @@ InboundHook = Callable[[AsyncSession, Conversation, Message, bool], Any]
 """Called inside the processing transaction for every new customer message (e.g. to write
 outbox rows for the Slack desk or an acknowledgement); the bool says the conversation is new."""
 
+InboundFilter = Callable[[AsyncSession, InboundMessage, int, datetime], Awaitable[bool]]
+"""``filter(session, message, journal_id, now)`` runs inside the processing transaction before a
+new message is stored; True means it took the message whole and nothing more is stored (an SMS
+opt-out keyword, a bot's /start, a voicemail transcript that updates an earlier message)."""
+
 
 class Processor:
     """Turns journal rows into contacts, conversations and messages."""
 
     batch_size = 50
+    commit_every = 5
+    max_yield = 1.0
 
     def __init__(self, store: Store, *, parsers: Mapping[str, Parser], attachments: AttachmentStore,
                  due: DueTimes, rules: ThreadingRules, clock: Clock, metrics: Metrics,
-                 hooks: Sequence[InboundHook] = ()) -> None:
+                 hooks: Sequence[InboundHook] = (),
+                 filters: Sequence[InboundFilter] = (),
+                 gate: asyncio.Lock | None = None,
+                 ingest_idle: Callable[[], bool] | None = None) -> None:
         self._store = store
+        self._gate = gate
+        self._ingest_idle = ingest_idle
         self._parsers = parsers
         self._attachments = attachments
         self._due = due
@@ -204,6 +235,7 @@ class Processor:
         self._clock = clock
         self._metrics = metrics
         self._hooks = hooks  # by reference: services register theirs after construction
+        self._filters = filters  # by reference, like hooks
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -248,7 +280,7 @@ class Processor:
         if ids is not None:
             query = query.where(table.c.id.in_(list(ids)))
         query = query.order_by(table.c.id).limit(self.batch_size)
-        async with self._store.engine.connect() as conn:
+        async with _gated(self._gate), self._store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
             return []
@@ -267,10 +299,15 @@ class Processor:
         if files:
             await asyncio.to_thread(lambda: [self._attachments.put(a.data) for a in files])
         outcomes: list[Outcome] = []
-        now = self._clock()
-        async with self._store.session() as session:
-            for row, message, error in parsed:
-                outcomes.append(await self._apply_one(session, row, message, error, now))
+        # Short transactions, each behind the journal's commits waiting at the gate: the
+        # store's single writer (SQLite) goes to the sender's 250/200 first.
+        for start in range(0, len(parsed), self.commit_every):
+            await self._yield_to_ingest()
+            now = self._clock()
+            async with _gated(self._gate), self._store.session() as session:
+                for row, message, error in parsed[start:start + self.commit_every]:
+                    outcomes.append(await self._apply_one(session, row, message, error, now))
+            await asyncio.sleep(0)
         for row, outcome in zip(rows, outcomes, strict=True):
             if outcome.error is None and outcome.message_id is not None:
                 self._metrics.ingest_latency.labels(row.channel).observe(
@@ -295,6 +332,8 @@ class Processor:
                     )
                     if cast(CursorResult[Any], claimed).rowcount == 0:  # another one took it
                         return Outcome(row.id, None, None)
+                    if await self._consumed(session, message, row.id, now):
+                        return Outcome(row.id, None, None)
                     msg_id, conv_id = await self._store_message(session, message, row, now)
                     await session.execute(
                         update(table).where(table.c.id == row.id).values(message_id=msg_id))
@@ -306,6 +345,22 @@ class Processor:
             .values(state="failed", error=error, processed_at=now, attempts=table.c.attempts + 1)
         )
         return Outcome(row.id, None, None, error)
+
+    async def _yield_to_ingest(self) -> None:
+        """Accept fast, process later: while messages are arriving, their commits (and the
+        senders' 250/200) go first; a chunk waits at most ``max_yield`` seconds for a pause."""
+        if self._ingest_idle is None:
+            return
+        deadline = time.monotonic() + self.max_yield
+        while not self._stopping and not self._ingest_idle() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _consumed(self, session: AsyncSession, m: InboundMessage, journal_id: int,
+                        now: datetime) -> bool:
+        for consume in self._filters:
+            if await consume(session, m, journal_id, now):
+                return True
+        return False
 
     async def _store_message(self, session: AsyncSession, m: InboundMessage, row: Any,
                              now: datetime) -> tuple[int, int]:
@@ -321,7 +376,8 @@ class Processor:
             conversation_id=conversation.id, direction="in", author="customer",
             author_name=m.sender_name or contact.name, channel=m.channel,
             external_id=m.external_id, address=m.sender_address, subject=m.subject,
-            text=m.text, html=m.html, headers=dict(m.headers), automated=m.automated,
+            text=m.text, text_new=m.text_new, html=m.html, headers=dict(m.headers),
+            automated=m.automated,
             created_at=now, journal_id=row.id,
         )
         session.add(message)

@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from frontdesk.channels.base import (
+    Deferred,
     DeliveryError,
     OutboundMessage,
     PermanentFailure,
@@ -95,7 +97,8 @@ class OutboxWorker:
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                await self.deliver_due()
+                while await self.deliver_due() and not self._stopping:
+                    await asyncio.sleep(0)  # the next in each lane is due now: go on at once
             except Exception:
                 log.exception("outbox round failed")
             try:
@@ -111,28 +114,27 @@ class OutboxWorker:
             return await self._deliver_round()
 
     async def _deliver_round(self) -> int:
+        # Order is kept per lane, a lane being a kind of work for one conversation: a row is
+        # taken only when it is due and no earlier row of its lane is still pending. So a Slack
+        # post that waits does not hold back the customer's reply, a second reply waits for the
+        # first, and a long backlog in one lane never hides due work in another.
         now = self._clock()
+        earlier = aliased(Outbox)
+        head_of_lane = ~exists().where(
+            earlier.state == "pending", earlier.kind == Outbox.kind,
+            earlier.conversation_id == Outbox.conversation_id, earlier.id < Outbox.id)
         async with self._store.reader() as s:
             rows = (await s.execute(
-                select(Outbox).where(Outbox.state == "pending")
+                select(Outbox)
+                .where(Outbox.state == "pending", Outbox.next_attempt_at <= now, head_of_lane)
                 .order_by(Outbox.id).limit(self.batch_size)
             )).scalars().all()
-        blocked: set[tuple[str, int]] = set()
         attempted = 0
         for row in rows:
             if self._stopping:
                 break
-            # Order is kept per conversation and kind: a Slack post that waits does not hold
-            # back the customer's reply, but a second reply waits for the first.
-            key = (row.kind, row.conversation_id or -row.id)
-            if key in blocked:
-                continue
-            if row.next_attempt_at > now:
-                blocked.add(key)
-                continue
             attempted += 1
-            if not await self._deliver(row):
-                blocked.add(key)
+            await self._deliver(row)
         return attempted
 
     async def _send(self, row: Outbox) -> Receipt:
@@ -187,6 +189,14 @@ class OutboxWorker:
 
     async def _failed(self, row: Outbox, target: _Target, exc: DeliveryError) -> None:
         now = self._clock()
+        if isinstance(exc, Deferred):  # a rate limit: wait, without counting an attempt
+            async with self._store.session() as s:
+                current = await s.get_one(Outbox, row.id)
+                current.next_attempt_at = now + timedelta(seconds=max(0.0, exc.retry_after or 0))
+                current.last_error = exc.reason
+            log.debug("outbox #%d (%s) deferred %.1fs: %s", row.id, row.kind,
+                      exc.retry_after or 0, exc.reason)
+            return
         permanent = isinstance(exc, PermanentFailure)
         async with self._store.session() as s:
             current = await s.get_one(Outbox, row.id)

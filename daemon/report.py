@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.storage.models import Conversation, Message
+from frontdesk.storage.models import Conversation, Event, Message
 
 from .business_hours import BusinessCalendar
 from .conversations import iso
@@ -28,9 +28,15 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def _figures(rows: list[Conversation], calendar: BusinessCalendar, now: datetime,
-             messages: dict[str, dict[str, int]], channel: str | None) -> dict[str, Any]:
+             messages: dict[str, dict[str, int]], channel: str | None,
+             escalations: dict[int, int] | None = None) -> dict[str, Any]:
+    escalations = escalations or {}
     times = [calendar.elapsed(c.created_at, c.first_responded_at).total_seconds()
              for c in rows if c.first_responded_at is not None]
+    resolution = [calendar.elapsed(c.created_at, c.resolved_at).total_seconds()
+                  for c in rows if c.status == "resolved" and c.resolved_at is not None]
+    ratings = [c.rating for c in rows if c.rating is not None]
+    surveyed = sum(1 for c in rows if c.survey_sent_at is not None)
     met = breached = 0
     for c in rows:
         if c.first_response_due_at is None:
@@ -53,7 +59,16 @@ def _figures(rows: list[Conversation], calendar: BusinessCalendar, now: datetime
         "sla_met": met,
         "sla_breached": breached,
         "sla_met_share": round(met / (met + breached), 4) if met + breached else None,
-        "escalated": sum(1 for c in rows if c.escalation_level > 0),
+        "resolution_seconds_median": statistics.median(resolution) if resolution else None,
+        "resolution_seconds_p90": _quantile(resolution, 0.9),
+        "escalated": sum(1 for c in rows if escalations.get(c.id)),
+        "escalations": sum(escalations.get(c.id, 0) for c in rows),
+        "surveys_sent": surveyed,
+        "ratings": len(ratings),
+        "csat_average": round(statistics.fmean(ratings), 2) if ratings else None,
+        "csat_satisfied_share": round(sum(1 for r in ratings if r >= 4) / len(ratings), 4)
+        if ratings else None,
+        "csat_response_rate": round(len(ratings) / surveyed, 4) if surveyed else None,
     }
 
 
@@ -71,11 +86,17 @@ async def build_report(session: AsyncSession, *, since: timedelta, now: datetime
     messages: dict[str, dict[str, int]] = {}
     for channel, direction, n in counts:
         messages.setdefault(channel, {})[direction] = n
+    escalations: dict[int, int] = dict((await session.execute(
+        select(Event.conversation_id, func.count())
+        .where(Event.kind == "escalated", Event.conversation_id.in_(
+            select(Conversation.id).where(Conversation.created_at >= start)))
+        .group_by(Event.conversation_id))).all())
     channels = sorted({c.channel for c in rows} | set(messages))
     return {
         "since": iso(start), "until": iso(now),
-        "overall": _figures(rows, calendar, now, messages, None),
-        "channels": {ch: _figures([c for c in rows if c.channel == ch], calendar, now, messages, ch)
+        "overall": _figures(rows, calendar, now, messages, None, escalations),
+        "channels": {ch: _figures([c for c in rows if c.channel == ch], calendar, now, messages,
+                                  ch, escalations)
                      for ch in channels},
     }
 
@@ -91,7 +112,8 @@ def _duration(seconds: float | None) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     head = (f"{'':10} {'convs':>6} {'in':>6} {'out':>6} {'answered':>8} {'median 1st':>10} "
-            f"{'p90 1st':>9} {'SLA met':>8} {'open':>5}")
+            f"{'p90 1st':>9} {'SLA met':>8} {'open':>5} {'resolved in':>11} {'escal.':>6} "
+            f"{'CSAT':>5} {'replied':>7}")
     lines = [f"frontdesk report {report['since']} .. {report['until']}", head]
     rows = [*report["channels"].items(), ("overall", report["overall"])]
     for name, f in rows:
@@ -99,5 +121,35 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:10} {f['conversations']:>6} {f['messages_in']:>6} {f['messages_out']:>6} "
             f"{f['answered']:>8} {_duration(f['first_response_seconds_median']):>10} "
-            f"{_duration(f['first_response_seconds_p90']):>9} {share:>8} {f['open']:>5}")
+            f"{_duration(f['first_response_seconds_p90']):>9} {share:>8} {f['open']:>5} "
+            f"{_duration(f['resolution_seconds_median']):>11} {f['escalations']:>6} "
+            f"{'-' if f['csat_average'] is None else format(f['csat_average'], '.1f'):>5} "
+            f"{_percent(f['csat_response_rate']):>7}")
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.0f}%"
+
+
+CSV_FIELDS = (
+    "conversations", "resolved", "open", "answered", "messages_in", "messages_out",
+    "first_response_seconds_median", "first_response_seconds_p90", "sla_met", "sla_breached",
+    "sla_met_share", "resolution_seconds_median", "resolution_seconds_p90", "escalated",
+    "escalations", "surveys_sent", "ratings", "csat_average", "csat_satisfied_share",
+    "csat_response_rate",
+)
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """The report as CSV: one row per channel and one ``overall``, with the period on each."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["scope", "since", "until", *CSV_FIELDS])
+    for scope, figures in [*report["channels"].items(), ("overall", report["overall"])]:
+        writer.writerow([scope, report["since"], report["until"],
+                         *("" if figures.get(k) is None else figures[k] for k in CSV_FIELDS)])
+    return out.getvalue()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -134,6 +135,10 @@ class Conversation(Base):
     __table_args__ = (
         Index("ix_conversations_status_id", "status", "id"),
         Index("ix_conversations_contact_channel", "contact_id", "channel"),
+        Index("ix_conversations_next_due_at", "next_due_at"),
+        Index("ix_conversations_sla_dirty", "id",
+              sqlite_where=text("updated_at <> sla_checked_at"),
+              postgresql_where=text("updated_at <> sla_checked_at")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -153,6 +158,22 @@ class Conversation(Base):
     resolved_at: Mapped[datetime | None]
     snoozed_until: Mapped[datetime | None]
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    # The scheduler's due times and bookkeeping (frontdesk.daemon.scheduler, migration 0005):
+    # next_due_at is the earliest thing it has to do; a row whose updated_at differs from
+    # sla_checked_at changed since the scheduler last looked (both indexed for the sweep).
+    ack_due_at: Mapped[datetime | None]
+    next_response_due_at: Mapped[datetime | None]
+    resolution_due_at: Mapped[datetime | None]
+    escalation_due_at: Mapped[datetime | None]
+    survey_due_at: Mapped[datetime | None]
+    survey_sent_at: Mapped[datetime | None]
+    reminder_due_at: Mapped[datetime | None]
+    next_due_at: Mapped[datetime | None]
+    sla_checked_at: Mapped[datetime | None]
+    sla_policy: Mapped[str | None] = mapped_column(String(64))
+    sla_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    rated_at: Mapped[datetime | None]
 
     contact: Mapped[Contact] = relationship(lazy="joined")
 
@@ -178,6 +199,7 @@ class Message(Base):
     address: Mapped[str] = mapped_column(String(320), default="")
     subject: Mapped[str] = mapped_column(String(998), default="")
     text: Mapped[str] = mapped_column(Text, default="")
+    text_new: Mapped[str | None] = mapped_column(Text)  # the new part of a quoted reply
     html: Mapped[str | None] = mapped_column(Text)
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
     automated: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -239,3 +261,162 @@ class Event(Base):
     contact_id: Mapped[int | None] = mapped_column(Id)
     message_id: Mapped[int | None] = mapped_column(Id)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ChannelCheckpoint(Base):
+    """Where a polling channel got to (an IMAP folder's UIDVALIDITY and last UID), saved after
+    the journal commit so a restart neither skips nor repeats."""
+
+    __tablename__ = "channel_checkpoints"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdentityLink(Base):
+    """A customer's request to add an address to their contact, verified by a code sent to it."""
+
+    __tablename__ = "identity_links"
+    __table_args__ = (Index("ix_identity_links_contact_id_state", "contact_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(Id, ForeignKey("contacts.id"))
+    conversation_id: Mapped[int | None] = mapped_column(Id, ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(320))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|verified|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    requested_by: Mapped[str] = mapped_column(String(256), default="customer")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    verified_at: Mapped[datetime | None]
+
+
+class PhoneOptOut(Base):
+    """A phone number's opt-out state (SMS/WhatsApp STOP and START keywords, or Twilio's own
+    error 21610). Nothing is sent to a number while ``opted_out`` is true."""
+
+    __tablename__ = "phone_opt_outs"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)  # E.164
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=True)
+    keyword: Mapped[str] = mapped_column(String(32), default="")
+    source: Mapped[str] = mapped_column(String(32), default="keyword")  # keyword | twilio
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboundPart(Base):
+    """One remote message of an outbound message (long texts go out in several parts): which
+    parts a retry can skip, and the delivery status the remote side reported for each."""
+
+    __tablename__ = "outbound_parts"
+    __table_args__ = (
+        UniqueConstraint("channel", "remote_id", name="uq_outbound_parts_channel_remote_id"),
+        UniqueConstraint("outbox_key", "part", name="uq_outbound_parts_outbox_key"),
+        Index("ix_outbound_parts_message_id", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))  # twilio | telegram
+    remote_id: Mapped[str] = mapped_column(String(128))  # Twilio MessageSid, Telegram chat:message
+    outbox_key: Mapped[str | None] = mapped_column(String(128))  # the outbox idempotency key
+    message_id: Mapped[int | None] = mapped_column(Id)
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TelegramOffset(Base):
+    """The next getUpdates offset of a bot, saved only after the updates before it are
+    journaled, so a restart neither loses nor repeats an update."""
+
+    __tablename__ = "telegram_offsets"
+
+    bot_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlackThread(Base):
+    """The Slack staff desk's root message of a conversation (channel chosen by the routes).
+
+    ``ts`` is empty until the root is posted; ``root_attempted_at`` is committed just before the
+    post, so a retry after a crash knows to look for a root that may already be there.
+    """
+
+    __tablename__ = "slack_threads"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "ts", name="uq_slack_threads_channel_id_ts"),
+    )
+
+    conversation_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("conversations.id"), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    root_attempted_at: Mapped[datetime | None]
+    rendered_hash: Mapped[str | None] = mapped_column(String(64))
+    alerts_only_notice: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlackMessage(Base):
+    """A staff member's message in a frontdesk thread and the frontdesk message it became."""
+
+    __tablename__ = "slack_messages"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "ts", name="uq_slack_messages_channel_id_ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("messages.id"), unique=True)
+    conversation_id: Mapped[int] = mapped_column(Id, ForeignKey("conversations.id"))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    user_name: Mapped[str] = mapped_column(String(256), default="")
+    user_email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlackEvent(Base):
+    """Slack event ids already handled: a retried delivery (same ``event_id``) does nothing."""
+
+    __tablename__ = "slack_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class SlackState(Base):
+    """Small named values the Slack desk keeps (the audit cursor of root-message refreshes)."""
+
+    __tablename__ = "slack_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Acknowledgement(Base):
+    """An acknowledgement sent to a customer: at most one per conversation, and counted per
+    recipient for the rate limits (``acknowledgement.rate_limits``)."""
+
+    __tablename__ = "acknowledgements"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", name="uq_acknowledgements_conversation_id"),
+        Index("ix_acknowledgements_recipient_created_at", "recipient", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(Id, ForeignKey("conversations.id"))
+    message_id: Mapped[int | None] = mapped_column(Id, ForeignKey("messages.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

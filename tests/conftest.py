@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,6 +95,9 @@ def settings_for(tmp_path: Path, *, database_url: str | None = None,
                    "outbox_retry_initial": "1s", "outbox_retry_max": "2s",
                    "shutdown_timeout": "10s"},
         "sla": {"business_hours": "always", "first_response": "1h", "timezone": "UTC"},
+        # The scheduler's sweeps (acknowledgements, escalations, surveys) stay off unless a test
+        # turns them on: tests of other parts count the messages and posts they expect.
+        "scheduler": {"enabled": False},
     }
     for section, values in sections.items():
         target = data.setdefault(section, {})
@@ -127,3 +132,24 @@ async def daemon_factory() -> AsyncIterator[Callable[..., Any]]:
         if not d._stop.is_set():
             d.request_stop()
             await d.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Dovecot on loopback for the whole session (tests/dovecot.py); each test takes its
+    own user with ``dovecot.add_user()``. Skipped, saying why, where Dovecot is not installed."""
+    import dovecot as dovecot_module
+
+    if not dovecot_module.available():
+        pytest.skip(dovecot_module.SKIP_REASON)
+    # Not under pytest's private (0700) temp dir: Dovecot's auth and mail processes run as
+    # other users and must reach the passwd file and the Maildirs.
+    root = Path(tempfile.mkdtemp(prefix="frontdesk-dovecot-"))
+    root.chmod(0o755)
+    server = dovecot_module.Dovecot(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

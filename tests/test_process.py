@@ -57,6 +57,8 @@ outbox_retry_initial = "1s"
 outbox_retry_max = "1s"
 [sla]
 business_hours = "always"
+[acknowledgement]
+enabled = false                 # these tests count what reaches the relay and the outbox
 """)
         self.log = tmp / "frontdesk.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,4 +1,10 @@
-"""The email channel: frontdesk's SMTP server in, the configured relay out."""
+"""The email channel: frontdesk's SMTP server in, the configured relay out.
+
+(The IMAP mailbox reader is a channel object of its own, :mod:`.imap`, whose journal rows this
+channel parses.) Through :meth:`EmailChannel.attach` it also plugs into the ingest transaction:
+bounces mark the reply they are about as failed (:mod:`.records`), and verification codes for
+identity links are checked (:class:`frontdesk.daemon.contacts.LinkVerifier`).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ class EmailChannel:
     def __init__(self, config: EmailConfig) -> None:
         self._config = config
         self._inboxes = tuple(config.inbox_addresses)
+        self._languages = tuple(config.reply_languages)
         self._sender = EmailSender(config.outbound)
+        self._own_domains = (self._sender.from_domain,)
         self.smtp: SmtpServer | None = None
         if config.smtp_server.enabled:
             self.smtp = SmtpServer(config.smtp_server, InboxAddresses(self._inboxes))
@@ -49,7 +57,17 @@ class EmailChannel:
         return self.smtp is None or self.smtp.serving
 
     def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
-        return parse_email(raw, meta, self._inboxes)
+        return parse_email(raw, meta, self._inboxes, own_domains=self._own_domains,
+                           reply_languages=self._languages)
+
+    def attach(self, daemon: Any) -> None:
+        """The store-side half: bounce handling and verified identity links."""
+        from frontdesk.daemon.contacts import LinkVerifier
+
+        from .records import apply_delivery_report
+
+        daemon.inbound_filters.append(apply_delivery_report)
+        daemon.inbound_hooks.append(LinkVerifier(daemon.settings))
 
     async def send(self, outbound: OutboundMessage) -> Receipt:
         return await self._sender.send(outbound)

@@ -39,6 +39,10 @@ from typing import Any
 
 from frontdesk.channels.base import Attachment, InboundMessage, ParseError
 
+from .dsn import read_report
+from .ids import is_own_message_id
+from .quotes import new_part
+
 __all__ = ["html_to_text", "parse_email", "remote_id_for"]
 
 log = logging.getLogger(__name__)
@@ -591,8 +595,13 @@ def _first_token(value: str) -> str:
 
 
 def _automated(headers: Mapping[str, list[str]], msg: Message, envelope: str | None,
-               sender: str) -> str | None:
-    """Why this mail looks automated (auto-reply, bounce, bulk), or None."""
+               sender: str, own_domains: Sequence[str] = ()) -> str | None:
+    """Why this mail looks automated (auto-reply, bounce, bulk, our own mail back), or None."""
+    if own_domains:
+        own = next((i for i in _message_ids(headers.get("message-id", []))
+                    if is_own_message_id(i, own_domains)), None)
+        if own is not None:
+            return f"our own mail came back (Message-ID <{own}>)"
     if "auto-submitted" in headers:
         value = _first_token(headers["auto-submitted"][0])
         if value != "no":
@@ -608,6 +617,8 @@ def _automated(headers: Mapping[str, list[str]], msg: Message, envelope: str | N
         value = _first_token(headers["precedence"][0])
         if value in ("bulk", "list", "junk", "auto_reply", "auto-reply"):
             return f"Precedence: {value}"
+    if "x-loop" in headers:
+        return f"X-Loop: {headers['x-loop'][0].strip()[:100]}"
     if "x-failed-recipients" in headers:
         return "bounce (X-Failed-Recipients)"
     if msg.get_content_type() == "multipart/report":
@@ -633,7 +644,7 @@ _WANTED = frozenset({
     "from", "sender", "to", "cc", "subject", "message-id", "date", "in-reply-to", "references",
     "reply-to", "auto-submitted", "precedence", "list-id", "list-unsubscribe", "x-autoreply",
     "x-autorespond", "x-autoresponse", "x-auto-response-suppress", "x-failed-recipients",
-    "return-path",
+    "return-path", "x-loop", "original-message-id",
 })
 _KEPT_HEADERS = (
     ("message-id", "Message-ID"), ("from", "From"), ("to", "To"), ("cc", "Cc"),
@@ -701,13 +712,17 @@ def _received_at(value: Any) -> datetime | None:
     return None
 
 
-def parse_email(raw: bytes, meta: Mapping[str, Any],
-                inbox_addresses: Sequence[str]) -> InboundMessage:
+def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[str], *,
+                own_domains: Sequence[str] = (),
+                reply_languages: Sequence[str] = ("en",)) -> InboundMessage:
     """Parse a raw mail into an :class:`InboundMessage` (pure, no I/O).
 
     ``meta`` may hold ``mail_from`` (envelope sender; ``"<>"``/``""`` is the null sender),
-    ``rcpt_tos``, ``received_at`` (ISO string) and ``journal_id``. Raises :class:`ParseError`
-    only for an empty mail or one without any sender address.
+    ``rcpt_tos``, ``received_at`` (ISO string) and ``journal_id``; mail read over IMAP has no
+    envelope. ``own_domains`` are the domains of frontdesk's own Message-IDs (mail of ours that
+    comes back is automated); ``reply_languages`` are the languages of the quote headers looked
+    for to split off a reply's new part. Raises :class:`ParseError` only for an empty mail or
+    one without any sender address.
     """
     if not raw or not raw.strip():
         raise ParseError("empty message")
@@ -782,7 +797,14 @@ def parse_email(raw: bytes, meta: Mapping[str, Any],
             joined = ", ".join(values) if key in ("to", "cc") else values[0]
             kept[label] = _display(joined)
 
-    reason = _automated(headers, msg, envelope_str, sender_address)
+    reason = _automated(headers, msg, envelope_str, sender_address, own_domains)
+    null_sender = (envelope_str is not None and envelope_str.strip() in ("", "<>")) or (
+        envelope_str is None and [v.strip() for v in headers.get("return-path", [])][:1] == ["<>"])
+    report = read_report(msg, headers, text, sender=sender_address, null_sender=null_sender,
+                         subject=subject_raw)
+    thread_refs = _message_ids(headers.get("in-reply-to", []) + headers.get("references", []))
+    if report is not None:
+        thread_refs += [i for i in report.original_ids if i not in thread_refs]
     journal_id = meta.get("journal_id")
     return InboundMessage(
         channel="email",
@@ -793,8 +815,7 @@ def parse_email(raw: bytes, meta: Mapping[str, Any],
         text=text,
         html=html,
         attachments=tuple(attachments),
-        thread_refs=tuple(_message_ids(headers.get("in-reply-to", [])
-                                       + headers.get("references", []))),
+        thread_refs=tuple(thread_refs),
         conversation_hint=hint,
         subject_token=int(token.group(1)) if token else None,
         recipients=tuple(recipients),
@@ -804,4 +825,6 @@ def parse_email(raw: bytes, meta: Mapping[str, Any],
         automated_reason=reason,
         headers=kept,
         raw_ref=int(journal_id) if journal_id is not None else None,
+        text_new=new_part(text, reply_languages),
+        delivery_report=report,
     )

@@ -39,6 +39,8 @@ from frontdesk.channels.base import (
 )
 from frontdesk.config.schema import OutboundConfig
 
+from .ids import new_message_id
+
 logger = logging.getLogger(__name__)
 
 _MASK = "********"
@@ -118,7 +120,7 @@ class EmailSender:
         if out.message_id:
             msg["Message-ID"] = f"<{_bare_id(out.message_id)}>"
         else:
-            msg["Message-ID"] = email.utils.make_msgid(domain=self.from_domain)
+            msg["Message-ID"] = f"<{new_message_id(self.from_domain)}>"
         if out.in_reply_to:
             msg["In-Reply-To"] = f"<{_bare_id(out.in_reply_to)}>"
         refs = [_bare_id(ref) for ref in out.references if _bare_id(ref)]

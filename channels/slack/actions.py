@@ -1,0 +1,275 @@
+"""The root message's buttons and the ``/frontdesk`` slash command.
+
+Buttons (CONTRACT.md "Slack desk"): ``frontdesk_claim`` and ``frontdesk_resolve`` (and
+``frontdesk_reopen`` on a resolved conversation) are buttons whose ``value`` is the reference;
+``frontdesk_snooze`` and ``frontdesk_priority`` are menus whose option values are the reference
+followed by the choice (``"FD-12 4h"``, ``"FD-12 high"``); a bare reference snoozes for an hour or
+raises the priority one step.
+
+``/frontdesk SUBCOMMAND [REF] [ARGS]``: ``resolve FD-12``, ``reopen FD-12``, ``claim FD-12``,
+``assign FD-12 @user`` (or ``me``, ``nobody``), ``snooze FD-12 2h`` (or ``morning``),
+``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``; the answer
+is shown only to the person who typed it.
+
+Every change goes through :mod:`frontdesk.daemon.conversations` (the same functions as the
+command line), is written to the events audit with the Slack user as actor, is said in the
+conversation's thread, and refreshes the root message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+
+from frontdesk.daemon.conversations import (
+    PRIORITIES,
+    CannotReply,
+    InvalidAction,
+    UnknownConversation,
+    add_staff_reply,
+    assign,
+    get_conversation,
+    messages_of,
+    render_saved_reply,
+    reopen,
+    resolve,
+    set_priority,
+    snooze,
+    snooze_until,
+)
+from frontdesk.daemon.search import InvalidQuery, marked, search_conversations
+
+from . import blocks
+
+if TYPE_CHECKING:
+    from .desk import SlackDesk, SlackUser
+
+log = logging.getLogger(__name__)
+
+USAGE = """*/frontdesk* — what it does:
+• `show FD-12` — the conversation and its last messages
+• `resolve FD-12` · `reopen FD-12` · `claim FD-12`
+• `assign FD-12 @someone` (or `me`, or `nobody`)
+• `snooze FD-12 2h` (or `30m`, `1d`, `morning` for the next business morning)
+• `priority FD-12 high` (low, normal, high, urgent)
+• `search words` — earlier conversations that mention them
+• `reply-with FD-12 NAME` — send a saved reply{saved}"""
+
+_BUTTONS = {blocks.ACTION_CLAIM: "claim", blocks.ACTION_RESOLVE: "resolve",
+            blocks.ACTION_REOPEN: "reopen", blocks.ACTION_SNOOZE: "snooze",
+            blocks.ACTION_PRIORITY: "priority"}
+_USER_MENTION = re.compile(r"^<@([A-Z0-9]+)(?:\|([^>]*))?>$")
+_NOBODY = frozenset({"nobody", "none", "-", "no-one", "noone"})
+
+
+def _raise_priority(current: str) -> str:
+    index = PRIORITIES.index(current) if current in PRIORITIES else 1
+    return PRIORITIES[min(index + 1, len(PRIORITIES) - 1)]
+
+
+class DeskActions:
+    def __init__(self, desk: SlackDesk) -> None:
+        self.desk = desk
+
+    # -- buttons ------------------------------------------------------------------------------
+
+    async def on_action(self, body: dict[str, Any]) -> None:
+        action = (body.get("actions") or [{}])[0]
+        kind = _BUTTONS.get(str(action.get("action_id")))
+        value = action.get("value") or (action.get("selected_option") or {}).get("value") or ""
+        reference, _, choice = str(value).strip().partition(" ")
+        user = await self.desk.users.get(str((body.get("user") or {}).get("id") or ""))
+        if kind is None:
+            return
+        ok, text = await self.change(kind, reference, choice.strip(), user)
+        if not ok:
+            await self._tell(body, user, f":warning: {text}")
+
+    async def _tell(self, body: dict[str, Any], user: SlackUser, text: str) -> None:
+        """A note only the clicking person sees (not a conversation post: not in the outbox)."""
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
+            "channel_id")
+        if not channel:
+            return
+        try:
+            await self.desk.client.chat_postEphemeral(channel=channel, user=user.id, text=text)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("could not tell %s %r: %s", user.id, text, exc)
+
+    # -- state changes (buttons and the slash command) --------------------------------------------
+
+    async def change(self, kind: str, reference: str, arg: str, user: SlackUser,
+                     assignee: str | None = None) -> tuple[bool, str]:
+        """Apply one action; (True, what happened) or (False, why not)."""
+        desk = self.desk
+        now = desk.clock()
+        data = {"via": "slack", "slack_user": user.id}
+        changed = False
+        try:
+            async with desk.store.session() as s:
+                c = await get_conversation(s, reference)
+                if kind == "claim":
+                    changed = await assign(s, c, user.name, actor=user.actor, now=now, data=data)
+                    what = "Claimed"
+                elif kind == "assign":
+                    changed = await assign(s, c, assignee, actor=user.actor, now=now, data=data)
+                    what = f"Assigned to {blocks.escape(assignee)}" if assignee else "Unassigned"
+                elif kind == "resolve":
+                    changed = await resolve(s, c, actor=user.actor, now=now, data=data)
+                    what = "Resolved"
+                elif kind == "reopen":
+                    changed = await reopen(s, c, actor=user.actor, now=now, data=data)
+                    what = "Reopened"
+                elif kind == "snooze":
+                    until = snooze_until(arg or "1h", now, desk.calendar)
+                    changed = await snooze(s, c, until, actor=user.actor, now=now, data=data)
+                    what = f"Snoozed until {blocks.slack_date(until)}"
+                elif kind == "priority":
+                    priority = (arg or _raise_priority(c.priority)).lower()
+                    changed = await set_priority(s, c, priority, actor=user.actor, now=now,
+                                                 data=data)
+                    what = f"Priority set to {blocks.escape(priority)}"
+                else:
+                    return False, f"unknown action {kind!r}"
+                if changed:
+                    await desk.queue.text(s, c, blocks.action_line(what, user.name), now)
+                reference, status = c.reference, c.status
+        except (UnknownConversation, InvalidAction) as exc:
+            return False, str(exc)
+        if not changed:
+            return True, f"{reference} unchanged (it is {status})."
+        desk.kick_outbox()
+        desk.kick_refresh()
+        log.info("%s: %s by %s", reference, what, user.actor)
+        return True, f"{reference}: {what}."
+
+    # -- /frontdesk ----------------------------------------------------------------------------
+
+    async def on_command(self, command: dict[str, Any]) -> str:
+        words = str(command.get("text") or "").split()
+        user = await self.desk.users.get(str(command.get("user_id") or ""))
+        if not words or words[0].lower() in ("help", "?", "-h", "--help"):
+            return self._usage()
+        sub, rest = words[0].lower(), words[1:]
+        if sub == "search":
+            return await self.search(" ".join(rest))
+        if sub not in ("resolve", "reopen", "claim", "assign", "snooze", "priority", "show",
+                       "reply-with", "reply_with", "replywith"):
+            return f"I don't know `{blocks.escape(sub)}`.\n{self._usage()}"
+        if not rest:
+            return f"`{sub}` needs a conversation reference, like `{sub} FD-12`."
+        reference, args = rest[0], rest[1:]
+        if sub == "show":
+            return await self.show(reference)
+        if sub in ("reply-with", "reply_with", "replywith"):
+            if not args:
+                return f"`reply-with {blocks.escape(reference)} NAME` needs the saved reply's " \
+                       f"name.{self._saved_names()}"
+            return await self.reply_with(reference, args[0], user)
+        if sub == "assign":
+            if not args:
+                return "`assign FD-12 @someone` needs someone (or `me`, or `nobody`)."
+            assignee = await self._person(" ".join(args), user)
+            ok, text = await self.change("assign", reference, "", user, assignee=assignee)
+        elif sub == "snooze":
+            ok, text = await self.change("snooze", reference, args[0] if args else "1h", user)
+        elif sub == "priority":
+            ok, text = await self.change("priority", reference, args[0] if args else "", user)
+        else:
+            ok, text = await self.change(sub, reference, "", user)
+        return text if ok else f":warning: {text}"
+
+    async def _person(self, spec: str, me: SlackUser) -> str | None:
+        spec = spec.strip()
+        if spec.lower() in _NOBODY:
+            return None
+        if spec.lower() in ("me", "myself"):
+            return me.name
+        mention = _USER_MENTION.match(spec)
+        if mention:
+            return (await self.desk.users.get(mention.group(1))).name
+        return spec.lstrip("@") or None
+
+    def _saved_names(self) -> str:
+        names = sorted(self.desk.settings.saved_replies)
+        if not names:
+            return " No saved replies are configured (`[saved_replies]` in frontdesk.toml)."
+        return " Saved replies: " + ", ".join(f"`{n}`" for n in names) + "."
+
+    def _usage(self) -> str:
+        return USAGE.format(saved=("\n" + self._saved_names().strip()))
+
+    async def show(self, reference: str) -> str:
+        desk = self.desk
+        try:
+            async with desk.store.reader() as s:
+                c = await get_conversation(s, reference)
+                messages = await messages_of(s, c.id)
+                card = await desk.card(s, c.id)
+        except UnknownConversation as exc:
+            return f":warning: {exc}"
+        ids = ", ".join(f"{ch} {blocks.escape(a)}" for ch, a in card.identities)
+        lines = [
+            f"*{c.reference}* · {blocks.cut(c.subject or '(no subject)', 200)}",
+            f"Status *{c.status}* · priority {c.priority} · "
+            f"assignee {blocks.escape(c.assignee) if c.assignee else 'nobody'} · "
+            f"channel {c.channel}",
+            f"Contact {blocks.cut(card.contact_name or '(no name)', 200)} ({ids})",
+            f"SLA: {blocks.sla_line(card)}",
+        ]
+        if messages:
+            lines.append("Last messages:")
+        for m in messages[-5:]:
+            arrow = "←" if m.direction == "in" else "→"
+            kind = " (note)" if m.is_note else f" [{m.delivery_status}]" \
+                if m.delivery_status else ""
+            who = blocks.cut(m.author_name or m.address or m.author, 100)
+            lines.append(f"{arrow} *{who}*{kind} {blocks.slack_date(m.created_at)}: "
+                         f"{blocks.cut(' '.join(m.text.split()), 300)}")
+        return "\n".join(lines)
+
+    async def search(self, query: str) -> str:
+        try:
+            async with self.desk.store.reader() as s:
+                hits = await search_conversations(s, query, limit=10)
+        except InvalidQuery as exc:
+            return f":warning: {exc}: `/frontdesk search refund broken`"
+        if not hits:
+            return f"No conversation mentions “{blocks.cut(query, 200)}”."
+        lines = [f"Conversations that mention “{blocks.cut(query, 200)}”:"]
+        for h in hits:
+            snippet = marked(blocks.escape(h.snippet), "*", "*")
+            lines.append(f"• *{h.reference}* ({h.status}, {h.channel}) "
+                         f"{blocks.cut(h.subject or '(no subject)', 120)} — {snippet[:400]}")
+        return "\n".join(lines)
+
+    async def reply_with(self, reference: str, name: str, user: SlackUser) -> str:
+        desk = self.desk
+        if not desk.config.replies_enabled:
+            return ":warning: Replies are off on this desk (`slack.replies_enabled = false`)."
+        template = desk.settings.saved_replies.get(name.lower())
+        if template is None:
+            return f":warning: There is no saved reply called `{blocks.escape(name)}`." \
+                   + self._saved_names()
+        now = desk.clock()
+        try:
+            async with desk.store.session() as s:
+                c = await get_conversation(s, reference)
+                text = render_saved_reply(template, c, agent=user.name)
+                reply = await add_staff_reply(
+                    s, c, text, author=user.name[:256], settings=desk.settings, now=now,
+                    actor=user.actor,
+                    event_data={"via": "slack", "slack_user": user.id,
+                                "saved_reply": name.lower()})
+                reference = c.reference
+        except (UnknownConversation, InvalidAction, CannotReply) as exc:
+            return f":warning: {exc}"
+        desk.kick_outbox()
+        desk.kick_refresh()
+        log.info("%s: saved reply %s queued as #%d by %s", reference, name, reply.id, user.actor)
+        return (f"Queued the saved reply `{blocks.escape(name.lower())}` to {reference}; it "
+                f"shows in the thread once it is sent:\n{blocks.quote(text, 2500)}")

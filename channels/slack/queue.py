@@ -1,0 +1,145 @@
+"""The Slack desk's work as outbox rows, written in the caller's transaction (no Slack SDK here).
+
+Every row is of kind :data:`KIND` with the conversation set, so the outbox keeps one order per
+conversation: the root post first, then the thread posts, root refreshes and reactions in the
+order they were written. ``payload["op"]`` says what to do:
+
+* ``root``: post the conversation's root message (its card, rendered when it is sent);
+* ``message``: mirror a stored message (a later customer message, a reply sent from the command
+  line, an acknowledgement) into the thread;
+* ``text``: post ready-made mrkdwn in the thread (delivery failures, actions, escalations);
+* ``update``: refresh the root message with chat.update (skipped when nothing changed);
+* ``reaction``: add an emoji to a Slack message (a staff reply that was sent).
+
+``payload["slack_channel"]`` is the Slack channel, for the per-channel backlog gauge (and
+``payload["target"]`` names it in the outbox's logs). Other parts
+of frontdesk (the scheduler's escalation notices) post in a thread with :meth:`SlackQueue.text`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frontdesk.config.schema import Settings, SlackRoute
+from frontdesk.storage.models import Contact, Conversation, Message, Outbox, SlackThread
+
+log = logging.getLogger(__name__)
+
+KIND = "slack"
+
+
+def contact_tags(contact: Contact | None) -> set[str]:
+    """A contact's tags: keys of ``contacts.tags`` with a true value, and a ``"tags"`` list."""
+    if contact is None or not contact.tags:
+        return set()
+    tags = {str(k).lower() for k, v in contact.tags.items() if v is True}
+    listed = contact.tags.get("tags")
+    if isinstance(listed, list):
+        tags |= {str(t).lower() for t in listed}
+    return tags
+
+
+def _has_keyword(keyword: str, text: str) -> bool:
+    return re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?!\w)", text) is not None
+
+
+def route(routes: list[SlackRoute], default: str, *, channel: str, inbox_address: str | None,
+          text: str, tags: set[str]) -> str:
+    """The Slack channel for a conversation: the first route whose every condition matches."""
+    lowered = text.lower()
+    inbox = (inbox_address or "").lower()
+    base_inbox = re.sub(r"\+[^@]*@", "@", inbox)
+    for r in routes:
+        if r.customer_channels and channel not in r.customer_channels:
+            continue
+        if r.inbox_addresses and inbox not in r.inbox_addresses \
+                and base_inbox not in r.inbox_addresses:
+            continue
+        if r.keywords and not any(_has_keyword(k, lowered) for k in r.keywords):
+            continue
+        if r.contact_tags and not tags & {t.lower() for t in r.contact_tags}:
+            continue
+        return r.channel_id
+    return default
+
+
+class SlackQueue:
+    """Writes the Slack desk's outbox rows; knows the routes, so it can open a thread anywhere."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._slack = settings.slack
+
+    async def thread(self, session: AsyncSession, conversation: Conversation,
+                     now: datetime, first: Message | None = None) -> SlackThread:
+        """The conversation's thread record, made (and routed) on first use."""
+        found = await session.get(SlackThread, conversation.id)
+        if found is not None:
+            return found
+        contact = await session.get(Contact, conversation.contact_id)
+        if first is None:
+            first = (await session.execute(
+                select(Message).where(Message.conversation_id == conversation.id)
+                .order_by(Message.id).limit(1))).scalars().first()
+        text = f"{conversation.subject}\n{first.text if first else ''}"
+        channel_id = route(self._slack.routes, self._slack.channel_id,
+                           channel=conversation.channel, inbox_address=conversation.inbox_address,
+                           text=text, tags=contact_tags(contact))
+        table = SlackThread.__table__
+        sqlite_store = session.get_bind().dialect.name == "sqlite"
+        insert = sqlite.insert if sqlite_store else postgresql.insert
+        await session.execute(insert(table).values(
+            conversation_id=conversation.id, channel_id=channel_id, ts=None,
+            root_attempted_at=None, rendered_hash=None, alerts_only_notice=False,
+            created_at=now, updated_at=now).on_conflict_do_nothing(
+            index_elements=["conversation_id"]))
+        return await session.get_one(SlackThread, conversation.id)
+
+    async def _add(self, session: AsyncSession, conversation: Conversation, now: datetime,
+                   op: str, key: str, first: Message | None = None, **payload: Any) -> Outbox:
+        thread = await self.thread(session, conversation, now, first)
+        row = Outbox(kind=KIND, conversation_id=conversation.id,
+                     message_id=payload.get("message_id"),
+                     payload={"op": op, "slack_channel": thread.channel_id,
+                              "target": thread.channel_id, **payload},
+                     idempotency_key=key, state="pending", attempts=0, next_attempt_at=now,
+                     created_at=now)
+        session.add(row)
+        await session.flush()
+        return row
+
+    async def root(self, session: AsyncSession, conversation: Conversation, first: Message,
+                   now: datetime) -> Outbox:
+        return await self._add(session, conversation, now, "root",
+                               f"slack-root-{conversation.id}", first=first)
+
+    async def message(self, session: AsyncSession, conversation: Conversation, message_id: int,
+                      now: datetime) -> Outbox:
+        return await self._add(session, conversation, now, "message",
+                               f"slack-message-{message_id}", message_id=message_id)
+
+    async def text(self, session: AsyncSession, conversation: Conversation, text: str,
+                   now: datetime, key: str | None = None) -> Outbox:
+        """Post ``text`` (Slack mrkdwn; escape customer words with
+        :func:`frontdesk.channels.slack.blocks.escape`) in the conversation's thread. ``key``
+        makes it idempotent (an escalation notice written twice is posted once)."""
+        return await self._add(session, conversation, now, "text",
+                               key or f"slack-text-{uuid.uuid4().hex}", text=text)
+
+    async def update(self, session: AsyncSession, conversation: Conversation, now: datetime,
+                     key: str | None = None) -> Outbox:
+        return await self._add(session, conversation, now, "update",
+                               key or f"slack-update-{uuid.uuid4().hex}")
+
+    async def reaction(self, session: AsyncSession, conversation: Conversation, *, channel: str,
+                       ts: str, name: str, now: datetime) -> Outbox:
+        return await self._add(session, conversation, now, "reaction",
+                               f"slack-reaction-{channel}-{ts}-{name}", in_channel=channel,
+                               ts=ts, name=name)

@@ -1,0 +1,400 @@
+"""The Telegram channel: a bot customers write to, through python-telegram-bot's ``Bot``.
+
+Receive, polling (the default): the daemon's own getUpdates loop, not PTB's Updater (which
+advances the offset as soon as it fetches, so a crash loses what it fetched). Each batch is
+journaled first (one group commit), then the next offset is saved in the store; a crash between
+the two fetches the batch again and the journal's unique key stores nothing twice. A 409
+Conflict (another poller, or a webhook still set) is logged plainly and retried with backoff.
+Polling is a single consumer: run one polling instance per bot.
+
+Receive, webhook mode: ``set_webhook(public_url + /webhooks/telegram, secret_token=...)`` at
+start; POST /webhooks/telegram checks ``X-Telegram-Bot-Api-Secret-Token`` (403 when wrong,
+nothing stored), journals, answers 200 (503 when the journal fails, so Telegram retries).
+
+Send: sendMessage to the chat, texts over 4,096 characters in several messages, in order;
+a user who blocked the bot is a permanent failure with that reason.
+
+Readiness: true once the webhook is set, or once a getUpdates call succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from telegram import Bot, Update
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.request import HTTPXRequest
+
+from frontdesk.channels.base import (
+    Accept,
+    Attachment,
+    DeliveryError,
+    InboundMessage,
+    OutboundMessage,
+    PermanentFailure,
+    Receipt,
+    TemporaryFailure,
+)
+from frontdesk.channels.chat import split_text
+from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.config.schema import TelegramConfig
+
+from .parse import journal_key, parse_update
+from .records import FILE_JOB, TelegramRecords
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_TEXT = 4096
+ALLOWED_UPDATES = ["message"]  # edits are not asked for: a message is stored once, as sent
+
+
+def _seconds(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PTB 22 warns that the int form is deprecated
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _quiet_url_loggers() -> None:
+    """httpx logs every request URL at INFO and PTB logs its base URL at DEBUG: both carry the
+    bot token, which must never reach the logs."""
+    for name, level in (("httpx", logging.WARNING), ("httpcore", logging.WARNING),
+                        ("telegram.Bot", logging.INFO), ("telegram.request", logging.INFO)):
+        logger = logging.getLogger(name)
+        if logger.level < level:
+            logger.setLevel(level)
+
+
+class TelegramChannel:
+    name = "telegram"
+    journal_names = ("telegram",)
+    channel_names = ("telegram",)
+
+    backoff_initial = 1.0
+    backoff_max = 60.0
+
+    def __init__(self, config: TelegramConfig, *, public_url: str, data_dir: str = "") -> None:
+        self._config = config
+        self._public_url = public_url.rstrip("/")
+        self._data_dir = data_dir
+        self._token = config.bot_token.get_secret_value()
+        self.bot_id = self._token.split(":", 1)[0]
+        self._secret = config.webhook_secret.get_secret_value().encode()
+        self.mode = config.mode
+        self._bot: Bot | None = None
+        self._bot_lock = asyncio.Lock()
+        self._accept: Accept | None = None
+        self._records: TelegramRecords | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = False
+        self._stopping = False
+
+    # -- composition ----------------------------------------------------------------------------
+
+    def attach(self, daemon: Any) -> None:
+        from frontdesk.daemon.ingest import AttachmentStore
+
+        store = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
+        files = AttachmentJob(FILE_JOB, daemon.store, store, self._fetch_file,
+                              clock=daemon.clock)
+        records = TelegramRecords(daemon.store, clock=daemon.clock,
+                                  greeting=self._config.greeting, files=files,
+                                  kick=daemon.outbox.kick)
+        self._records = records
+        daemon.inbound_filters.append(records.before_store)
+        daemon.inbound_hooks.append(records.after_store)
+        daemon.outbox_handlers[FILE_JOB] = files
+
+    def http_routes(self) -> list[web.RouteDef]:
+        return [web.post(WEBHOOK_PATH, self._on_update)] if self.mode == "webhook" else []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "<bot token>") if self._token else text
+
+    def _make_bot(self) -> Bot:
+        base = self._config.api_base_url
+        timeout = self._config.request_timeout.total_seconds()
+        request = HTTPXRequest(connection_pool_size=16, read_timeout=timeout,
+                               write_timeout=timeout, connect_timeout=timeout,
+                               pool_timeout=timeout)
+        # getUpdates holds its connection for the long poll: a pool of its own. PTB adds the
+        # long-poll timeout to this read timeout.
+        updates = HTTPXRequest(connection_pool_size=1, read_timeout=timeout,
+                               write_timeout=timeout, connect_timeout=timeout,
+                               pool_timeout=timeout)
+        return Bot(self._token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
+                   request=request, get_updates_request=updates)
+
+    async def start(self, accept: Accept) -> None:
+        _quiet_url_loggers()
+        self._accept = accept
+        self._stopping = False
+        self._bot = self._make_bot()
+        runner = self._poll() if self.mode == "polling" else self._set_webhook()
+        self._task = asyncio.create_task(runner, name=f"telegram-{self.mode}")
+        log.info("telegram channel: %s", "polling getUpdates" if self.mode == "polling"
+                 else f"webhook at {self._public_url}{WEBHOOK_PATH}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._accept = None
+        if self._bot is not None:
+            with contextlib.suppress(Exception):
+                await self._bot.shutdown()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def _bot_up(self) -> Bot:
+        """The bot, initialised (getMe) once; raises TelegramError while Telegram is away."""
+        bot = self._bot
+        if bot is None or self._stopping:
+            raise TemporaryFailure("the telegram channel is not running")
+        async with self._bot_lock:
+            await bot.initialize()
+        return bot
+
+    async def _pause(self, delay: float) -> float:
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.backoff_max)
+
+    async def _set_webhook(self) -> None:
+        delay = self.backoff_initial
+        url = f"{self._public_url}{WEBHOOK_PATH}"
+        while not self._stopping:
+            try:
+                bot = await self._bot_up()
+                await bot.set_webhook(url, secret_token=self._secret.decode(),
+                                      allowed_updates=ALLOWED_UPDATES)
+            except InvalidToken:
+                log.error("telegram: the bot token was rejected (check telegram.bot_token); "
+                          "retrying in %.0f s", delay)
+            except RetryAfter as exc:
+                delay = max(delay, _seconds(exc))
+                log.warning("telegram: setWebhook rate limited; retrying in %.0f s", delay)
+            except TelegramError as exc:
+                log.warning("telegram: could not set the webhook to %s: %s; retrying in %.0f s",
+                            url, self._scrub(str(exc)), delay)
+            else:
+                self._ready = True
+                log.info("telegram: webhook set to %s", url)
+                return
+            delay = await self._pause(delay)
+
+    async def _poll(self) -> None:
+        records = self._records
+        if records is None:
+            log.error("telegram: the channel is not attached to the store; not polling")
+            return
+        delay = self.backoff_initial
+        offset: int | None = None
+        webhook_cleared = False
+        while not self._stopping:
+            try:
+                bot = await self._bot_up()
+                if offset is None:
+                    offset = await records.load_offset(self.bot_id)
+                if not webhook_cleared:
+                    # a webhook left set makes every getUpdates a 409
+                    await bot.delete_webhook(drop_pending_updates=False)
+                    webhook_cleared = True
+                updates = await bot.get_updates(
+                    offset=offset, timeout=int(self._config.poll_timeout.total_seconds()),
+                    allowed_updates=ALLOWED_UPDATES)
+            except Conflict as exc:
+                self._ready = False
+                log.error("telegram: getUpdates refused with 409 Conflict (%s): another "
+                          "program is polling this bot or a webhook is set; only one frontdesk "
+                          "may poll a bot. Retrying in %.0f s", self._scrub(exc.message), delay)
+                delay = await self._pause(delay)
+                continue
+            except RetryAfter as exc:
+                wait = max(delay, _seconds(exc))
+                log.warning("telegram: getUpdates rate limited; retrying in %.0f s", wait)
+                await asyncio.sleep(wait)
+                continue
+            except InvalidToken:
+                self._ready = False
+                log.error("telegram: the bot token was rejected (check telegram.bot_token); "
+                          "retrying in %.0f s", delay)
+                delay = await self._pause(delay)
+                continue
+            except TelegramError as exc:
+                self._ready = False
+                log.warning("telegram: getUpdates failed: %s; retrying in %.0f s",
+                            self._scrub(str(exc)), delay)
+                delay = await self._pause(delay)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the store answered the offset with an error
+                self._ready = False
+                log.error("telegram: polling failed: %s; retrying in %.0f s", exc, delay)
+                delay = await self._pause(delay)
+                continue
+            if not self._ready:
+                log.info("telegram: polling getUpdates")
+            self._ready = True
+            delay = self.backoff_initial
+            if not updates:
+                continue
+            try:
+                await self._journal_updates(updates)
+            except Exception as exc:  # noqa: BLE001 - not advanced: fetched again, deduplicated
+                log.error("telegram: could not journal %d update(s): %s; fetching them again "
+                          "in %.0f s", len(updates), exc, delay)
+                delay = await self._pause(delay)
+                continue
+            offset = max(u.update_id for u in updates) + 1
+            try:
+                await records.save_offset(self.bot_id, offset)
+            except Exception as exc:  # noqa: BLE001 - a restart re-fetches; the journal dedupes
+                log.warning("telegram: could not save the getUpdates offset: %s", exc)
+
+    async def _journal_updates(self, updates: Sequence[Update]) -> None:
+        accept = self._accept
+        if accept is None:
+            raise RuntimeError("the channel is stopping")
+        pending = []
+        for update in updates:
+            data = update.to_dict()
+            key = journal_key(data)
+            if key is None:
+                log.debug("telegram: update %d is not a private message; skipped",
+                          update.update_id)
+                continue
+            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            pending.append(accept("telegram", key, raw, {"source": "polling"}))
+        if pending:
+            await asyncio.gather(*pending)  # one group commit for the batch
+
+    # -- webhook --------------------------------------------------------------------------------
+
+    async def _on_update(self, request: web.Request) -> web.Response:
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not self._secret or not hmac.compare_digest(given, self._secret):
+            log.warning("refused a Telegram webhook from %s: wrong or missing %s",
+                        request.remote, SECRET_HEADER)
+            return web.Response(status=403, text="wrong secret token")
+        raw = await request.read()
+        try:
+            update = json.loads(raw)
+            int(update["update_id"])
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="not a Telegram update")
+        key = journal_key(update)
+        if key is None:
+            return web.Response(status=200)
+        accept = self._accept
+        if accept is None:
+            return web.Response(status=503)
+        try:
+            await accept("telegram", key, raw, {"source": "webhook"})
+        except Exception as exc:  # noqa: BLE001 - Telegram retries a 503
+            log.error("could not journal Telegram update %s: %s", update.get("update_id"), exc)
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    # -- parse ----------------------------------------------------------------------------------
+
+    def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
+        return parse_update(raw, meta)
+
+    # -- send -----------------------------------------------------------------------------------
+
+    def _failure(self, exc: TelegramError) -> DeliveryError:
+        said = self._scrub(exc.message)
+        lowered = said.lower()
+        if isinstance(exc, Forbidden):
+            if "blocked" in lowered:
+                return PermanentFailure("the customer blocked the bot")
+            if "deactivated" in lowered:
+                return PermanentFailure("the customer's Telegram account was deleted")
+            return PermanentFailure(f"Telegram refused to deliver: {said}")
+        if isinstance(exc, RetryAfter):
+            return TemporaryFailure("Telegram asked to slow down (flood control)",
+                                    retry_after=_seconds(exc))
+        if isinstance(exc, BadRequest):
+            if "chat not found" in lowered:
+                return PermanentFailure("Telegram does not know this chat (the customer may "
+                                        "have deleted it)")
+            return PermanentFailure(f"Telegram refused the message: {said}")
+        if isinstance(exc, InvalidToken):
+            return TemporaryFailure("Telegram rejected the bot token (telegram.bot_token)")
+        if isinstance(exc, TimedOut | NetworkError):
+            return TemporaryFailure(f"could not reach Telegram: {said}")
+        return TemporaryFailure(f"Telegram failed: {said}")
+
+    async def send(self, outbound: OutboundMessage) -> Receipt:
+        records = self._records
+        if records is None:
+            raise TemporaryFailure("the telegram channel is not attached to the store")
+        try:
+            chat_id = int(outbound.to_address)
+        except ValueError:
+            raise PermanentFailure(f"{outbound.to_address!r} is not a Telegram chat id"
+                                   ) from None
+        parts = split_text(outbound.text, MAX_TEXT)
+        if not parts:
+            raise PermanentFailure("the message is empty")
+        key = outbound.idempotency_key
+        done = await records.parts.sent("telegram", key)
+        ids: list[str] = []
+        try:
+            bot = await self._bot_up()
+            for index, text in enumerate(parts):
+                if index in done:
+                    ids.append(done[index])
+                    continue
+                sent = await bot.send_message(chat_id=chat_id, text=text)
+                remote = f"{chat_id}:{sent.message_id}"
+                ids.append(remote)
+                await records.parts.record("telegram", key, index, len(parts), remote, "sent")
+        except TelegramError as exc:
+            raise self._failure(exc) from None
+        return Receipt(remote_id=",".join(ids), detail=f"{len(parts)} message(s) to {chat_id}")
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def _fetch_file(self, item: Mapping[str, Any]) -> Attachment:
+        try:
+            bot = await self._bot_up()
+            file = await bot.get_file(str(item["file_id"]))
+            data = await file.download_as_bytearray()
+        except BadRequest as exc:
+            raise PermanentFailure(f"Telegram cannot hand over the file: "
+                                   f"{self._scrub(exc.message)}") from None
+        except TelegramError as exc:
+            raise self._failure(exc) from None
+        return Attachment(filename=str(item.get("filename") or item["file_id"]),
+                          content_type=str(item.get("content_type")
+                                           or "application/octet-stream"),
+                          data=bytes(data))

@@ -1,0 +1,443 @@
+"""The Twilio channel: SMS, MMS and WhatsApp in and out, and voicemail in.
+
+Receive: webhooks on the daemon's HTTP server. Every request's ``X-Twilio-Signature`` is checked
+with the twilio library's RequestValidator against ``http.public_url`` + the path and query as
+requested (what Twilio signed, whatever proxy stands between), with the auth token (HMAC-SHA1) or,
+when the request names a shared key in ``X-Twilio-Webhooks-Signature-Settings``, with
+``twilio.webhook_signing_key`` and the algorithm it names (HMAC-SHA256). A bad signature gets 403
+and nothing is stored. A good one is journaled (MessageSid is the idempotency key) and only then
+answered 200 with empty TwiML; a journal failure answers 503 so Twilio retries.
+
+Send: the twilio REST client with its aiohttp-based AsyncTwilioHttpClient on the daemon's loop,
+pointed at ``twilio.api_base_url``, with a status callback to /webhooks/twilio/status. Texts over
+1,600 characters go out as several messages in order; the parts already sent are remembered so a
+retry does not repeat them. Nothing is ever sent to an opted-out number.
+
+Voicemail: /webhooks/twilio/voice greets (open or closed wording from the SLA business hours) and
+records with transcription; the recording callback becomes one message on the caller's voice
+conversation and the transcription callback, whenever it comes, fills in its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import (
+    HMAC_SHA1,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
+from twilio.rest import Client
+
+from frontdesk.channels.base import (
+    Accept,
+    Attachment,
+    DeliveryError,
+    InboundMessage,
+    OutboundMessage,
+    PermanentFailure,
+    Receipt,
+    TemporaryFailure,
+)
+from frontdesk.channels.chat import split_text
+from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.config.schema import TwilioConfig
+
+from .parse import parse_form, parse_twilio, strip_whatsapp
+from .records import MEDIA_JOB, STATUS, TwilioRecords
+from .records import rank as status_rank
+from .voice import (
+    DONE_PATH,
+    EMPTY_TWIML,
+    RECORDING_PATH,
+    TRANSCRIPTION_PATH,
+    hangup_twiml,
+    voicemail_twiml,
+)
+
+log = logging.getLogger(__name__)
+
+SMS_PATH = "/webhooks/twilio/sms"
+STATUS_PATH = "/webhooks/twilio/status"
+VOICE_PATH = "/webhooks/twilio/voice"
+
+MAX_BODY = 1600  # Twilio's limit for one message's Body
+MAX_MEDIA_BYTES = 50 * 1024 * 1024
+
+# REST error codes that retrying cannot fix, in words for the staff.
+PERMANENT_ERRORS = {
+    21211: "the customer's number is not a valid phone number",
+    21408: "the Twilio account may not send to this country",
+    21612: "Twilio cannot send from this number to that one",
+    21614: "the number cannot receive text messages (a landline?)",
+    21606: "the 'from' number cannot send text messages (check twilio.sms_from)",
+    63016: "WhatsApp allows free-form replies only within 24 hours of the customer's last "
+           "message",
+}
+OPTED_OUT = ("the customer opted out of text messages (they replied STOP), so nothing was "
+             "sent; they can reply START to receive messages again")
+OPTED_OUT_AT_TWILIO = ("the customer opted out of text messages from this number (they replied "
+                       "STOP) and Twilio refused to send (error 21610); they can reply START to "
+                       "receive messages again")
+
+
+def _twiml(body: str = EMPTY_TWIML, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=body, content_type="text/xml", charset="utf-8")
+
+
+class TwilioChannel:
+    name = "twilio"
+    journal_names = ("sms", "whatsapp", "voice")
+    channel_names = ("sms", "whatsapp", "voice")  # a reply to a voicemail goes out as an SMS
+
+    def __init__(self, config: TwilioConfig, *, public_url: str, data_dir: str = "") -> None:
+        self._config = config
+        self._public_url = public_url.rstrip("/")
+        self._data_dir = data_dir
+        self._token = config.auth_token.get_secret_value()
+        self._validator = RequestValidator(self._token)
+        key = config.webhook_signing_key.get_secret_value()
+        self._shared_key_validator = RequestValidator(key) if key else None
+        self._accept: Accept | None = None
+        self._records: TwilioRecords | None = None
+        self._is_open: Callable[[], bool] = lambda: True
+        self._client: Client | None = None
+        self._http: AsyncTwilioHttpClient | None = None
+        self._media_session: aiohttp.ClientSession | None = None
+        self._started = False
+        self._stopping = False
+        self._trusted_hosts = {urlsplit(config.api_base_url).hostname or ""}
+        rest_log = logging.getLogger(f"{__name__}.rest")
+        if rest_log.level == logging.NOTSET:
+            rest_log.setLevel(logging.WARNING)  # the client logs every request body at INFO
+        self._rest_log = rest_log
+
+    # -- composition ----------------------------------------------------------------------------
+
+    def attach(self, daemon: Any) -> None:
+        """Plug the store-side half into the daemon: filters, hooks, the media job, the clock
+        and the business calendar (for the voice greeting)."""
+        from frontdesk.daemon.ingest import AttachmentStore
+
+        files = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
+        media = AttachmentJob(MEDIA_JOB, daemon.store, files, self._fetch_media,
+                              clock=daemon.clock)
+        records = TwilioRecords(daemon.store, clock=daemon.clock, parse=self.parse,
+                                help_text=self._config.help_text, media=media,
+                                kick=daemon.outbox.kick)
+        self._records = records
+        daemon.inbound_filters.append(records.before_store)
+        daemon.inbound_hooks.append(records.after_store)
+        daemon.delivery_hooks.append(records.after_delivery)
+        daemon.outbox_handlers[MEDIA_JOB] = media
+        calendar, clock = daemon.sla.calendar, daemon.clock
+        self._is_open = lambda: bool(calendar.is_open(clock()))
+
+    def http_routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(SMS_PATH, self._on_message),
+            web.post(STATUS_PATH, self._on_status),
+            web.post(VOICE_PATH, self._on_voice),
+            web.post(RECORDING_PATH, self._on_recording),
+            web.post(TRANSCRIPTION_PATH, self._on_transcription),
+            web.post(DONE_PATH, self._on_voice_done),
+        ]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, accept: Accept) -> None:
+        self._accept = accept
+        timeout = self._config.request_timeout.total_seconds()
+        self._http = AsyncTwilioHttpClient(timeout=timeout, logger=self._rest_log)
+        client = Client(self._config.account_sid, self._token, http_client=self._http)
+        client.api.base_url = self._config.api_base_url
+        self._client = client
+        self._media_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout))
+        self._started, self._stopping = True, False
+        log.info("twilio channel: webhooks at %s%s (sms, whatsapp), %s (voice), %s (status); "
+                 "sending as %s", self._public_url, SMS_PATH, VOICE_PATH, STATUS_PATH,
+                 ", ".join(x for x in (self._config.sms_from, self._whatsapp_from()) if x)
+                 or "nobody (twilio.sms_from is not set)")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._accept = None
+        if self._http is not None:
+            await self._http.close()
+        if self._media_session is not None:
+            await self._media_session.close()
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping and self._records is not None
+
+    # -- parse ----------------------------------------------------------------------------------
+
+    def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
+        return parse_twilio(raw, meta)
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    async def _verified(self, request: web.Request) -> tuple[bytes, Any] | None:
+        """The raw body and its form when Twilio's signature is good, else None."""
+        raw = await request.read()
+        try:
+            form = parse_form(raw)
+        except ValueError:
+            return None
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = self._public_url + request.raw_path
+        settings = request.headers.get(SIGNATURE_SETTINGS_HEADER, "")
+        if settings:
+            validator, algorithm = self._shared_key_validator, get_signature_algorithm(settings)
+            if validator is None:
+                log.warning("refused a Twilio webhook to %s signed with a shared key: "
+                            "twilio.webhook_signing_key is not set", request.path)
+                return None
+        else:
+            validator, algorithm = self._validator, HMAC_SHA1
+        if not signature or not validator.validate(url, form, signature, algorithm=algorithm):
+            log.warning("refused a Twilio webhook to %s from %s: bad or missing "
+                        "X-Twilio-Signature (is http.public_url %s what Twilio calls?)",
+                        request.path, request.remote, self._public_url)
+            return None
+        return raw, form
+
+    async def _journal(self, channel: str, remote_id: str, raw: bytes,
+                       meta: dict[str, Any]) -> web.Response:
+        accept = self._accept
+        if accept is None:
+            return _twiml(status=503)
+        try:
+            await accept(channel, remote_id, raw, meta)
+        except Exception as exc:  # noqa: BLE001 - Twilio retries a 503
+            log.error("could not journal Twilio %s %s: %s", channel, remote_id, exc)
+            return _twiml(status=503)
+        return _twiml()
+
+    async def _on_message(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        raw, form = verified
+        sid = form.get("MessageSid") or form.get("SmsSid")
+        if not sid or not form.get("From"):
+            return web.Response(status=400, text="MessageSid and From are required")
+        channel = "whatsapp" if form["From"].strip().lower().startswith("whatsapp:") else "sms"
+        return await self._journal(channel, sid, raw, {"kind": "message"})
+
+    async def _on_status(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        _, form = verified
+        sid = form.get("MessageSid") or form.get("SmsSid")
+        status = form.get("MessageStatus") or form.get("SmsStatus")
+        if not sid or not status:
+            return web.Response(status=400, text="MessageSid and MessageStatus are required")
+        if self._records is None:
+            return _twiml(status=503)
+        try:
+            await self._records.record_status(sid, status, form.get("ErrorCode") or None)
+        except Exception as exc:  # noqa: BLE001 - Twilio may retry a 503
+            log.error("could not record Twilio status %s for %s: %s", status, sid, exc)
+            return _twiml(status=503)
+        return _twiml()
+
+    async def _on_voice(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        _, form = verified
+        is_open = self._is_open()
+        greeting = (self._config.voice_greeting_open if is_open
+                    else self._config.voice_greeting_closed)
+        log.info("voice call %s from %s: %s greeting, recording a voicemail",
+                 form.get("CallSid", "?"), form.get("From", "?"), "open" if is_open else "closed")
+        return _twiml(voicemail_twiml(
+            public_url=self._public_url, greeting=greeting,
+            caller=form.get("From") or form.get("Caller") or "",
+            called=form.get("To") or form.get("Called") or "",
+            max_length=int(self._config.voice_max_length.total_seconds())))
+
+    async def _on_recording(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        raw, form = verified
+        sid = form.get("RecordingSid")
+        if not sid:
+            return web.Response(status=400, text="RecordingSid is required")
+        status = form.get("RecordingStatus", "completed")
+        if status != "completed":
+            log.info("voicemail recording %s is %s: nothing to store", sid, status)
+            return _twiml()
+        meta = {"kind": "recording", "caller": request.query.get("caller", ""),
+                "called": request.query.get("called", "")}
+        return await self._journal("voice", f"recording:{sid}", raw, meta)
+
+    async def _on_transcription(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        raw, form = verified
+        sid = form.get("RecordingSid")
+        if not sid:
+            return web.Response(status=400, text="RecordingSid is required")
+        return await self._journal("voice", f"transcription:{sid}", raw,
+                                   {"kind": "transcription"})
+
+    async def _on_voice_done(self, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        return _twiml(hangup_twiml())
+
+    # -- send -----------------------------------------------------------------------------------
+
+    def _whatsapp_from(self) -> str:
+        sender = strip_whatsapp(self._config.whatsapp_from or self._config.sms_from)
+        return f"whatsapp:{sender}" if sender else ""
+
+    def _addresses(self, out: OutboundMessage) -> tuple[str, str]:
+        """(from, to) as Twilio wants them for the outbound channel."""
+        to = strip_whatsapp(out.to_address)
+        if out.channel == "whatsapp":
+            sender = self._whatsapp_from()
+            if not sender:
+                raise PermanentFailure("no WhatsApp sender is configured "
+                                       "(twilio.whatsapp_from or twilio.sms_from)")
+            return sender, f"whatsapp:{to}"
+        if out.channel in ("sms", "voice"):
+            if not self._config.sms_from:
+                raise PermanentFailure("twilio.sms_from is not set: there is no number to send "
+                                       "text messages from")
+            return self._config.sms_from, to
+        raise PermanentFailure(f"the twilio channel does not send on {out.channel!r}")
+
+    async def send(self, outbound: OutboundMessage) -> Receipt:
+        client, records = self._client, self._records
+        if client is None or records is None or self._stopping:
+            raise TemporaryFailure("the twilio channel is not running")
+        sender, to = self._addresses(outbound)
+        number = strip_whatsapp(to)
+        if not number.startswith("+"):
+            raise PermanentFailure(f"{number!r} is not a phone number a text can be sent to")
+        if await records.opted_out(number):
+            raise PermanentFailure(OPTED_OUT)
+        parts = split_text(outbound.text, MAX_BODY)
+        if not parts:
+            raise PermanentFailure("the message is empty")
+        key = outbound.idempotency_key
+        done = await records.parts.sent("twilio", key)
+        callback = f"{self._public_url}{STATUS_PATH}"
+        sids: list[str] = []
+        for index, body in enumerate(parts):
+            if index in done:
+                sids.append(done[index])
+                continue
+            sid, status = await self._create(client, sender, to, body, callback, number)
+            sids.append(sid)
+            await records.parts.record("twilio", key, index, len(parts), sid, status,
+                                       rank=status_rank)
+        return Receipt(remote_id=",".join(sids),
+                       detail=f"{len(parts)} message(s) from {sender} to {to}")
+
+    async def _create(self, client: Client, sender: str, to: str, body: str, callback: str,
+                      number: str) -> tuple[str, str]:
+        timeout = self._config.request_timeout.total_seconds()
+        try:
+            message = await asyncio.wait_for(
+                client.api.account.messages.create_async(
+                    to=to, from_=sender, body=body, status_callback=callback),
+                timeout=timeout + 5)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise await self._rest_failure(exc, number) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TemporaryFailure(f"could not reach Twilio: {type(exc).__name__} {exc}".strip()
+                                   ) from None
+        return str(message.sid), STATUS.get(str(message.status or "queued"), "queued")
+
+    async def _rest_failure(self, exc: TwilioRestException | TwilioServiceException,
+                            number: str) -> DeliveryError:
+        status = int(getattr(exc, "status", 0) or 0)
+        try:
+            code = int(getattr(exc, "code", 0) or 0)
+        except (TypeError, ValueError):
+            code = 0
+        said = str(getattr(exc, "msg", "") or getattr(exc, "detail", "") or "").strip()
+        if code == 21610:
+            if self._records is not None:
+                try:
+                    await self._records.mark_opted_out(number, source="twilio-21610")
+                except Exception as store_exc:  # noqa: BLE001 - the failure reason still stands
+                    log.warning("could not remember that %s opted out: %s", number, store_exc)
+            return PermanentFailure(OPTED_OUT_AT_TWILIO)
+        if status == 429 or code == 20429:
+            return TemporaryFailure("Twilio is rate limiting this account (HTTP 429)")
+        if status >= 500 or status == 0:
+            return TemporaryFailure(f"Twilio had a server error (HTTP {status})")
+        if status in (401, 403):
+            return TemporaryFailure(f"Twilio refused the account credentials (HTTP {status}); "
+                                    "check twilio.account_sid and twilio.auth_token")
+        words = PERMANENT_ERRORS.get(code)
+        if words:
+            return PermanentFailure(f"{words} (Twilio error {code})")
+        detail = said.removeprefix("Unable to create record: ")
+        return PermanentFailure(f"Twilio refused the message (HTTP {status}"
+                                + (f", error {code}" if code else "") + ")"
+                                + (f": {detail}" if detail else ""))
+
+    # -- media ----------------------------------------------------------------------------------
+
+    def _auth_for(self, url: str) -> dict[str, str]:
+        """HTTP basic auth with the account's credentials, sent only to Twilio (its API host or
+        *.twilio.com); aiohttp drops it when a redirect leaves for another host."""
+        host = urlsplit(url).hostname or ""
+        if host in self._trusted_hosts or host == "twilio.com" or host.endswith(".twilio.com"):
+            pair = f"{self._config.account_sid}:{self._token}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        return {}
+
+    async def _fetch_media(self, item: Mapping[str, Any]) -> Attachment:
+        session = self._media_session
+        if session is None or session.closed:
+            raise TemporaryFailure("the twilio channel is not running")
+        url = str(item["url"])
+        try:
+            async with session.get(url, headers=self._auth_for(url)) as response:
+                if response.status in (404, 410):
+                    raise PermanentFailure(f"Twilio no longer has this file (HTTP "
+                                           f"{response.status})")
+                if response.status in (401, 403):
+                    raise PermanentFailure(f"Twilio refused the account credentials for the "
+                                           f"file (HTTP {response.status})")
+                if response.status == 429 or response.status >= 500:
+                    raise TemporaryFailure(f"Twilio answered HTTP {response.status} for the file")
+                if response.status != 200:
+                    raise PermanentFailure(f"Twilio answered HTTP {response.status} for the file")
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(65536):
+                    data.extend(chunk)
+                    if len(data) > MAX_MEDIA_BYTES:
+                        raise PermanentFailure("the file is larger than 50 MB")
+                content_type = (response.headers.get("Content-Type")
+                                or str(item.get("content_type") or "application/octet-stream"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TemporaryFailure(f"could not fetch the file from Twilio: "
+                                   f"{type(exc).__name__} {exc}".strip()) from None
+        return Attachment(filename=str(item["filename"]),
+                          content_type=content_type.split(";")[0].strip(), data=bytes(data))

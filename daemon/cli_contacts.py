@@ -1,0 +1,111 @@
+"""``frontdesk contact show|merge|link``: one customer across channels, from the command line.
+
+``show`` lists a contact's identities and every conversation on every channel; ``merge A B``
+makes B part of A (identities and conversations move, both histories stay, the audit records
+who did it); ``link CONTACT ADDRESS`` sends a verification code to an address the customer gave,
+which links it when the customer sends the code back in their conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser,
+                parser_class: type[argparse.ArgumentParser]) -> None:
+    contact = sub.add_parser("contact", parents=[common],
+                             help="a customer's identities and conversations; merge and link")
+    actions = contact.add_subparsers(dest="contact_command", required=True,
+                                     parser_class=parser_class, metavar="COMMAND")
+    show = actions.add_parser("show", parents=[common, as_json],
+                              help="a contact's identities and all its conversations")
+    show.add_argument("contact", metavar="ID|ADDRESS",
+                      help="a contact id, or an address: ada@example.org, +15550001111, "
+                           "telegram:12345")
+    who = parser_class(add_help=False)
+    who.add_argument("--as", dest="actor", metavar="NAME",
+                     help="who does it, for the audit (default: $USER)")
+    merge = actions.add_parser("merge", parents=[common, as_json, who],
+                               help="merge contact B into contact A (both histories kept)")
+    merge.add_argument("keep", metavar="A", help="the contact that stays (id or address)")
+    merge.add_argument("other", metavar="B", help="the contact merged into A (id or address)")
+    link = actions.add_parser("link", parents=[common, who],
+                              help="send a code to an address the customer gave; it is linked "
+                                   "when they send the code back")
+    link.add_argument("contact", metavar="ID|ADDRESS")
+    link.add_argument("address", metavar="ADDRESS", help="ada@example.org or +15550001111")
+    link.add_argument("--ref", metavar="REF",
+                      help="the conversation to send the code back in (default: the latest)")
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or os.environ.get("USER") or "staff"
+
+
+def cmd_contact(args: argparse.Namespace) -> int:
+    from .cli import Failure, _now, _print_json, _settings, _with_store
+    from .contacts import (
+        ContactError,
+        contact_detail,
+        find_contact,
+        format_contact,
+        merge_contacts,
+        request_link,
+    )
+    from .conversations import get_conversation
+
+    settings = _settings(args)
+
+    async def show(store: Any) -> int:
+        async with store.reader() as s:
+            detail = await contact_detail(s, await find_contact(s, args.contact))
+        if args.json:
+            _print_json(detail)
+        else:
+            print(format_contact(detail), end="")
+        return 0
+
+    async def merge(store: Any) -> int:
+        async with store.session() as s:
+            keep = await find_contact(s, args.keep)
+            other = await find_contact(s, args.other)
+            result = await merge_contacts(s, keep, other, actor=_actor(args), now=_now())
+            detail = await contact_detail(s, keep)
+        if args.json:
+            _print_json(detail)
+        else:
+            moved = ", ".join(f"{i['channel']}:{i['address']}" for i in result.identities)
+            print(f"contact {result.merged_id} merged into contact {result.contact_id}"
+                  + (f" ({moved}; {', '.join(result.conversations) or 'no conversations'})"
+                     if moved or result.conversations else ""))
+        return 0
+
+    async def link(store: Any) -> int:
+        async with store.session() as s:
+            contact = await find_contact(s, args.contact)
+            conversation = await get_conversation(s, args.ref) if args.ref else None
+            if conversation is not None and conversation.contact_id != contact.id:
+                raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
+            made = await request_link(s, contact, args.address, settings=settings, now=_now(),
+                                      requested_by=_actor(args), conversation=conversation)
+        where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
+        print(f"a code is on its way to {made.address}; it links the address to contact "
+              f"{made.contact_id} when the customer sends it back{where} within 24 hours")
+        return 0
+
+    work = {"show": show, "merge": merge, "link": link}[args.contact_command]
+
+    async def guarded(store: Any) -> int:
+        try:
+            return await work(store)
+        except ContactError as exc:
+            raise Failure(str(exc)) from None
+
+    return asyncio.run(_with_store(settings, guarded))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"contact": cmd_contact}

@@ -1,0 +1,130 @@
+"""Staff actions and search on the command line: ``frontdesk search|resolve|reopen|assign|snooze``.
+
+The same functions as the Slack desk's buttons and slash command (:mod:`.conversations`,
+:mod:`.search`), each written to the events audit with the person who ran it. A running daemon
+with the Slack desk refreshes the conversation's root message from that audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser,
+                parser_class: type[argparse.ArgumentParser]) -> None:
+    who = parser_class(add_help=False)
+    who.add_argument("--as", dest="actor", metavar="NAME",
+                     help="who does it, for the audit (default: $USER)")
+    search = sub.add_parser("search", parents=[common, as_json],
+                            help="find conversations by the words in their messages")
+    search.add_argument("text", metavar="TEXT", nargs="+")
+    search.add_argument("--limit", type=int, default=20, metavar="N")
+    for name, help_text in (("resolve", "mark a conversation resolved"),
+                            ("reopen", "open a conversation again")):
+        p = sub.add_parser(name, parents=[common, who], help=help_text)
+        p.add_argument("ref", metavar="REF")
+    assign = sub.add_parser("assign", parents=[common, who],
+                            help="give a conversation to someone (\"-\" for nobody)")
+    assign.add_argument("ref", metavar="REF")
+    assign.add_argument("assignee", metavar="NAME")
+    snooze = sub.add_parser("snooze", parents=[common, who],
+                            help='put a conversation aside ("2h", "1d" or "morning")')
+    snooze.add_argument("ref", metavar="REF")
+    snooze.add_argument("until", metavar="DURATION")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .cli import Failure, _print_json, _settings, _with_store
+    from .search import InvalidQuery, marked, search_conversations
+
+    settings = _settings(args)
+    if args.limit < 1:
+        raise Failure("--limit must be at least 1")
+    query = " ".join(args.text)
+
+    async def work(store: Any) -> int:
+        async with store.reader() as s:
+            try:
+                hits = await search_conversations(s, query, limit=args.limit)
+            except InvalidQuery as exc:
+                raise Failure(str(exc)) from None
+        if args.json:
+            _print_json([h.view() for h in hits])
+        elif not hits:
+            print(f"no conversation mentions {query!r}")
+        else:
+            for h in hits:
+                print(f"{h.reference:>8}  {h.status:8} {h.channel:8} "
+                      f"{h.created_at:%Y-%m-%d}  {h.contact_name or '-'}  {h.subject}")
+                print(f"          {marked(h.snippet, '[', ']')}")
+        return 0
+
+    return asyncio.run(_with_store(settings, work))
+
+
+def _action(describe: Callable[[Any, argparse.Namespace], str],
+            apply: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from .business_hours import calendar_from_settings
+        from .cli import Failure, _now, _settings, _with_store
+        from .conversations import InvalidAction, get_conversation
+
+        settings = _settings(args)
+        actor = args.actor or os.environ.get("USER") or "staff"
+
+        async def work(store: Any) -> int:
+            async with store.session() as s:
+                conversation = await get_conversation(s, args.ref)
+                try:
+                    changed = await apply(s, conversation, args, actor=actor, now=_now(),
+                                          calendar=calendar_from_settings(settings.sla))
+                except InvalidAction as exc:
+                    raise Failure(str(exc)) from None
+            print(describe(conversation, args) if changed else
+                  f"{conversation.reference} unchanged (already {conversation.status})")
+            return 0
+
+        return asyncio.run(_with_store(settings, work))
+
+    return command
+
+
+async def _resolve(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
+    from .conversations import resolve
+
+    return await resolve(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
+
+
+async def _reopen(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
+    from .conversations import reopen
+
+    return await reopen(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
+
+
+async def _assign(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
+    from .conversations import assign
+
+    who = None if args.assignee.strip() in ("", "-") else args.assignee
+    return await assign(s, c, who, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
+
+
+async def _snooze(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
+    from .conversations import snooze, snooze_until
+
+    until = snooze_until(args.until, kw["now"], kw["calendar"])
+    return await snooze(s, c, until, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "search": cmd_search,
+    "resolve": _action(lambda c, a: f"{c.reference} resolved", _resolve),
+    "reopen": _action(lambda c, a: f"{c.reference} reopened", _reopen),
+    "assign": _action(lambda c, a: f"{c.reference} assigned to {c.assignee}" if c.assignee
+                      else f"{c.reference} unassigned", _assign),
+    "snooze": _action(lambda c, a: f"{c.reference} snoozed until "
+                      f"{c.snoozed_until:%Y-%m-%d %H:%M} UTC", _snooze),
+}

@@ -1,0 +1,247 @@
+"""Automated mail end to end over real SMTP: auto-replies, bounces, lists and our own mail coming
+back are stored and flagged, nothing acknowledges them or reopens a resolved conversation, and a
+bounce of one of our replies marks that reply failed with a reason a person understands."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from frontdesk.channels.email.ids import new_message_id
+from frontdesk.daemon.conversations import add_staff_reply, get_conversation, resolve
+from frontdesk.storage.models import Event, Message, Outbox
+
+from helpers import conversations, detail, eventually, mail, processed, send
+from smtp_sink import SmtpSink
+
+
+@pytest.fixture
+async def daemon(make_settings: Any, daemon_factory: Any, clock: Any) -> Any:
+    return await daemon_factory(make_settings(), clock=clock)
+
+
+async def _outbox_rows(d: Any) -> list[Outbox]:
+    async with d.store.reader() as s:
+        return list((await s.execute(select(Outbox))).scalars().all())
+
+
+async def _events(d: Any, kind: str) -> list[Event]:
+    async with d.store.reader() as s:
+        return list((await s.execute(select(Event).where(Event.kind == kind))).scalars().all())
+
+
+AUTOMATED = [
+    ("auto-submitted", {"Auto_Submitted": "auto-replied"}, "ada@example.org"),
+    ("auto-generated", {"Auto_Submitted": "auto-generated"}, "ada@example.org"),
+    ("x-autoreply", {"X_Autoreply": "yes"}, "ada@example.org"),
+    ("x-autorespond", {"X_Autorespond": "Out of office"}, "ada@example.org"),
+    ("precedence-bulk", {"Precedence": "bulk"}, "news@shop.example"),
+    ("precedence-list", {"Precedence": "list"}, "list@lists.example"),
+    ("precedence-junk", {"Precedence": "junk"}, "ada@example.org"),
+    ("precedence-auto-reply", {"Precedence": "auto_reply"}, "ada@example.org"),
+    ("x-loop", {"X_Loop": "helpdesk@other.example"}, "helpdesk@other.example"),
+    ("x-auto-response-suppress", {"X_Auto_Response_Suppress": "OOF, AutoReply"},
+     "ada@example.org"),
+    ("list-id", {"List_Id": "<users.lists.example>"}, "list@lists.example"),
+    ("list-unsubscribe", {"List_Unsubscribe": "<mailto:leave@shop.example>"},
+     "news@shop.example"),
+    ("x-failed-recipients", {"X_Failed_Recipients": "gone@example.org"},
+     "mailer@mx.example"),
+    ("mailer-daemon", {}, "MAILER-DAEMON@mx.example"),
+    ("postmaster", {}, "postmaster@mx.example"),
+    ("no-reply", {}, "no-reply@shop.example"),
+]
+
+
+@pytest.mark.parametrize(("kind", "headers", "sender"), AUTOMATED,
+                         ids=[a[0] for a in AUTOMATED])
+async def test_automated_mail_is_stored_flagged_and_not_acknowledged(
+        daemon: Any, kind: str, headers: dict[str, str], sender: str) -> None:
+    await send(daemon.email.smtp.port,
+               mail(frm=sender, subject=f"Automated: {kind}", msgid=f"<{kind}@auto.example>",
+                    **headers), sender=sender)
+    await eventually(lambda: processed(daemon.store))
+    [conv] = await conversations(daemon.store)
+    shown = await detail(daemon.store, conv.id)
+    [m] = shown["messages"]
+    assert m["automated"] is True
+    assert shown["first_response_due_at"] is None  # no SLA clock for a robot
+    assert await _outbox_rows(daemon) == []  # nothing acknowledges it
+    [received] = await _events(daemon, "message_received")
+    assert received.data["automated"]  # the reason, for the audit
+
+
+async def test_null_sender_is_automated(daemon: Any) -> None:
+    await send(daemon.email.smtp.port, mail(msgid="<null@example.org>"), sender="")
+    await eventually(lambda: processed(daemon.store))
+    [conv] = await conversations(daemon.store)
+    assert (await detail(daemon.store, conv.id))["messages"][0]["automated"] is True
+    assert await _outbox_rows(daemon) == []
+
+
+async def test_delivery_status_report_is_automated(daemon: Any) -> None:
+    await send(daemon.email.smtp.port, _dsn("<somebody-elses@example.net>"), sender="")
+    await eventually(lambda: processed(daemon.store))
+    [conv] = await conversations(daemon.store)
+    assert (await detail(daemon.store, conv.id))["messages"][0]["automated"] is True
+
+
+async def test_our_own_mail_coming_back_is_automated(daemon: Any) -> None:
+    ours = new_message_id("example.com")
+    await send(daemon.email.smtp.port,
+               mail(frm="Support <support@example.com>", msgid=f"<{ours}>",
+                    subject="Re: Your order [FD-99]"), sender="support@example.com")
+    await eventually(lambda: processed(daemon.store))
+    async with daemon.store.reader() as s:
+        [m] = (await s.execute(select(Message))).scalars().all()
+    assert m.automated
+    [received] = await _events(daemon, "message_received")
+    assert received.data["automated"].startswith("our own mail came back")
+
+
+# --- around our own replies ----------------------------------------------------------------------
+
+async def _answered(make_settings: Any, daemon_factory: Any, clock: Any, sink: SmtpSink) -> Any:
+    """A conversation with a customer mail and a staff reply that went out through the sink."""
+    d = await daemon_factory(make_settings(email={"outbound": {"port": sink.port}}), clock=clock)
+    await send(d.email.smtp.port, mail(msgid="<order@example.org>"))
+    await eventually(lambda: processed(d.store))
+    async with d.store.session() as s:
+        conversation = await get_conversation(s, 1)
+        reply = await add_staff_reply(s, conversation, "Your parcel left today.",
+                                      author="Grace", settings=d.settings, now=clock())
+    d.outbox.kick()
+    await eventually(lambda: _delivery(d, reply.id, "sent"))
+    return d, reply.id, reply.external_id
+
+
+async def _delivery(d: Any, message_id: int, status: str) -> bool:
+    async with d.store.reader() as s:
+        m = await s.get(Message, message_id)
+        return m is not None and m.delivery_status == status
+
+
+async def _message(d: Any, message_id: int) -> Message:
+    async with d.store.reader() as s:
+        return await s.get_one(Message, message_id)
+
+
+def _dsn(original_id: str, *, action: str = "failed", status: str = "5.1.1",
+         diagnostic: str = "smtp; 550 5.1.1 <ada@example.org>: Recipient address rejected: "
+                           "User unknown in virtual mailbox table") -> bytes:
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\n"
+        "To: support@example.com\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Message-ID: <bounce-" + action + "@mx.example.org>\r\n"
+        "Auto-Submitted: auto-generated\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=\"BB\"\r\n\r\n"
+        "--BB\r\nContent-Type: text/plain\r\n\r\n"
+        "This is the mail system at host mx.example.org.\r\n"
+        "I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
+        "--BB\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.org\r\n\r\n"
+        "Final-Recipient: rfc822; ada@example.org\r\n"
+        f"Action: {action}\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: {diagnostic}\r\n\r\n"
+        "--BB\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "From: Example Support <support@example.com>\r\nTo: ada@example.org\r\n"
+        f"Subject: Re: Order 1234 never arrived [FD-1]\r\nMessage-ID: {original_id}\r\n\r\n"
+        "--BB--\r\n"
+    ).encode()
+
+
+async def test_a_bounce_marks_our_reply_failed_in_plain_words(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        await send(d.email.smtp.port, _dsn(f"<{reply_msgid}>"), sender="")
+        await eventually(lambda: _delivery(d, reply_id, "failed"))
+        reply = await _message(d, reply_id)
+        assert reply.failure_reason is not None
+        assert "could not be delivered" in reply.failure_reason
+        assert "the address does not exist" in reply.failure_reason
+        assert "550 5.1.1" in reply.failure_reason and "User unknown" in reply.failure_reason
+        shown = await detail(d.store, 1)
+        bounce = shown["messages"][-1]  # stored in the same conversation, flagged
+        assert bounce["automated"] is True and bounce["direction"] == "in"
+        assert shown["messages"][1]["failure_reason"] == reply.failure_reason
+        assert shown["status"] == "pending"  # a bounce is not the customer answering
+        [failed] = [e for e in await _events(d, "delivery_failed")
+                    if e.data.get("source") == "bounce"]
+        assert failed.message_id == reply_id and failed.actor == "mail server"
+
+
+async def test_a_plain_text_bounce_referring_to_our_reply(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        bounce = EmailMessage()
+        bounce["From"] = "MAILER-DAEMON@mx.example.org"
+        bounce["To"] = "support@example.com"
+        bounce["Subject"] = "Mail delivery failed: returning message to sender"
+        bounce["Message-ID"] = "<exim-bounce@mx.example.org>"
+        bounce["X-Failed-Recipients"] = "ada@example.org"
+        bounce.set_content(
+            "This message was created automatically by mail delivery software.\n\n"
+            "A message that you sent could not be delivered to one or more of its\n"
+            "recipients. This is a permanent error. The following address(es) failed:\n\n"
+            "  ada@example.org\n    host mx.example.org [192.0.2.1]\n"
+            "    SMTP error from remote mail server after RCPT TO:<ada@example.org>:\n"
+            "    550 5.2.2 Mailbox full\n\n"
+            "------ This is a copy of the message, including all the headers. ------\n\n"
+            f"Message-ID: <{reply_msgid}>\nSubject: Re: Order 1234 never arrived\n")
+        await send(d.email.smtp.port, bounce, sender="")
+        await eventually(lambda: _delivery(d, reply_id, "failed"))
+        reason = (await _message(d, reply_id)).failure_reason or ""
+        assert "ada@example.org" in reason and "550 5.2.2 Mailbox full" in reason
+
+
+async def test_a_delay_warning_does_not_fail_the_reply(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        await send(d.email.smtp.port,
+                   _dsn(f"<{reply_msgid}>", action="delayed", status="4.4.1",
+                        diagnostic="smtp; 451 4.4.1 connection timed out"), sender="")
+        await eventually(lambda: _has_event(d, "delivery_delayed"))
+        assert (await _message(d, reply_id)).delivery_status == "sent"
+
+
+async def _has_event(d: Any, kind: str) -> bool:
+    return bool(await _events(d, kind))
+
+
+async def test_an_out_of_office_reply_is_not_a_bounce_and_does_not_reopen(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        async with d.store.session() as s:
+            await resolve(s, await get_conversation(s, 1), actor="Grace", now=clock())
+        outbox_before = len(await _outbox_rows(d))
+        clock.advance(minutes=5)
+        await send(d.email.smtp.port,
+                   mail(subject="Automatic reply: Re: Order 1234 never arrived",
+                        msgid="<ooo@example.org>", body="I am out of the office until Monday.",
+                        In_Reply_To=f"<{reply_msgid}>", Auto_Submitted="auto-replied"),
+                   sender="")
+        await eventually(lambda: processed(d.store))
+        shown = await detail(d.store, 1)
+        assert [m["automated"] for m in shown["messages"]] == [False, False, True]
+        assert shown["status"] == "resolved"  # an auto-reply reopens nothing
+        assert not await _events(d, "conversation_reopened")
+        assert (await _message(d, reply_id)).delivery_status == "sent"
+        assert len(await _outbox_rows(d)) == outbox_before  # and nothing answers it
+        # The customer themself writing back does reopen it.
+        await send(d.email.smtp.port, mail(subject="Re: Order 1234 never arrived",
+                                           msgid="<back@example.org>",
+                                           In_Reply_To=f"<{reply_msgid}>"))
+        await eventually(lambda: _status_is(d, "open"))
+
+
+async def _status_is(d: Any, status: str) -> bool:
+    return (await detail(d.store, 1))["status"] == status
