@@ -119,12 +119,16 @@ async def plans(d: Daemon) -> list[str]:
     if d.store.dialect == "sqlite":
         now = f"'{now}'"
     explain = "EXPLAIN QUERY PLAN" if d.store.dialect == "sqlite" else "EXPLAIN"
+    lock = "" if d.store.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
     queries = [
-        f"SELECT id FROM conversations WHERE next_due_at <= {now} ORDER BY next_due_at LIMIT 200",
-        "SELECT id FROM conversations WHERE updated_at <> sla_checked_at LIMIT 200",
+        f"SELECT id FROM conversations WHERE next_due_at <= {now} ORDER BY next_due_at "
+        f"LIMIT 200{lock}",
+        f"SELECT id FROM conversations WHERE updated_at <> sla_checked_at LIMIT 200{lock}",
     ]
     lines = []
-    async with d.store.engine.connect() as conn:
+    async with d.store.engine.begin() as conn:
+        if d.store.dialect == "postgresql":  # as the scheduler's claim does
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
         for q in queries:
             rows = (await conn.execute(text(f"{explain} {q}"))).all()
             lines.append(q)

@@ -417,7 +417,8 @@ def _logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access", "alembic"):
+    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access", "alembic",
+                  "apscheduler"):  # APScheduler logs every wake-up of the sweeps at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

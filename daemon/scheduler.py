@@ -37,7 +37,7 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -235,7 +235,8 @@ class Scheduler:
                 log.exception("scheduler sweep failed; the next one retries")
 
     def wake(self, when: datetime | None = None) -> None:
-        """Sweep at ``when`` (the daemon's clock), or at once. Safe to call when not running."""
+        """Sweep at ``when`` (the daemon's clock), or at once when None. Safe to call when not
+        running (the command line's daemon for ``journal retry`` never starts it)."""
         if self._apscheduler is None or self._stopping:
             return
         delay = timedelta(0) if when is None else when - self.clock()
@@ -383,6 +384,12 @@ class Scheduler:
                                                           sorted(tally.items())))
             return dict(tally)
 
+    async def _begin(self, s: AsyncSession) -> datetime:
+        """Begin the transaction (SQLite: BEGIN IMMEDIATE, the write lock), then read the clock:
+        every change committed before it then lies at or before "now"."""
+        await s.connection()
+        return self.clock()
+
     async def _sweep(self, tally: Tally[str]) -> None:
         now = self.clock()
         seen: set[int] = set()
@@ -391,6 +398,7 @@ class Scheduler:
             ids: list[int] = []
             try:
                 async with self.store.session() as s:
+                    now = await self._begin(s)
                     ids = [i for i in await self._claim(s, now) if i not in seen]
                     seen.update(ids)
                     if ids:
@@ -409,7 +417,9 @@ class Scheduler:
         self._wake_at = None
         async with self.store.reader() as s:
             following = (await s.execute(select(func.min(Conversation.next_due_at)))).scalar()
-        if following is not None and following <= now:
+        if following is None:
+            return  # nothing is due at any time: the interval sweep looks again
+        if following <= now:
             # due but not claimed: another instance holds it; look again in a moment
             following = now + timedelta(seconds=1)
         self.wake(following)
@@ -425,8 +435,16 @@ class Scheduler:
                .order_by(Conversation.next_due_at).limit(limit))
         changed = (select(Conversation.id)
                    .where(Conversation.updated_at != Conversation.sla_checked_at).limit(limit))
+        postgres = self.store.dialect == "postgresql"
+        if postgres:
+            # PostgreSQL guesses that "updated_at <> sla_checked_at" matches most rows and, to
+            # lock a few, would rather read the whole table than the (nearly empty) partial
+            # index ix_conversations_sla_dirty; forbid that for the claim only.
+            await s.execute(text("SET LOCAL enable_seqscan = off"))
         ids = list((await s.execute(self._claimable(due))).scalars())
         ids += [i for i in (await s.execute(self._claimable(changed))).scalars() if i not in ids]
+        if postgres:
+            await s.execute(text("SET LOCAL enable_seqscan = on"))
         return ids
 
     async def _batch(self, s: AsyncSession, ids: list[int], now: datetime,
@@ -446,6 +464,7 @@ class Scheduler:
         part: Tally[str] = Tally()
         try:
             async with self.store.session() as s:
+                now = await self._begin(s)
                 claimed = (await s.execute(self._claimable(
                     select(Conversation.id).where(Conversation.id == conversation_id)))).first()
                 if claimed is None:

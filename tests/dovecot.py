@@ -17,9 +17,11 @@ which is thousands of messages a second, so large backlogs are cheap to set up.
 from __future__ import annotations
 
 import contextlib
+import grp
 import itertools
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -136,11 +138,14 @@ class Dovecot:
         self._users = itertools.count(1)
         if os.geteuid() == 0:
             self.uid = self.gid = 5000
-            internal, login = "dovecot", "dovenull"
+            internal, login, group = "dovecot", "dovenull", "dovecot"
         else:  # an unprivileged instance: everything runs as the current user
             self.uid, self.gid = os.getuid(), os.getgid()
             internal = login = pwd.getpwuid(self.uid).pw_name
-        self._internal, self._login = internal, login
+            group = grp.getgrgid(self.gid).gr_name
+        self._internal, self._login, self._group = internal, login, group
+        # Without root nothing can chroot: the login and anvil processes run unconfined.
+        self._unprivileged = "" if os.geteuid() == 0 else "service anvil {\n  chroot =\n}\n"
         ca = trustme.CA()
         self.ca_file = root / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -169,6 +174,7 @@ info_log_path = {self.log}
 protocols = imap
 listen = 127.0.0.1
 default_internal_user = {self._internal}
+default_internal_group = {self._group}
 default_login_user = {self._login}
 first_valid_uid = {min(self.uid, 500)}
 disable_plaintext_auth = no
@@ -189,7 +195,8 @@ userdb {{
   driver = passwd-file
   args = {self.passwd}/%u
 }}
-service imap-login {{
+{self._unprivileged}service imap-login {{
+  {"chroot =" if self._unprivileged else ""}
   inet_listener imap {{
     address = 127.0.0.1
     port = {self.imap_port}
@@ -287,14 +294,18 @@ service imap-login {{
             for name in files:
                 os.chown(os.path.join(folder, name), self.uid, self.gid)
 
-    def add_user(self, password: str = "secret") -> Mailbox:
+    def add_user(self, password: str | None = None, *, bare: bool = False) -> Mailbox:
+        """A new user with an empty Maildir. ``bare``: after login Dovecot offers this user
+        plain IMAP4rev1 only (no IDLE, MOVE or UIDPLUS), like a minimal server."""
         user = f"user{next(self._users)}"
+        password = password or f"pw-{secrets.token_hex(8)}"
+        extra = "userdb_imap_capability=IMAP4rev1" if bare else ""
         home = self.root / "home" / user
         for sub in ("cur", "new", "tmp"):
             (home / "Maildir" / sub).mkdir(parents=True, exist_ok=True)
         self.chown_tree(home)
         entry = self.passwd / user
-        entry.write_text(f"{user}:{{PLAIN}}{password}:{self.uid}:{self.gid}::{home}::\n")
+        entry.write_text(f"{user}:{{PLAIN}}{password}:{self.uid}:{self.gid}::{home}::{extra}\n")
         entry.chmod(0o644)
         return Mailbox(self, user, password, home)
 

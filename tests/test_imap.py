@@ -162,6 +162,7 @@ async def test_certificate_from_an_unknown_ca_is_refused(
     assert await journal_rows(d) == 0
     assert "frontdesk_imap_connected 0.0" in d.metrics.render().decode()
     assert _login_line(dovecot, box.user) == ""  # the password was never sent
+    assert box.password not in caplog.text
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
@@ -285,6 +286,22 @@ async def test_processed_mail_is_moved_to_the_configured_folder(
     await eventually(lambda: count_is(d, 3))
     await eventually(lambda: _messages_in(box, "INBOX", 0))
     assert box.status("Processed")["messages"] == 3
+
+
+async def test_a_minimal_server_is_polled_and_mail_moved_by_copy_and_expunge(
+        dovecot: Any, make_settings: Any, daemon_factory: Any) -> None:
+    box = dovecot.add_user(bare=True)  # IMAP4rev1 only: no IDLE, no MOVE, no UIDPLUS
+    box.deliver_many([raw_mail(n) for n in range(2)])
+    box.create_folder("Done")
+    d = await daemon_factory(imap_settings(make_settings, dovecot, box, move_to="Done",
+                                           poll_interval="1s"))
+    await eventually(lambda: count_is(d, 2))
+    await eventually(lambda: _messages_in(box, "INBOX", 0))
+    assert box.status("Done")["messages"] == 2
+    box.deliver(raw_mail(2))  # found by polling
+    await eventually(lambda: count_is(d, 3), timeout=8)
+    await eventually(lambda: _messages_in(box, "Done", 3))
+    assert reader(d).sessions == 1
 
 
 async def _messages_in(box: Any, folder: str, n: int) -> bool:

@@ -638,3 +638,19 @@ async def test_report_figures_and_csv(make_settings: Any, daemon_factory: Any, s
     assert await asyncio.to_thread(cli, ["show", "FD-1", "-c", str(config)]) == 0
     shown = capsys.readouterr().out
     assert "SLA policy default" in shown and "rating 4/5" in shown
+
+
+async def test_an_idle_scheduler_waits_for_work(make_settings: Any, daemon_factory: Any,
+                                                sink: SmtpSink, clock: FakeClock) -> None:
+    d = await start(daemon_factory, scheduler_settings(make_settings, sink), clock)
+    await eventually(lambda: _count_async(_sweeps(d) >= 1))  # the start sweep
+    before = _sweeps(d)
+    assert await sweep(d) == {}
+    await asyncio.sleep(0.3)  # nothing due anywhere: no sweep wakes another
+    assert _sweeps(d) == before + 1
+    await mail_in(d)  # a due acknowledgement wakes it at once
+    await eventually(lambda: _count_async(len(sink.messages) == 1))
+
+
+def _sweeps(d: Any) -> float:
+    return d.metrics.registry.get_sample_value("frontdesk_scheduler_sweep_seconds_count") or 0.0

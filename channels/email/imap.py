@@ -226,12 +226,25 @@ class _Session:
         self.lost.set()
 
     async def call(self, what: str, awaitable: Any, timeout: float | None = None) -> Any:
-        """Await one IMAP call under a timeout; a lost connection or a timeout is an ImapError."""
+        """Await one IMAP call under a timeout; a lost connection or a timeout is an ImapError.
+
+        aioimaplib leaves a command waiting when the connection drops, so the call also ends
+        as soon as the connection is lost, not only at the timeout."""
+        limit = timeout or self.timeout
+        call = asyncio.ensure_future(awaitable)
+        lost = asyncio.ensure_future(self.lost.wait())
         try:
-            return await asyncio.wait_for(awaitable, timeout or self.timeout)
-        except TimeoutError:
-            raise ImapError(f"the IMAP server did not answer {what} within "
-                            f"{int(timeout or self.timeout)} s") from None
+            done, _ = await asyncio.wait({call, lost}, timeout=limit,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (call, lost):
+                if not task.done():
+                    task.cancel()
+        if call in done:
+            return call.result()
+        if lost in done:
+            raise ImapError(f"the IMAP server closed the connection (during {what})")
+        raise ImapError(f"the IMAP server did not answer {what} within {int(limit)} s")
 
     async def open(self) -> None:
         from aioimaplib import IMAP4
@@ -647,33 +660,42 @@ class ImapChannel:
 
     async def _idle(self, session: _Session) -> None:
         """IDLE until the server reports new mail, the renewal time comes, or we stop."""
-        from aioimaplib import STOP_WAIT_SERVER_PUSH
-
         client = session.client
         renew = self.config.idle_interval.total_seconds()
         idle = await session.call("IDLE", client.idle_start(timeout=renew))
         try:
-            while not self._stop.is_set():
-                push = await self._wait(session, client.wait_server_push(timeout=renew + 5),
-                                        timeout=renew + 10)
-                if push is None or push == STOP_WAIT_SERVER_PUSH:
-                    break
-                lines = [bytes(line).strip() for line in push
-                         if isinstance(line, bytes | bytearray)]
-                trouble = next((line for line in lines if line.upper().startswith(
-                    (b"BYE", b"NO", b"BAD")) or b"[UIDVALIDITY" in line.upper()), None)
-                if trouble is not None:
-                    # A warning about the folder (deleted, restored, broken) or a goodbye:
-                    # select it afresh on a new connection, which also reads UIDVALIDITY again.
-                    raise ImapError("the IMAP server said "
-                                    + trouble.decode("utf-8", "replace")[:200])
-                if any(b"EXISTS" in line.upper() or b"RECENT" in line.upper()
-                       for line in lines):
-                    break
-        finally:
-            if not session.lost.is_set() and client.has_pending_idle():
-                client.idle_done()
-                await session.call("DONE (end of IDLE)", idle)
+            await self._idle_until_news(session, renew)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            with contextlib.suppress(ImapError):  # the first error is the one to report
+                await self._end_idle(session, idle)
+            raise
+        await self._end_idle(session, idle)
+
+    async def _end_idle(self, session: _Session, idle: Any) -> None:
+        if not session.lost.is_set() and session.client.has_pending_idle():
+            session.client.idle_done()
+            await session.call("DONE (end of IDLE)", idle)
+
+    async def _idle_until_news(self, session: _Session, renew: float) -> None:
+        from aioimaplib import STOP_WAIT_SERVER_PUSH
+
+        client = session.client
+        while not self._stop.is_set():
+            push = await self._wait(session, client.wait_server_push(timeout=renew + 5),
+                                    timeout=renew + 10)
+            if push is None or push == STOP_WAIT_SERVER_PUSH:
+                return
+            lines = [bytes(line).strip() for line in push if isinstance(line, bytes | bytearray)]
+            trouble = next((line for line in lines if line.upper().startswith(
+                (b"BYE", b"NO", b"BAD")) or b"[UIDVALIDITY" in line.upper()), None)
+            if trouble is not None:
+                # A warning about the folder (deleted, restored, broken) or a goodbye: select
+                # it afresh on a new connection, which also reads UIDVALIDITY again.
+                raise ImapError("the IMAP server said " + trouble.decode("utf-8", "replace")[:200])
+            if any(b"EXISTS" in line.upper() or b"RECENT" in line.upper() for line in lines):
+                return
 
     async def _poll(self, session: _Session) -> None:
         await self._wait(session, timeout=self.config.poll_interval.total_seconds())

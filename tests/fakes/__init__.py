@@ -1,1 +1,1 @@
-"""Loopback fakes of the remote SaaS APIs (Slack, Twilio, Telegram), speaking their wire protocols."""
+"""Loopback fakes of the remote SaaS APIs (Slack, Twilio, Telegram) speaking their protocols."""
