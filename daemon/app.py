@@ -33,6 +33,7 @@ from .ingest import (
     InboundHook,
     Journal,
     Processor,
+    StepAside,
     ThreadingRules,
 )
 from .metrics import Metrics
@@ -129,10 +130,9 @@ class Daemon:
         self.delivery_hooks: list[DeliveryHook] = []
         self.services: list[Service] = []
         self.channels, self.disabled = build_channels(settings)
-        # SQLite has one writer: the journal and the processor take turns in order.
-        gate = asyncio.Lock() if self.store.dialect == "sqlite" else None
         by_name = {c.name: c for c in self.channels}
         self.email: Any = by_name.get("email")
+        step_aside = self.step_aside = StepAside(lambda: not self.journal.idle())
         self.processor = Processor(
             self.store,
             parsers=_parsers(self.channels),
@@ -140,17 +140,18 @@ class Daemon:
             due=self.sla,
             rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
             clock=clock, metrics=self.metrics, hooks=self.inbound_hooks,
-            filters=self.inbound_filters, gate=gate,
-            ingest_idle=lambda: self.journal.idle(),
+            filters=self.inbound_filters,
+            step_aside=step_aside,
         )
         self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
-                               on_commit=self.processor.kick, gate=gate)
+                               on_commit=self.processor.kick)
         d = settings.daemon
         self.outbox = OutboxWorker(
             self.store, senders=_senders(self.channels), clock=clock,
             metrics=self.metrics,
             policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
             poll=d.outbox_poll, handlers=self.outbox_handlers, hooks=self.delivery_hooks,
+            step_aside=step_aside,
         )
         self.http = HttpServer(settings.http.listen, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)

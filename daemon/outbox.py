@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +34,9 @@ from frontdesk.storage.db import Store
 from frontdesk.storage.models import Event, Message, Outbox
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .ingest import StepAside
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,10 @@ class OutboxWorker:
     def __init__(self, store: Store, *, senders: Mapping[str, Sender], clock: Clock,
                  metrics: Metrics, policy: RetryPolicy, poll: timedelta,
                  handlers: Mapping[str, Handler] | None = None,
-                 hooks: Sequence[DeliveryHook] = ()) -> None:
+                 hooks: Sequence[DeliveryHook] = (),
+                 step_aside: StepAside | None = None) -> None:
+        self._step_aside = step_aside
+        self._last_send = 0.0
         self._store = store
         self._senders = senders
         # By reference: the Slack desk and the scheduler register theirs after construction.
@@ -131,10 +139,14 @@ class OutboxWorker:
             )).scalars().all()
         attempted = 0
         for row in rows:
+            if self._step_aside is not None:  # inbound messages first, then their answers
+                await self._step_aside.wait(self._last_send, lambda: self._stopping)
             if self._stopping:
                 break
             attempted += 1
+            began = time.monotonic()
             await self._deliver(row)
+            self._last_send = time.monotonic() - began
         return attempted
 
     async def _send(self, row: Outbox) -> Receipt:

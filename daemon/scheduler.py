@@ -65,6 +65,8 @@ from .sla import KIND_WORDS, SlaClock, SlaEngine, SlaState, contact_tags, next_s
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+    from .ingest import StepAside
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
@@ -168,6 +170,9 @@ class Scheduler:
         self.channel_names = {name for c in daemon.channels
                               for name in getattr(c, "channel_names", (c.name,))}
         self.kick_outbox: Callable[[], None] = daemon.outbox.kick
+        # Sweeps step aside while messages arrive, like processing and sending do.
+        self._step_aside: StepAside | None = getattr(daemon, "step_aside", None)
+        self._last_sweep = 0.0
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._stopping = False
@@ -229,8 +234,12 @@ class Scheduler:
             self._kick.clear()
             if self._stopping:
                 break
+            if self._step_aside is not None:
+                await self._step_aside.wait(self._last_sweep, lambda: self._stopping)
+            began = time.monotonic()
             try:
                 await self.sweep()
+                self._last_sweep = time.monotonic() - began
             except Exception:
                 log.exception("scheduler sweep failed; the next one retries")
 

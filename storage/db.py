@@ -7,6 +7,7 @@ PostgreSQL (asyncpg) is the same schema through the same Alembic migrations.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,12 @@ from sqlalchemy.ext.asyncio import (
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+GATE_TIMEOUT = 30.0  # like SQLite's busy_timeout: a writer waits this long for its turn
+
+
+def _sqlite_path(url: str) -> str | None:
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else str(Path(database).expanduser())
 
 
 def _sqlite_events(engine: AsyncEngine, synchronous: str) -> None:
@@ -91,11 +98,33 @@ class Store:
         self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
         self.dialect = self.engine.dialect.name
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer. In-process writers (journal, processor, outbox, desk,
+        # scheduler) queue on this lock, first come first served; left to SQLite's busy handler
+        # (sleeps of up to 100 ms between tries) a busy writer would starve the journal.
+        self.write_gate: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
+        self.sqlite_path = _sqlite_path(url) if self.dialect == "sqlite" else None
+        self.synchronous = synchronous
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold the write gate (SQLite) for one write transaction."""
+        if self.write_gate is None:
+            yield
+            return
+        try:
+            await asyncio.wait_for(self.write_gate.acquire(), timeout=GATE_TIMEOUT)
+        except TimeoutError:
+            raise OperationalError("waiting for the store's writer", None,
+                                   RuntimeError("the store is busy")) from None
+        try:
+            yield
+        finally:
+            self.write_gate.release()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session whose transaction commits on success and rolls back on error."""
-        async with self._sessions() as session, session.begin():
+        """A write transaction: commits on success, rolls back on error."""
+        async with self.writing(), self._sessions() as session, session.begin():
             yield session
 
     def reader(self) -> AsyncSession:

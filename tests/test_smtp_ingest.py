@@ -130,6 +130,18 @@ async def test_store_failure_answers_451_then_accepts_on_retry(daemon: Any) -> N
             raise OSError("disk I/O error (injected)")
 
     event.listen(daemon.store.engine.sync_engine, "before_cursor_execute", broken)
+    fast = daemon.journal._sqlite  # SQLite's journal insert goes through the stdlib directly
+    if fast is not None:
+        real_insert = fast._insert
+
+        def failing_insert(rows: Any) -> Any:
+            if failing["on"]:
+                import sqlite3
+
+                raise sqlite3.OperationalError("disk I/O error (injected)")
+            return real_insert(rows)
+
+        fast._insert = failing_insert
     with pytest.raises(smtplib.SMTPDataError) as err:
         await send(daemon.email.smtp.port, mail())
     assert err.value.smtp_code == 451
