@@ -90,7 +90,7 @@ class Journal:
             .returning(table.c.channel, table.c.remote_id)
         )
 
-    quiet = 0.02
+    quiet = 0.005
     """Seconds without a commit after which no message counts as arriving."""
 
     def idle(self) -> bool:
@@ -175,7 +175,7 @@ class StepAside:
     1/(1+factor) of the loop, so its backlog cannot grow without bound.
     """
 
-    def __init__(self, busy: Callable[[], bool], *, factor: float = 3.0,
+    def __init__(self, busy: Callable[[], bool], *, factor: float = 5.0,
                  max_wait: float = 1.0) -> None:
         self._busy = busy
         self._factor = factor
