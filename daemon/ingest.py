@@ -90,7 +90,7 @@ class Journal:
             .returning(table.c.channel, table.c.remote_id)
         )
 
-    quiet = 0.005
+    quiet = 0.02
     """Seconds without a commit after which no message counts as arriving."""
 
     def idle(self) -> bool:
@@ -298,7 +298,7 @@ class Processor:
     """Turns journal rows into contacts, conversations and messages."""
 
     batch_size = 50
-    commit_every = 5
+    commit_every = 2
 
     def __init__(self, store: Store, *, parsers: Mapping[str, Parser], attachments: AttachmentStore,
                  due: DueTimes, rules: ThreadingRules, clock: Clock, metrics: Metrics,
