@@ -514,8 +514,12 @@ async def test_survey_rating_and_low_score_reopens(database_url: str, make_setti
         for ref in (1, 2):
             await resolve(s, await get_conversation(s, ref), actor="Grace", now=clock())
     clock.advance(seconds=1)
-    await sweep(d)
-    assert (await detail(d.store, 1))["survey_due_at"] == "2026-11-23T11:10:00.000Z"
+
+    async def survey_planned() -> bool:
+        await sweep(d)  # the background sweep may hold the rows (SKIP LOCKED): sweep again
+        return (await detail(d.store, 1))["survey_due_at"] == "2026-11-23T11:10:00.000Z"
+
+    await eventually(survey_planned, timeout=5)
     clock.now = at(2026, 11, 23, 11, 10)
     done = await sweep(d)
     assert done["survey"] == 2
