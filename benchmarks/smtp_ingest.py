@@ -26,6 +26,16 @@ Usage (with the venv's python)::
                                      [--profile] [--keep]
 
 The target: frontdesk's send rate >= 0.5 x the bare server's in both workloads.
+
+PostgreSQL mode (``--postgres-url URL``, or ``--postgres-url`` alone for
+``$FRONTDESK_TEST_POSTGRES_URL``): the same client and workloads against frontdesk on a fresh
+PostgreSQL database per run (dropped after), with one and with two ``frontdesk run`` processes on
+that database (``--instances 1|2|1,2``; each has its own SMTP and HTTP port and the client's
+sessions alternate between them). It prints msgs/s and processing rate for each and the ratio
+two / one, and checks that the two did no work twice: journal == inbound messages ==
+conversations == N, no journal row processed twice, at most one acknowledgement per
+conversation. No bare server or smtp-source runs in this mode, and it waits until everything is
+processed (``--process-timeout 0`` unless given). Exit code 1 when a check fails.
 """
 
 # The HTML newsletter fixture below keeps its long lines as a mail client would send them.
@@ -33,6 +43,7 @@ The target: frontdesk's send rate >= 0.5 x the bare server's in both workloads.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import base64
@@ -62,6 +73,7 @@ TARGET_RATIO = 0.5
 MAIL_FROM = "customer@example.org"
 RCPT_TO = "support@example.com"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
+POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"
 
 # --- the mail ------------------------------------------------------------------------------------
 
@@ -313,7 +325,7 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             return int(line[:3]), line
 
 
-async def _client(port: int, messages: list[bytes], connections: int) -> dict[str, Any]:
+async def _client(ports: list[int], messages: list[bytes], connections: int) -> dict[str, Any]:
     mail_cmd = f"MAIL FROM:<{MAIL_FROM}>\r\n".encode()
     rcpt_cmd = f"RCPT TO:<{RCPT_TO}>\r\n".encode()
     todo = iter(range(len(messages)))
@@ -322,8 +334,10 @@ async def _client(port: int, messages: list[bytes], connections: int) -> dict[st
     errors: list[str] = []
     last_ok = [0.0]
     perf = time.perf_counter
+    per_port: Counter[int] = Counter()  # 250s per server, when sessions are split
 
     async def session(k: int) -> None:
+        port = ports[k % len(ports)]
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             code, line = await _reply(reader)
@@ -363,6 +377,7 @@ async def _client(port: int, messages: list[bytes], connections: int) -> dict[st
                 if code == 250:
                     latencies.append(t1 - t0)
                     last_ok[0] = time.monotonic()
+                    per_port[port] += 1
                 else:
                     errors.append(f"end of DATA {line!r}")
             writer.write(b"QUIT\r\n")
@@ -380,6 +395,7 @@ async def _client(port: int, messages: list[bytes], connections: int) -> dict[st
         "errors": errors[:10], "n_errors": len(errors),
         "p50": _percentile(latencies, 0.50), "p99": _percentile(latencies, 0.99),
         "max": latencies[-1] if latencies else None,
+        "per_port": {str(p): n for p, n in per_port.items()},
     }
 
 
@@ -393,7 +409,8 @@ def client_main(args: argparse.Namespace) -> None:
     build = WORKLOADS[args.workload][1]
     messages = [build(i, args.run_id) for i in range(args.messages)]
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    result = asyncio.run(_client(args.port, messages, args.connections))
+    ports = [int(p) for p in args.ports.split(",")] if args.ports else [args.port]
+    result = asyncio.run(_client(ports, messages, args.connections))
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     result["avg_bytes"] = sum(map(len, messages)) / len(messages)
@@ -469,6 +486,19 @@ class Server:
     pid: int
     smtp_port: int
 
+    @property
+    def smtp_ports(self) -> list[int]:
+        """Where the client's sessions go (split between them, in turn)."""
+        return [self.smtp_port]
+
+    def cpu(self) -> float:
+        """The server's CPU seconds so far (all its processes)."""
+        return cpu_seconds(self.pid)
+
+    def probe(self) -> StoreProbe | None:
+        """A read-only view of the server's store (None: it keeps nothing)."""
+        return None
+
     def stop(self) -> int | None: ...
 
 
@@ -479,15 +509,16 @@ class Frontdesk(Server):
 
     acknowledgements = True
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, database_url: str | None = None) -> None:
         tmp.mkdir(parents=True)
         self.tmp = tmp
         self.smtp_port, self.http_port, relay_port = free_port(), free_port(), free_port()
         self.db = tmp / "frontdesk.db"
+        self.database_url = database_url or f"sqlite+aiosqlite:///{self.db}"
         self.config = tmp / "frontdesk.toml"
         self.config.write_text(f"""
 [database]
-url = "sqlite+aiosqlite:///{self.db}"
+url = "{self.database_url}"
 [http]
 listen = "127.0.0.1:{self.http_port}"
 [email]
@@ -527,6 +558,11 @@ business_hours = "always"
         self.process.kill()
         sys.exit("frontdesk not ready within 60 s:\n" + self.log.read_text())
 
+    def probe(self) -> StoreProbe:
+        if self.database_url.startswith("postgresql"):
+            return PgProbe(self.database_url)
+        return SqliteProbe(self.db)
+
     def stop(self) -> int | None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -535,6 +571,51 @@ business_hours = "always"
             self.process.kill()
             self.process.wait()
             return None
+
+
+class FrontdeskGroup(Server):
+    """Several `frontdesk run` processes on one PostgreSQL database (a fresh one, dropped by
+    :meth:`drop`), each with its own SMTP and HTTP port; started one after the other."""
+
+    def __init__(self, tmp: Path, admin_url: str, instances: int) -> None:
+        self.database = PgDatabase(admin_url)
+        self.name = f"frontdesk PG x{instances}"
+        self.members: list[Frontdesk] = []
+        try:
+            for k in range(instances):
+                self.members.append(Frontdesk(tmp / f"instance-{k}", self.database.url))
+        except BaseException:
+            for member in self.members:
+                member.stop()
+            self.database.drop()
+            raise
+        self.pid = self.members[0].pid
+        self.smtp_port = self.members[0].smtp_port
+        self.log = self.members[0].log
+
+    @property
+    def smtp_ports(self) -> list[int]:
+        return [m.smtp_port for m in self.members]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(m.pid) for m in self.members)
+
+    def probe(self) -> StoreProbe:
+        return PgProbe(self.database.url)
+
+    def stop(self) -> int | None:
+        """SIGTERM to every member; the worst exit code (None: one had to be killed)."""
+        codes = [m.stop() for m in self.members]
+        if any(c is None for c in codes):
+            return None
+        return next((c for c in codes if c != 0), 0)
+
+    @property
+    def logs(self) -> list[Path]:
+        return [m.log for m in self.members]
+
+    def drop(self) -> None:
+        self.database.drop()
 
 
 class Bare(Server):
@@ -598,15 +679,17 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+COUNTS_SQL = ("SELECT (SELECT count(*) FROM inbound_journal),"
+              " (SELECT count(*) FROM inbound_journal WHERE state = 'pending'),"
+              " (SELECT count(*) FROM inbound_journal WHERE state = 'failed'),"
+              " (SELECT count(*) FROM messages WHERE direction = 'in')")
+
+
 def _counts(db: sqlite3.Connection) -> tuple[int, int, int, int]:
     """(journal rows, pending, failed, inbound messages).
 
     Only inbound rows count: acknowledgements and replies are ``messages`` rows too."""
-    row = db.execute(
-        "SELECT (SELECT count(*) FROM inbound_journal),"
-        " (SELECT count(*) FROM inbound_journal WHERE state = 'pending'),"
-        " (SELECT count(*) FROM inbound_journal WHERE state = 'failed'),"
-        " (SELECT count(*) FROM messages WHERE direction = 'in')").fetchone()
+    row = db.execute(COUNTS_SQL).fetchone()
     return row[0], row[1], row[2], row[3]
 
 
@@ -614,6 +697,98 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
     db.execute("PRAGMA busy_timeout=5000")
     return db
+
+
+class StoreProbe(abc.ABC):
+    """Read-only queries on a frontdesk store while it runs."""
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    @abc.abstractmethod
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows a query returns."""
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(journal rows, pending, failed, inbound messages), as :func:`_counts`."""
+        row = self.rows(COUNTS_SQL)[0]
+        return row[0], row[1], row[2], row[3]
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of the connection."""
+
+
+class SqliteProbe(StoreProbe):
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path) -> None:
+        self.db = _open_ro(path)
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return list(self.db.execute(sql).fetchall())
+
+    def counts(self) -> tuple[int, int, int, int]:
+        return _counts(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgProbe(StoreProbe):
+    """One asyncpg connection, driven from this (synchronous) process by a private loop."""
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        self.errors = (asyncpg.PostgresError, OSError)
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncpg.connect(_asyncpg_dsn(url), timeout=10))
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.loop.run_until_complete(self.conn.fetch(sql))]
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.conn.close())
+        finally:
+            self.loop.close()
+
+
+class PgDatabase:
+    """A fresh database on the PostgreSQL server of ``admin_url``, dropped by :meth:`drop`."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.admin_url = admin_url
+        self.name = f"fd_bench_{uuid.uuid4().hex[:8]}"
+        try:
+            self._admin(f'CREATE DATABASE "{self.name}"')
+        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
+            sys.exit(f"cannot create a PostgreSQL database with {make_url(admin_url)!r}: {exc}")
+        self.url = make_url(admin_url).set(database=self.name).render_as_string(
+            hide_password=False)
+
+    def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url), timeout=10)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def drop(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 class Profiler:
@@ -686,9 +861,11 @@ def summarize_profile(path: Path, top: int = 12) -> str:
     return "\n".join(out)
 
 
-def _start_client(port: int, workload: str, n: int, c: int, run_id: str) -> subprocess.Popen[str]:
+def _start_client(ports: list[int], workload: str, n: int, c: int,
+                  run_id: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(HERE), "--client", "--port", str(port), "--workload", workload,
+        [sys.executable, str(HERE), "--client", "--ports", ",".join(map(str, ports)),
+         "--workload", workload,
          "--messages", str(n), "--connections", str(c), "--run-id", run_id],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -697,19 +874,19 @@ def measure(server: Server, workload: str, n: int, c: int, tmp: Path,
             profile: bool = False, process_timeout: float = 0) -> Result:
     res = Result(workload, server.name)
     run_id = uuid.uuid4().hex[:10]
-    db = _open_ro(server.db) if isinstance(server, Frontdesk) else None
+    db = server.probe()
     profiler = Profiler(server.pid, tmp / f"py-spy-{workload}.txt") if profile else None
-    cpu0 = cpu_seconds(server.pid)
-    client = _start_client(server.smtp_port, workload, n, c, run_id)
+    cpu0 = server.cpu()
+    client = _start_client(server.smtp_ports, workload, n, c, run_id)
     samples: list[tuple[float, float, int]] = []  # (monotonic, server cpu, processed messages)
     t_done: float | None = None
     t_sent: float | None = None  # when the client process was seen to have exited
     deadline = time.monotonic() + 120 + n / 5
     while time.monotonic() < deadline:
         now = time.monotonic()
-        cpu = cpu_seconds(server.pid)
+        cpu = server.cpu()
         if db is not None:
-            journal, pending, failed, processed = _counts(db)
+            journal, pending, failed, processed = db.counts()
             samples.append((now, cpu, processed))
             if t_done is None and journal >= n and pending == 0 and processed >= n:
                 t_done = now
@@ -747,7 +924,7 @@ def measure(server: Server, workload: str, n: int, c: int, tmp: Path,
         res.checks.append(f"{r['ok']} of {n} messages got 250; replies {r['codes']}, "
                           f"errors {r['n_errors']}: {r['errors'][:3]}")
     if db is not None:
-        journal, pending, failed, processed = _counts(db)
+        journal, pending, failed, processed = db.counts()
         if t_done is None:
             elapsed = res.processed_floor_s = time.monotonic() - r["t_start"]
             res.processing_rate = processed / elapsed
@@ -764,19 +941,49 @@ def measure(server: Server, workload: str, n: int, c: int, tmp: Path,
                 res.checks.append(f"store: journal {journal}, messages {processed}, pending "
                                   f"{pending}, failed {failed} (want {n}, {n}, 0, 0)")
         try:
-            out = db.execute("SELECT count(*) FROM messages WHERE direction = 'out'").fetchone()[0]
-            box = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+            out = db.rows("SELECT count(*) FROM messages WHERE direction = 'out'")[0][0]
+            box = dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY state"))
             if out or box:
                 res.notes.append(f"the daemon also wrote {out} outbound message(s) "
                                  f"(acknowledgements) and outbox rows {box}; the relay is closed, "
                                  "so each delivery fails and is retried")
-        except sqlite3.Error:
+        except db.errors:
             pass
+        if isinstance(server, FrontdeskGroup):
+            try:
+                check_no_duplicates(db, n, res)
+            except db.errors as exc:
+                res.checks.append(f"cannot check the store for duplicates: {exc!r}")
         db.close()
+        if isinstance(server, FrontdeskGroup) and len(server.members) > 1:
+            split = {p: r.get("per_port", {}).get(str(p), 0) for p in server.smtp_ports}
+            res.notes.append("250s per instance (SMTP port: count): " +
+                             ", ".join(f"{p}: {k}" for p, k in split.items()))
         if profile:
-            used = cpu_seconds(server.pid) - cpu0
+            used = server.cpu() - cpu0
             res.notes.append(f"server CPU during the whole run: {used:.1f} s")
     return res
+
+
+def check_no_duplicates(db: StoreProbe, n: int, res: Result) -> None:
+    """Several instances on one store must not do the same work twice: one conversation per
+    message (each has its own Message-ID and no In-Reply-To), at most one acknowledgement per
+    conversation, one inbound message per journal row."""
+    conversations = db.rows("SELECT count(*) FROM conversations")[0][0]
+    if conversations != n:
+        res.checks.append(f"store: {conversations} conversations for {n} messages (want {n})")
+    doubled = db.rows(
+        "SELECT count(*) FROM (SELECT journal_id FROM messages WHERE direction = 'in'"
+        " GROUP BY journal_id HAVING count(*) > 1) AS d")[0][0]
+    if doubled:
+        res.checks.append(f"store: {doubled} journal row(s) processed into more than one message")
+    acks = db.rows(
+        "SELECT count(*), coalesce(sum(k - 1), 0) FROM (SELECT count(*) AS k FROM messages"
+        " WHERE direction = 'out' AND author = 'system' GROUP BY conversation_id"
+        " HAVING count(*) > 1) AS d")[0]
+    if acks[0]:
+        res.checks.append(f"store: {acks[0]} conversation(s) with more than one acknowledgement "
+                          f"({acks[1]} extra)")
 
 
 def run_smtp_source(server: Server, n: int, c: int, extra: list[str]) -> Result:
@@ -803,13 +1010,13 @@ def run_smtp_source(server: Server, n: int, c: int, extra: list[str]) -> Result:
     return res
 
 
-def stop_frontdesk(fd: Frontdesk, res: Result) -> None:
+def stop_frontdesk(fd: Frontdesk | FrontdeskGroup, res: Result) -> None:
     code = fd.stop()
     if code != 0:
         res.checks.append(f"frontdesk exit code {code} after SIGTERM (want 0)")
-    log = fd.log.read_text(errors="replace")
-    if "Traceback" in log:
-        res.checks.append(f"Traceback in {fd.log}")
+    for path in fd.logs if isinstance(fd, FrontdeskGroup) else [fd.log]:
+        if "Traceback" in path.read_text(errors="replace"):
+            res.checks.append(f"Traceback in {path}")
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -850,15 +1057,24 @@ def main() -> int:
     p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     p.add_argument("--profile", action="store_true",
                    help="run py-spy on frontdesk during its runs and summarise (costs CPU)")
-    p.add_argument("--process-timeout", type=float, default=60, metavar="S",
+    p.add_argument("--process-timeout", type=float, default=None, metavar="S",
                    help="stop waiting for frontdesk to process everything S seconds after "
-                        "sending ends (60; 0 waits until done)")
+                        "sending ends (60 on SQLite, 0 with --postgres-url; 0 waits until done)")
     p.add_argument("--no-acks", action="store_true",
                    help="frontdesk with [acknowledgement] enabled = false (ingest alone)")
     p.add_argument("--no-smtp-source", action="store_true", help="skip Postfix's smtp-source")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    p.add_argument("--postgres-url", nargs="?", const=os.environ.get(POSTGRES_ENV, ""),
+                   metavar="URL",
+                   help="run frontdesk on PostgreSQL instead (postgresql+asyncpg://user@host/db; "
+                        f"alone: ${POSTGRES_ENV}); a fresh database per run, dropped after; "
+                        "no bare server and no smtp-source in this mode")
+    p.add_argument("--instances", choices=("1", "2", "1,2"), default="1,2",
+                   help="with --postgres-url: frontdesk processes on the one database, the "
+                        "client's sessions split between them (1,2: both, and the ratio)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--ports", help=argparse.SUPPRESS)
     p.add_argument("--run-id", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
@@ -868,6 +1084,17 @@ def main() -> int:
     Frontdesk.acknowledgements = not args.no_acks
     c = min(args.connections, n)
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    if args.postgres_url is not None:
+        if not args.postgres_url.startswith("postgresql+asyncpg://"):
+            p.error(f"--postgres-url: give postgresql+asyncpg://user@host/db (or set "
+                    f"${POSTGRES_ENV} and pass --postgres-url alone)")
+        if args.profile:
+            p.error("--profile is for the SQLite mode")
+        timeout = 0 if args.process_timeout is None else args.process_timeout
+        return main_postgres(args.postgres_url, [int(k) for k in args.instances.split(",")],
+                             workloads, n, c, timeout, args.no_acks, args.keep)
+    if args.process_timeout is None:
+        args.process_timeout = 60
 
     print(f"frontdesk SMTP ingest benchmark: {n} messages over {c} sessions per run")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
@@ -947,6 +1174,80 @@ def main() -> int:
     print(f"checks (250s, journal == messages == N, no failed rows, SIGTERM -> 0): "
           f"{'PASS' if not failed else 'FAIL'}")
     return 0 if all(verdicts) and not failed else 1
+
+
+def main_postgres(url: str, instances: list[int], workloads: list[str], n: int, c: int,
+                  process_timeout: float, no_acks: bool, keep: bool) -> int:
+    """The PostgreSQL mode: one and/or two frontdesk processes on one fresh database each run."""
+    from sqlalchemy.engine import make_url
+
+    print(f"frontdesk SMTP ingest benchmark on PostgreSQL ({make_url(url)!r}): {n} messages "
+          f"over {c} sessions per run, split between the instances")
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} "
+          f"({sys.executable}), {os.uname().sysname} {os.uname().release}; "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"acknowledgements: {'off (--no-acks)' if no_acks else 'on (the default)'}")
+    print(f"code: {code_version()}; load average {os.getloadavg()[0]:.2f} "
+          "(other work on the machine skews every figure)")
+    tmp = Path(tempfile.mkdtemp(prefix="frontdesk-bench-pg-"))
+    results: list[Result] = []
+    try:
+        for workload in workloads:
+            desc = WORKLOADS[workload][0]
+            by_count: dict[int, Result] = {}
+            for k in instances:
+                group = FrontdeskGroup(tmp / f"pg-{workload}-x{k}", url, k)
+                try:
+                    print(f"\n[{workload}] {desc}: {k} frontdesk process(es) on one PostgreSQL "
+                          f"database (pids {', '.join(str(m.pid) for m in group.members)}) ...",
+                          flush=True)
+                    res = measure(group, workload, n, c, tmp, process_timeout=process_timeout)
+                    stop_frontdesk(group, res)
+                finally:
+                    group.drop()
+                results.append(res)
+                by_count[k] = res
+                print(f"  sent at {_f(res.rate, '.0f')}/s, "
+                      + (f"all processed after {_f(res.processed_s, '.2f')} s"
+                         if res.processed_floor_s is None else
+                         f"not all processed after {res.processed_floor_s:.0f} s")
+                      + f"; frontdesk CPU while sending "
+                        f"{_f((res.server_cpu_send or 0) * 100, '.0f')}%", flush=True)
+            one, two = by_count.get(1), by_count.get(2)
+            if one and two and one.rate and two.rate:
+                two.ratio = two.rate / one.rate
+    finally:
+        if keep:
+            print(f"\nkept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    print("msgs/s: 250s / (first connect -> last 250); p50/p99: end of DATA -> 250;")
+    print("processed-all: first connect -> journal has no pending row and messages == N;")
+    print("ratio: this row's msgs/s / one instance's msgs/s (how sending scales);")
+    print("srv CPU: all instances' CPU while sending, as a share of one core; cli CPU: the "
+          "client's.\n")
+    print_table(results)
+    for workload in workloads:
+        rows = {r.server: r for r in results if r.workload == workload}
+        one, two = rows.get("frontdesk PG x1"), rows.get("frontdesk PG x2")
+        if one and two:
+            send = (f"{two.rate / one.rate:.2f}" if one.rate and two.rate else "-")
+            proc = (f"{two.processing_rate / one.processing_rate:.2f}"
+                    if one.processing_rate and two.processing_rate else "-")
+            print(f"scaling, {workload}: two instances / one = {send} (accepting), "
+                  f"{proc} (processing into conversations)")
+    for r in results:
+        for note in r.notes:
+            print(f"note ({r.workload}, {r.server}): {note}")
+    failed = [(r, check) for r in results for check in r.checks]
+    for r, check in failed:
+        print(f"CHECK FAILED ({r.workload}, {r.server}): {check}")
+    print("checks (250s, journal == messages == conversations == N, no failed rows, no second "
+          "acknowledgement, SIGTERM -> 0, no traceback): "
+          f"{'PASS' if not failed else 'FAIL'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

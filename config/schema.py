@@ -98,8 +98,29 @@ class Section(BaseModel):
 
 
 class DatabaseConfig(Section):
+    """The store. The pool and timeout keys apply to PostgreSQL; SQLite ignores them."""
+
     url: str = "sqlite+aiosqlite:///./frontdesk.db"
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    leader_heartbeat: Duration = timedelta(seconds=2)
+    """Several instances on PostgreSQL: how often the instance that runs a single consumer
+    (IMAP polling, Telegram getUpdates) checks its leader lock connection; also the time that
+    check may take before the instance stops the consumer and gives up leadership."""
+    leader_retry: Duration = timedelta(seconds=2)
+    """How often a standby instance tries to take a free leader lock (with a growing backoff
+    while PostgreSQL cannot be reached)."""
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    """Connections kept open to PostgreSQL."""
+    max_overflow: int = Field(default=5, ge=0, le=1000)
+    """Extra connections opened beyond pool_size under load, closed when returned."""
+    pool_timeout: Duration = timedelta(seconds=10)
+    """How long a caller waits for a free connection before failing (SMTP 451, HTTP 503)."""
+    statement_timeout: Delay = timedelta(seconds=30)
+    """PostgreSQL cancels a statement running longer ("0s": frontdesk sets none)."""
+    connect_timeout: Duration = timedelta(seconds=5)
+    """How long opening a connection (TCP and the start-up exchange) may take."""
+    pool_recycle: Duration = timedelta(minutes=30)
+    """Connections older than this are replaced (before firewalls or PgBouncer cut them)."""
 
     @field_validator("url")
     @classmethod
@@ -434,6 +455,9 @@ class ConversationConfig(Section):
     reopen_window: Duration = timedelta(days=7)
 
 
+OUTBOX_LEASE_MIN = timedelta(seconds=30)
+
+
 class DaemonConfig(Section):
     shutdown_timeout: Duration = timedelta(seconds=25)
     data_dir: str = "./frontdesk-data"
@@ -442,6 +466,17 @@ class DaemonConfig(Section):
     outbox_retry_initial: Duration = timedelta(seconds=30)
     outbox_retry_max: Duration = timedelta(hours=1)
     outbox_max_attempts: int = Field(default=12, ge=1)
+    outbox_lease: Duration = timedelta(minutes=2)
+    """Several instances on PostgreSQL: how long an instance's claim on an outbox row holds
+    while it sends; a row claimed by an instance that died is sent by another after this."""
+
+    @field_validator("outbox_lease")
+    @classmethod
+    def _lease(cls, value: timedelta) -> timedelta:
+        if value < OUTBOX_LEASE_MIN:
+            raise ValueError(f'must be at least "{format_duration(OUTBOX_LEASE_MIN)}": longer '
+                             "than any send takes (an SMTP relay's timeout is 30s per step)")
+        return value
 
 
 def _timezone(value: str) -> str:

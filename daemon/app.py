@@ -36,7 +36,9 @@ from .ingest import (
     StepAside,
     ThreadingRules,
 )
+from .leader import Leadership
 from .metrics import Metrics
+from .notify import JOURNAL_CHANNEL, OUTBOX_CHANNEL, Listener, instance_id
 from .outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
 from .systemd import Notifier
 
@@ -119,7 +121,9 @@ class Daemon:
         self.clock = clock
         self.metrics = Metrics()
         self.notifier = notifier or Notifier.from_environ()
-        self.store = Store(settings.database.url, synchronous=settings.database.sqlite_synchronous)
+        self.instance = instance_id()
+        """This process among the instances sharing the store (``outbox.claimed_by``)."""
+        self.store = Store.from_settings(settings.database)
         self.sla = SlaClock(calendar_from_settings(settings.sla), settings.sla.first_response)
         # Services beside the channels (the Slack desk, the scheduler) plug in through these:
         # hooks that run inside the ingest transaction, outbox handlers for their kinds of work,
@@ -129,6 +133,8 @@ class Daemon:
         self.outbox_handlers: dict[str, Handler] = {}
         self.delivery_hooks: list[DeliveryHook] = []
         self.services: list[Service] = []
+        # Single consumers (IMAP polling, Telegram getUpdates) ask for a leader elector here.
+        self.leaders: list[Leadership] = []
         self.channels, self.disabled = build_channels(settings)
         by_name = {c.name: c for c in self.channels}
         self.email: Any = by_name.get("email")
@@ -151,8 +157,14 @@ class Daemon:
             metrics=self.metrics,
             policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
             poll=d.outbox_poll, handlers=self.outbox_handlers, hooks=self.delivery_hooks,
-            step_aside=step_aside,
+            step_aside=step_aside, lease=d.outbox_lease, instance=self.instance,
         )
+        # Several instances on PostgreSQL: new outbox and journal rows, whoever wrote them, wake
+        # this instance's idle outbox worker and processor at once (LISTEN/NOTIFY).
+        self.listener: Listener | None = None
+        if self.store.dialect == "postgresql":
+            self.listener = Listener(settings.database.url, {
+                OUTBOX_CHANNEL: self.outbox.kick, JOURNAL_CHANNEL: self.processor.kick})
         self.http = HttpServer(settings.http.listen, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
         for channel in self.channels:
@@ -176,6 +188,16 @@ class Daemon:
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
+
+    def leadership(self, name: str) -> Leadership:
+        """An elector for one single consumer (``imap:<mailbox>``, ``telegram:<bot id>``): on
+        PostgreSQL it runs only in the instance holding that consumer's advisory lock; on SQLite
+        at once. A standby instance stays ready (/readyz) while another leads."""
+        db = self.settings.database
+        elector = Leadership(db.url, name, heartbeat=db.leader_heartbeat.total_seconds(),
+                             retry=db.leader_retry.total_seconds(), metrics=self.metrics)
+        self.leaders.append(elector)
+        return elector
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         checks = {"store": "ok" if await self.store.ping() else "unreachable"}
@@ -208,6 +230,8 @@ class Daemon:
         self.journal.start()
         self.processor.start()
         self.outbox.start()
+        if self.listener is not None:
+            self.listener.start()  # connects in the background; polling covers until then
         await self.http.start()
         for line in self.disabled:
             log.info("%s", line)
@@ -240,6 +264,8 @@ class Daemon:
             await asyncio.wait_for(drain(), timeout=max(1.0, timeout - 2))
         except TimeoutError:
             log.warning("shutdown_timeout reached; unsent work stays queued for the next start")
+        if self.listener is not None:
+            await self.listener.stop()
         if self._watchdog:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -102,7 +102,7 @@ def _now() -> datetime:
 async def _with_store(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
     from frontdesk.storage.db import Store
 
-    store = Store(settings.database.url, synchronous=settings.database.sqlite_synchronous)
+    store = Store.from_settings(settings.database)
     try:
         await store.ensure_schema()
         return await work(store)
@@ -177,7 +177,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from frontdesk.storage.db import Store
 
     async def work() -> int:
-        store = Store(settings.database.url)
+        store = Store.from_settings(settings.database)
         try:
             await store.upgrade()
             revisions = ", ".join(sorted(await store.current_revisions()))

@@ -43,8 +43,14 @@ class HttpServer:
     async def _metrics_route(self, request: web.Request) -> web.Response:
         try:
             await self._refresh()
-        except Exception:
-            log.warning("could not refresh store gauges for /metrics", exc_info=True)
+        except Exception as exc:  # the rest of the figures are still worth serving
+            from frontdesk.storage.db import store_unavailable
+
+            if store_unavailable(exc):  # a line per scrape then, not a traceback
+                log.warning("could not refresh store gauges for /metrics: the store is "
+                            "unavailable (%s)", type(exc).__name__)
+            else:
+                log.warning("could not refresh store gauges for /metrics", exc_info=True)
         return web.Response(body=self._metrics.render(),
                             headers={"Content-Type": self._metrics.content_type})
 

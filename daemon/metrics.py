@@ -71,6 +71,11 @@ class Metrics:
         self.imap_fetched = Counter(
             "frontdesk_imap_fetched", "Messages read from the IMAP mailbox into the journal",
             registry=r)
+        self.leader = Gauge(
+            "frontdesk_leader",
+            "1 while this instance runs the single consumer (it holds the consumer's leader "
+            "lock: IMAP polling, Telegram getUpdates); 0 while another instance does",
+            ["consumer"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,7 +16,9 @@ rows of what it does and advances their due times. On PostgreSQL the claim is
 at once; on SQLite every transaction begins ``IMMEDIATE`` (one writer at a time), so the select
 inside it is already a claim. Each escalation level is counted on its SLA clock in that same
 transaction and carries an idempotency key ``esc:<conversation>:<clock>:<stage>:<due>:<target>``:
-it fires once per due time, across restarts and instances.
+it fires once per due time, across restarts and instances. An acknowledgement is decided under
+the recipient's transaction advisory lock on PostgreSQL (:data:`ACK_LOCK_KEYS`), so the
+per-recipient rate limits hold when several instances acknowledge one customer at once.
 
 The ingest hook (:meth:`Scheduler.on_inbound`) runs inside the processing transaction: it starts
 the SLA clocks of a customer message, sets ``ack_due_at`` for a new conversation, recognises a
@@ -46,7 +48,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from frontdesk.channels.base import OutboundMessage, PermanentFailure, Receipt
 from frontdesk.channels.email.ids import new_message_id
 from frontdesk.config.schema import EscalationLevel, Settings, parse_duration
-from frontdesk.storage.db import Store
+from frontdesk.storage.db import Backoff, Store, store_unavailable
 from frontdesk.storage.models import (
     Acknowledgement,
     Contact,
@@ -76,6 +78,10 @@ CHANNEL_POST = "escalation_post"
 PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 _WAKE_KEY = "frontdesk.scheduler.wake"
 _RETRY_AFTER_ERROR = timedelta(minutes=5)
+ACK_LOCK_KEYS = "hashtext('frontdesk.acknowledgement'), hashtext(:recipient)"
+"""The two keys of a recipient's transaction advisory lock (PostgreSQL), held while an
+acknowledgement to them is decided and written (``:recipient`` lower-cased)."""
+_ACK_BUSY_RETRY = timedelta(seconds=1)
 _OWN_COLUMNS = ("sla_state", "sla_policy", "priority", "escalation_level", "escalation_due_at",
                 "first_response_due_at", "next_response_due_at", "resolution_due_at",
                 "ack_due_at", "survey_due_at", "survey_sent_at", "reminder_due_at", "rating",
@@ -229,6 +235,7 @@ class Scheduler:
         self._kick.set()
 
     async def _run(self) -> None:
+        backoff = Backoff("the scheduler's sweep", log)  # the store away: one warning
         while not self._stopping:
             await self._kick.wait()
             self._kick.clear()
@@ -240,8 +247,10 @@ class Scheduler:
             try:
                 await self.sweep()
                 self._last_sweep = time.monotonic() - began
-            except Exception:
-                log.exception("scheduler sweep failed; the next one retries")
+                backoff.succeeded()
+            except Exception as exc:  # noqa: BLE001 - logged by the backoff, retried
+                delay = backoff.failed(exc)
+                self.wake(self.clock() + timedelta(seconds=delay))  # or the interval sweep
 
     def wake(self, when: datetime | None = None) -> None:
         """Sweep at ``when`` (the daemon's clock), or at once when None. Safe to call when not
@@ -299,7 +308,7 @@ class Scheduler:
         processor read the row, and planning from the older copy would undo it."""
         columns = [getattr(Conversation, name) for name in _OWN_COLUMNS]
         row = (await session.execute(select(*columns).where(Conversation.id == c.id)
-                                     .with_for_update())).one()
+                                     .with_for_update(key_share=True))).one()
         for name, value in zip(_OWN_COLUMNS, row, strict=True):
             set_committed_value(c, name, value)
 
@@ -412,7 +421,9 @@ class Scheduler:
                     seen.update(ids)
                     if ids:
                         await self._batch(s, ids, now, batch)
-            except Exception:
+            except Exception as exc:
+                if store_unavailable(exc):
+                    raise  # not this batch's fault: the sweep is retried when the store is back
                 log.exception("a scheduler batch of %d conversation(s) failed; handling them one "
                               "at a time", len(ids))
                 batch = Tally()
@@ -435,7 +446,9 @@ class Scheduler:
 
     def _claimable(self, query: Any) -> Any:
         if self.store.dialect == "postgresql":
-            return query.with_for_update(skip_locked=True)
+            # NO KEY UPDATE: a claimed conversation still takes new messages, events and outbox
+            # rows that point at it (their foreign-key checks would otherwise wait on the sweep)
+            return query.with_for_update(skip_locked=True, key_share=True)
         return query  # SQLite: the transaction began IMMEDIATE, one writer at a time
 
     async def _claim(self, s: AsyncSession, now: datetime) -> list[int]:
@@ -546,6 +559,11 @@ class Scheduler:
         else:
             reason = await self._cannot_send(s, c.channel, first.address)
             if reason is None:
+                if not await self._recipient_lock(s, first.address):
+                    c.ack_due_at = now + _ACK_BUSY_RETRY  # another instance acknowledges them
+                    log.debug("%s: acknowledgement postponed: another instance is "
+                              "acknowledging %s", c.reference, first.address)
+                    return False
                 reason = await self._rate_limited(s, first.address, now)
         if reason is not None or first is None:
             s.add(Event(kind="acknowledgement_skipped", actor=ACTOR, conversation_id=c.id,
@@ -583,6 +601,17 @@ class Scheduler:
             if opted_out:
                 return f"{number} opted out of messages"
         return None
+
+    async def _recipient_lock(self, s: AsyncSession, address: str) -> bool:
+        """PostgreSQL: take the recipient's acknowledgement lock until the transaction ends;
+        False when another instance holds it. Two instances acknowledging two conversations of
+        one recipient at once would each count only the acknowledgements committed before, and
+        together pass a rate limit (a mail loop is what the limits are for)."""
+        if self.store.dialect != "postgresql" or not self.rate_limits:
+            return True
+        taken = (await s.execute(text(f"SELECT pg_try_advisory_xact_lock({ACK_LOCK_KEYS})"),
+                                 {"recipient": address.lower()})).scalar()
+        return bool(taken)
 
     async def _rate_limited(self, s: AsyncSession, address: str, now: datetime) -> str | None:
         if not self.rate_limits:

@@ -2,19 +2,30 @@
 
 SQLite (aiosqlite) is the embedded default: WAL, a busy timeout, foreign keys, and
 ``BEGIN IMMEDIATE`` so read-then-write transactions never fail with "database is locked".
-PostgreSQL (asyncpg) is the same schema through the same Alembic migrations.
+PostgreSQL (asyncpg) is the same schema through the same Alembic migrations, through a bounded
+pool (``[database]`` pool_size, max_overflow, pool_timeout, pool_recycle), with a connect timeout
+and a server-side ``statement_timeout``; connections are checked before use (pre-ping), so a
+restarted server costs the next caller one failed try, not a broken pool.
+
+While the store is away, callers fail fast (a refused or timed-out connect, an exhausted pool) and
+answer temporarily (SMTP 451, HTTP 503); background loops wait with :class:`Backoff` and log the
+outage once, not a traceback per try.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import (
@@ -23,6 +34,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+if TYPE_CHECKING:
+    from frontdesk.config.schema import DatabaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +78,129 @@ def make_engine(url: str, *, synchronous: str = "full", **kwargs: Any) -> AsyncE
     return create_async_engine(url, **kwargs)
 
 
+APPLICATION_NAME = "frontdesk"
+"""What ``pg_stat_activity.application_name`` shows for frontdesk's connections."""
+
+
+def engine_options(database: DatabaseConfig) -> dict[str, Any]:
+    """The engine's pool and connection settings from ``[database]``; none for SQLite (one file,
+    one writer: the pool and timeouts there are SQLAlchemy's own and the busy timeout)."""
+    if make_url(database.url).get_backend_name() != "postgresql":
+        return {}
+    server_settings = {"application_name": APPLICATION_NAME}
+    statement_ms = int(database.statement_timeout.total_seconds() * 1000)
+    if statement_ms:  # "0s": frontdesk sets none (the server's or role's own setting applies)
+        server_settings["statement_timeout"] = str(statement_ms)
+    return {
+        "pool_size": database.pool_size,
+        "max_overflow": database.max_overflow,
+        "pool_timeout": database.pool_timeout.total_seconds(),
+        "pool_recycle": int(database.pool_recycle.total_seconds()),
+        "pool_pre_ping": True,
+        # asyncpg.connect(): timeout bounds the TCP connect and the start-up exchange.
+        "connect_args": {"timeout": database.connect_timeout.total_seconds(),
+                         "server_settings": server_settings},
+    }
+
+
+def _unreachable_driver_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from asyncpg import exceptions as pg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return ()
+    return (pg.PostgresConnectionError, pg.CannotConnectNowError, pg.AdminShutdownError,
+            pg.CrashShutdownError, pg.TooManyConnectionsError, pg.InterfaceError)
+
+
+_NETWORK_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+})
+
+
+def _network_error(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, socket.gaierror, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store cannot be reached just now (the server down or restarting,
+    the network, the pool exhausted, SQLite's writer busy) rather than a bug or bad data: a
+    condition to wait out and retry, reported once, without a traceback."""
+    driver = _unreachable_driver_errors()
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (sa_exc.TimeoutError, sa_exc.DisconnectionError,
+                                sa_exc.OperationalError, sa_exc.InterfaceError, *driver)):
+            return True
+        if _network_error(current):
+            return True
+        orig = getattr(current, "orig", None)  # a DBAPIError's driver exception
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def _summary(exc: BaseException) -> str:
+    """The driver's own exception, in one line: "ConnectionRefusedError: [Errno 111] ..."."""
+    root = exc
+    for _ in range(5):  # SQLAlchemy's error → the adapted driver error → asyncpg's own
+        inner = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(inner, Exception) or inner is root:
+            break  # not into asyncio's CancelledError under a TimeoutError
+        root = inner
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__
+
+
+class Backoff:
+    """How a background loop (processing, the outbox, the sweeps, the Slack desk) lives through
+    failures: it waits before the next try, from ``initial`` seconds doubling to ``maximum``.
+
+    The store being away (:func:`store_unavailable`) is logged once as a warning when the
+    outage starts and once when the store answers again, never a traceback per try; any other
+    error is logged with its traceback each time (at the growing interval, so never a flood).
+    """
+
+    def __init__(self, what: str, logger: logging.Logger, *, initial: float = 0.5,
+                 maximum: float = 30.0) -> None:
+        self.what = what
+        self.log = logger
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+        self.down_since: float | None = None
+
+    def failed(self, exc: BaseException) -> float:
+        """Log ``exc`` as described; return the seconds to wait before the next try."""
+        self.failures += 1
+        delay = min(self.maximum, self.initial * 2 ** min(self.failures - 1, 30))
+        if store_unavailable(exc):
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                self.log.warning("%s: the store is unavailable (%s); retrying with backoff "
+                                 "(up to every %.0f s) until it answers", self.what,
+                                 _summary(exc), self.maximum)
+            else:
+                self.log.debug("%s: the store is still unavailable (%s); next try in %.1f s",
+                               self.what, _summary(exc), delay)
+        else:
+            self.log.error("%s failed; retrying in %.1f s", self.what, delay, exc_info=exc)
+        return delay
+
+    def succeeded(self) -> None:
+        """A try worked: log the end of an outage, and start the backoff from the beginning."""
+        if self.down_since is not None:
+            self.log.info("%s: the store answers again (unavailable for %.1f s)", self.what,
+                          time.monotonic() - self.down_since)
+        self.failures = 0
+        self.down_since = None
+
+
 def _alembic_config(connection: Connection) -> Any:
     from alembic.config import Config
 
@@ -85,6 +222,9 @@ def _upgrade(connection: Connection) -> None:
     from alembic import command
 
     if connection.dialect.name == "postgresql":
+        # database.statement_timeout is for the daemon's short statements, not for a migration
+        # (an index on a big table) nor for the wait below.
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         # Several instances may start at once: one migrates, the others wait and find it done.
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
     command.upgrade(_alembic_config(connection), "heads")
@@ -93,8 +233,10 @@ def _upgrade(connection: Connection) -> None:
 class Store:
     """The engine and its sessions. ``async with store.session() as s:`` is one transaction."""
 
-    def __init__(self, url: str, *, synchronous: str = "full", **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, synchronous: str = "full", ping_timeout: float = 10.0,
+                 **engine_kwargs: Any) -> None:
         self.url = url
+        self.ping_timeout = ping_timeout  # /readyz answers within this even with the store away
         self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
         self.dialect = self.engine.dialect.name
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -105,6 +247,13 @@ class Store:
         self.sqlite_path = _sqlite_path(url) if self.dialect == "sqlite" else None
         self.synchronous = synchronous
 
+    @classmethod
+    def from_settings(cls, database: DatabaseConfig) -> Store:
+        """The store as ``[database]`` configures it (pool, timeouts: PostgreSQL only)."""
+        bound = database.pool_timeout + database.connect_timeout
+        return cls(database.url, synchronous=database.sqlite_synchronous,
+                   ping_timeout=bound.total_seconds(), **engine_options(database))
+
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:
         """Hold the write gate (SQLite) for one write transaction."""
@@ -112,7 +261,10 @@ class Store:
             yield
             return
         try:
-            await asyncio.wait_for(self.write_gate.acquire(), timeout=GATE_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the acquire in a task
+            # (two turns of a busy loop, ~1 ms under webhook load) even when the gate is free.
+            async with asyncio.timeout(GATE_TIMEOUT):
+                await self.write_gate.acquire()
         except TimeoutError:
             raise OperationalError("waiting for the store's writer", None,
                                    RuntimeError("the store is busy")) from None
@@ -151,9 +303,12 @@ class Store:
             await self.upgrade()
 
     async def ping(self) -> bool:
-        try:
+        async def select_one() -> None:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(select_one(), timeout=self.ping_timeout)
             return True
         except Exception:  # noqa: BLE001 - readiness reports any store failure
             return False

@@ -246,6 +246,9 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     done_at: Mapped[datetime | None]
+    # PostgreSQL: the instance that claimed the row to send it (migration 0006); while it sends,
+    # next_attempt_at is the claim's lease, after which another instance may take the row.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class Event(Base):

@@ -23,6 +23,10 @@ Reliability, in order of what matters:
   server without IDLE (or ``idle = false``) is polled every ``poll_interval``.
 * A backlog is read in batches of ``fetch_batch`` UIDs, and each batch's bodies in groups of at
   most 32 MB, so 10,000 waiting messages never sit in memory at once.
+* One reader per mailbox: with several instances on one PostgreSQL store, only the instance
+  elected leader for ``imap:<user>@<host>/<folder>`` (:mod:`frontdesk.daemon.leader`) reads it;
+  it stops at once when it loses leadership, and another instance resumes from the checkpoint.
+  A standby instance counts as ready.
 
 TLS: implicit TLS (``tls = true``, port 993) or STARTTLS (``tls = false``,
 ``starttls = "required"``, port 143: aioimaplib has no STARTTLS command, so the upgrade is done
@@ -395,6 +399,7 @@ class ImapChannel:
         self._uidvalidity: int | None = None
         self._last_uid = 0
         self._move_to: str | None = self.config.move_to or None
+        self._leadership: Any = None  # frontdesk.daemon.leader.Leadership when composed
         self.sessions = 0
         """How many sessions got as far as selecting the folder (tests and logs)."""
 
@@ -405,15 +410,19 @@ class ImapChannel:
         from frontdesk.storage.checkpoints import Checkpoints as StoreCheckpoints
 
         self.bind(checkpoints=StoreCheckpoints(daemon.store, clock=daemon.clock),
-                  metrics=daemon.metrics)
+                  metrics=daemon.metrics, leadership=daemon.leadership(self.checkpoint_name))
 
-    def bind(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None) -> None:
+    def bind(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None,
+             leadership: Any = None) -> None:
+        """``leadership``: a :class:`frontdesk.daemon.leader.Leadership`; without one the reader
+        runs unelected (a single instance)."""
         self._checkpoints = checkpoints
         self._metrics = metrics
+        self._leadership = leadership
 
     @property
     def ready(self) -> bool:
-        return self._connected
+        return self._connected or (self._leadership is not None and self._leadership.following)
 
     def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
         return parse_email(raw, meta, self._inboxes, own_domains=self._own_domains,
@@ -440,7 +449,9 @@ class ImapChannel:
                         "sent in clear text; use TLS unless the server is on this machine",
                         c.host)
         self._stop.clear()
-        self._task = asyncio.create_task(self._run(), name="imap-reader")
+        runner = (self._run() if self._leadership is None
+                  else self._leadership.run(self._run, stop=self._stop))
+        self._task = asyncio.create_task(runner, name="imap-reader")
         log.info("reading IMAP folder %r of %s@%s:%d (%s)", c.folder, c.username, c.host, c.port,
                  "TLS" if c.tls else "STARTTLS" if c.starttls == "required" else "plain")
 

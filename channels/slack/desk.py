@@ -54,7 +54,7 @@ from frontdesk.channels.base import (
     TemporaryFailure,
 )
 from frontdesk.config.schema import Settings
-from frontdesk.storage.db import Store
+from frontdesk.storage.db import Backoff, Store
 from frontdesk.storage.models import (
     Conversation,
     Event,
@@ -613,15 +613,18 @@ class SlackDesk:
 
     async def _refresh_loop(self) -> None:
         interval = self.settings.daemon.outbox_poll.total_seconds()
+        backoff = Backoff("refreshing Slack root messages", log)  # the store away: one warning
         while not self._stopping:
+            wait = interval
             try:
                 if await self.refresh_roots():
                     self.kick_outbox()
                 await self._forget_old_events()
-            except Exception:
-                log.exception("refreshing Slack root messages failed")
+                backoff.succeeded()
+            except Exception as exc:  # noqa: BLE001 - logged by the backoff, retried
+                wait = max(wait, backoff.failed(exc))
             try:
-                await asyncio.wait_for(self._refresh_wakeup.wait(), timeout=interval)
+                await asyncio.wait_for(self._refresh_wakeup.wait(), timeout=wait)
             except TimeoutError:
                 pass
             self._refresh_wakeup.clear()

@@ -5,7 +5,10 @@ advances the offset as soon as it fetches, so a crash loses what it fetched). Ea
 journaled first (one group commit), then the next offset is saved in the store; a crash between
 the two fetches the batch again and the journal's unique key stores nothing twice. A 409
 Conflict (another poller, or a webhook still set) is logged plainly and retried with backoff.
-Polling is a single consumer: run one polling instance per bot.
+Polling is a single consumer: with several instances on one PostgreSQL store only the instance
+elected leader for ``telegram:<bot id>`` polls (:mod:`frontdesk.daemon.leader`); another one
+takes over from the saved offset when it stops. Webhook mode needs no leader: any instance
+accepts an update.
 
 Receive, webhook mode: ``set_webhook(public_url + /webhooks/telegram, secret_token=...)`` at
 start; POST /webhooks/telegram checks ``X-Telegram-Bot-Api-Secret-Token`` (403 when wrong,
@@ -14,7 +17,8 @@ nothing stored), journals, answers 200 (503 when the journal fails, so Telegram 
 Send: sendMessage to the chat, texts over 4,096 characters in several messages, in order;
 a user who blocked the bot is a permanent failure with that reason.
 
-Readiness: true once the webhook is set, or once a getUpdates call succeeded.
+Readiness: true once the webhook is set, or once a getUpdates call succeeded, or while another
+instance is the poller (a standby is healthy).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class TelegramChannel:
         self._task: asyncio.Task[None] | None = None
         self._ready = False
         self._stopping = False
+        self._leadership: Any = None  # frontdesk.daemon.leader.Leadership, polling only
 
     # -- composition ----------------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class TelegramChannel:
         daemon.inbound_filters.append(records.before_store)
         daemon.inbound_hooks.append(records.after_store)
         daemon.outbox_handlers[FILE_JOB] = files
+        if self.mode == "polling":
+            self._leadership = daemon.leadership(f"telegram:{self.bot_id}")
 
     def http_routes(self) -> list[web.RouteDef]:
         return [web.post(WEBHOOK_PATH, self._on_update)] if self.mode == "webhook" else []
@@ -153,7 +160,12 @@ class TelegramChannel:
         self._accept = accept
         self._stopping = False
         self._bot = self._make_bot()
-        runner = self._poll() if self.mode == "polling" else self._set_webhook()
+        if self.mode == "webhook":
+            runner = self._set_webhook()
+        elif self._leadership is not None:
+            runner = self._leadership.run(self._poll)
+        else:
+            runner = self._poll()
         self._task = asyncio.create_task(runner, name=f"telegram-{self.mode}")
         log.info("telegram channel: %s", "polling getUpdates" if self.mode == "polling"
                  else f"webhook at {self._public_url}{WEBHOOK_PATH}")
@@ -173,7 +185,7 @@ class TelegramChannel:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready or (self._leadership is not None and self._leadership.following)
 
     async def _bot_up(self) -> Bot:
         """The bot, initialised (getMe) once; raises TelegramError while Telegram is away."""
@@ -212,6 +224,12 @@ class TelegramChannel:
             delay = await self._pause(delay)
 
     async def _poll(self) -> None:
+        try:
+            await self._poll_updates()
+        finally:
+            self._ready = False  # stopped, or leadership went to another instance
+
+    async def _poll_updates(self) -> None:
         records = self._records
         if records is None:
             log.error("telegram: the channel is not attached to the store; not polling")

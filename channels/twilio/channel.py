@@ -31,10 +31,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiDict
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import (
     HMAC_SHA1,
+    HMAC_SHA256,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
     get_signature_algorithm,
@@ -55,7 +57,7 @@ from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
 from frontdesk.config.schema import TwilioConfig
 
-from .parse import parse_form, parse_twilio, strip_whatsapp
+from .parse import form_pairs, parse_twilio, strip_whatsapp
 from .records import MEDIA_JOB, STATUS, TwilioRecords
 from .records import rank as status_rank
 from .voice import (
@@ -97,6 +99,47 @@ def _twiml(body: str = EMPTY_TWIML, status: int = 200) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/xml", charset="utf-8")
 
 
+_DIGESTS = {HMAC_SHA1: "sha1", HMAC_SHA256: "sha256"}
+
+
+def signature_of(key: bytes, url: str, form: MultiDict[str], algorithm: str) -> str | None:
+    """What ``RequestValidator(key).compute_signature(url, form, algorithm)`` returns, in one
+    pass: the URL, then every parameter name in sorted order, each followed by each of its
+    distinct values in sorted order; the HMAC of that text with the key, in base64. None for an
+    algorithm the library does not know (its ``validate`` then refuses the request)."""
+    digest = _DIGESTS.get(algorithm.upper())
+    if digest is None:
+        return None
+    parts = [url]
+    for name in sorted(set(form)):
+        values = form.getall(name)
+        if len(values) == 1:
+            parts += (name, values[0])
+        else:
+            for value in sorted(set(values)):
+                parts += (name, value)
+    mac = hmac.digest(key, "".join(parts).encode("utf-8"), digest)
+    return base64.b64encode(mac).decode("ascii")
+
+
+class _Signer:
+    """Checks ``X-Twilio-Signature`` with one secret (the auth token or the shared key)."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode("utf-8")
+        self._validator = RequestValidator(secret)
+
+    def signed(self, url: str, form: MultiDict[str], signature: str, algorithm: str) -> bool:
+        """The library's signature for the URL as configured (computed as it does, see
+        :func:`signature_of`), compared in constant time; only when that differs, the library's
+        full check, which also tries the URL with and without its port and refuses an algorithm
+        it does not know."""
+        expected = signature_of(self._key, url, form, algorithm)
+        if expected is not None and hmac.compare_digest(expected.encode(), signature.encode()):
+            return True
+        return bool(self._validator.validate(url, form, signature, algorithm=algorithm))
+
+
 class TwilioChannel:
     name = "twilio"
     journal_names = ("sms", "whatsapp", "voice")
@@ -107,9 +150,9 @@ class TwilioChannel:
         self._public_url = public_url.rstrip("/")
         self._data_dir = data_dir
         self._token = config.auth_token.get_secret_value()
-        self._validator = RequestValidator(self._token)
+        self._signer = _Signer(self._token)
         key = config.webhook_signing_key.get_secret_value()
-        self._shared_key_validator = RequestValidator(key) if key else None
+        self._shared_key_signer = _Signer(key) if key else None
         self._accept: Accept | None = None
         self._records: TwilioRecords | None = None
         self._is_open: Callable[[], bool] = lambda: True
@@ -196,36 +239,26 @@ class TwilioChannel:
         """The raw body and its form when Twilio's signature is good, else None."""
         raw = await request.read()
         try:
-            form = parse_form(raw)
+            form = MultiDict(form_pairs(raw))
         except ValueError:
             return None
         signature = request.headers.get("X-Twilio-Signature", "")
         url = self._public_url + request.raw_path
         settings = request.headers.get(SIGNATURE_SETTINGS_HEADER, "")
         if settings:
-            validator, algorithm = self._shared_key_validator, get_signature_algorithm(settings)
-            if validator is None:
+            signer, algorithm = self._shared_key_signer, get_signature_algorithm(settings)
+            if signer is None:
                 log.warning("refused a Twilio webhook to %s signed with a shared key: "
                             "twilio.webhook_signing_key is not set", request.path)
                 return None
         else:
-            validator, algorithm = self._validator, HMAC_SHA1
-        if not signature or not self._signed(validator, url, form, signature, algorithm):
+            signer, algorithm = self._signer, HMAC_SHA1
+        if not signature or not signer.signed(url, form, signature, algorithm):
             log.warning("refused a Twilio webhook to %s from %s: bad or missing "
                         "X-Twilio-Signature (is http.public_url %s what Twilio calls?)",
                         request.path, request.remote, self._public_url)
             return None
         return raw, form
-
-    @staticmethod
-    def _signed(validator: RequestValidator, url: str, form: Any, signature: str,
-                algorithm: str) -> bool:
-        """The library's signature for the URL as configured, compared in constant time; only
-        when that differs, its full check (which also tries the URL with and without port)."""
-        expected = validator.compute_signature(url, form, algorithm)
-        if hmac.compare_digest(expected.encode(), signature.encode()):
-            return True
-        return bool(validator.validate(url, form, signature, algorithm=algorithm))
 
     async def _journal(self, channel: str, remote_id: str, raw: bytes,
                        meta: dict[str, Any]) -> web.Response:

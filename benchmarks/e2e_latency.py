@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""End-to-end latency: a customer's email accepted (its SMTP 250) -> its Slack root post.
+
+For each store (SQLite; PostgreSQL when a URL is given) and each offered rate (10, 100 and 500
+messages a second by default) the benchmark
+
+1. starts a "remote" process holding the loopback Slack fake (``tests/fakes/slack.py``, the real
+   slack_sdk client is pointed at it with ``slack.api_base_url``) and an SMTP sink as the outbound
+   relay (``tests/smtp_sink.py``; it takes the acknowledgements);
+2. starts ``frontdesk run`` as a subprocess on a fresh store (a temp SQLite file, or a fresh
+   PostgreSQL database that is dropped afterwards), with the Slack desk configured against the
+   fake, and waits for ``GET /readyz`` == 200 (``--instances 2`` on PostgreSQL starts two
+   processes on one database, the client's sessions split between them);
+3. sends customer emails over SMTP from a separate client process at a fixed open-loop rate for
+   ``--duration`` seconds: message i is due at start + i/rate whatever happened to the earlier
+   ones; each comes from a new customer, so each opens a conversation and gets a root post. The
+   moment its ``250`` reply is read is "accepted";
+4. the fake records the moment each root ``chat.postMessage`` (no ``thread_ts``) arrives; the
+   message is found by the token ``[run-i]`` in its subject, which the root's text repeats;
+5. latency = post time - accepted time (both ``time.monotonic()``, one clock for the whole
+   machine on Linux); waits until every accepted message has its root post (or
+   ``--drain-timeout`` after sending ends), then checks: every message answered 250, exactly
+   one root post per message and per conversation, no root post for an unknown message, at most
+   one acknowledgement per customer at the sink, inbound messages == conversations == sent in
+   the store, no failed journal row, SIGTERM -> exit 0, no traceback in the log.
+
+Slack's real limit (about one post a second per channel) is not what is measured: the daemon
+runs with ``slack.post_interval = "0s"``, so it posts as fast as it can. Acknowledgements are on
+(the default), so each message also costs an acknowledgement email and its mirror in the thread;
+``--no-acks`` turns them off.
+
+A rate is "sustained" when roots were posted at >= 90 % of the offered rate and the backlog
+(accepted but not yet posted) when sending ended was under one second's worth of messages.
+When a rate cannot be sustained the latency grows with the backlog; the table says so (the
+backlog at the end of sending and how long draining it took) instead of hiding it.
+
+Usage (with the venv's python)::
+
+    python benchmarks/e2e_latency.py [--rates 10,100,500] [--duration 10] [--quick]
+                                     [--postgres-url URL | --no-postgres] [--instances 1]
+                                     [--no-acks] [--drain-timeout 600] [--keep]
+
+``--postgres-url`` defaults to ``$FRONTDESK_TEST_POSTGRES_URL`` (a server where the user may
+CREATE DATABASE); without either, only SQLite runs. Exit code 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"
+RCPT_TO = "support@example.com"
+SLACK_CHANNEL = "C0BENCH"
+SUSTAINED_SHARE = 0.9
+TOKEN = re.compile(r"\[([0-9a-f]{8})-(\d+)\]")
+BODY = (
+    "Hello,\r\n\r\nI ordered a pair of walking boots on the 14th and the tracking page has said\r\n"
+    "\"label created\" for nine days now. Could you check with the courier what is happening?\r\n"
+    "If the parcel is lost I would rather have a refund than wait for a replacement.\r\n\r\n"
+    "Kind regards,\r\n"
+)
+
+
+# --- the client (a separate process): open-loop SMTP -------------------------------------------
+
+def customer_mail(i: int, run_id: str) -> tuple[str, bytes]:
+    """(envelope sender, DATA ending in CRLF.CRLF) of customer i's first email."""
+    addr = f"customer{i}.{run_id}@example.org"
+    lines = [
+        f"From: Customer {i} <{addr}>",
+        f"To: Example Support <{RCPT_TO}>",
+        f"Subject: Where is my order {100000 + i}? [{run_id}-{i}]",
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}",
+        f"Message-ID: <e2e.{run_id}.{i}@example.org>",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+    ]
+    return addr, ("\r\n".join(lines) + "\r\n").encode() + BODY.encode() + b".\r\n"
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed by the server")
+        if line[3:4] != b"-":
+            return int(line[:3]), line
+
+
+async def _send_open_loop(ports: list[int], rate: float, n: int, run_id: str,
+                          sessions: int) -> dict[str, Any]:
+    mails = [customer_mail(i, run_id) for i in range(n)]
+    todo = iter(range(n))
+    records: list[list[Any]] = []  # [i, due, started, accepted or None, code, port]
+    errors: list[str] = []
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int]] = []
+    for k in range(sessions):
+        port = ports[k % len(ports)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        code, line = await _reply(reader)
+        if code != 220:
+            raise ConnectionError(f"greeting {line!r}")
+        writer.write(b"EHLO client.example.org\r\n")
+        code, line = await _reply(reader)
+        if code != 250:
+            raise ConnectionError(f"EHLO {line!r}")
+        conns.append((reader, writer, port))
+    t0 = time.monotonic() + 0.2
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      port: int) -> None:
+        for i in todo:
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = time.monotonic()
+            sender, data = mails[i]
+            accepted, code = None, 0
+            try:
+                for command, want in ((f"MAIL FROM:<{sender}>\r\n".encode(), 250),
+                                      (f"RCPT TO:<{RCPT_TO}>\r\n".encode(), 250),
+                                      (b"DATA\r\n", 354)):
+                    writer.write(command)
+                    code, line = await _reply(reader)
+                    if code != want:
+                        errors.append(f"#{i} {command[:4].decode()}: {line!r}")
+                        break
+                else:
+                    writer.write(data)
+                    code, line = await _reply(reader)
+                    if code == 250:
+                        accepted = time.monotonic()
+                    else:
+                        errors.append(f"#{i} end of DATA: {line!r}")
+                if code not in (250, 354) and accepted is None:
+                    writer.write(b"RSET\r\n")
+                    await _reply(reader)
+            except (OSError, ConnectionError, ValueError) as exc:
+                errors.append(f"#{i}: {exc!r}")
+                records.append([i, due, started, None, 0, port])
+                return
+            records.append([i, due, started, accepted, code, port])
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        writer.close()
+
+    await asyncio.gather(*(session(r, w, p) for r, w, p in conns))
+    return {"t0": t0, "records": records, "errors": errors[:20], "n_errors": len(errors)}
+
+
+def sender_main(args: argparse.Namespace) -> None:
+    ports = [int(p) for p in args.ports.split(",")]
+    result = asyncio.run(_send_open_loop(ports, args.rate, args.count, args.run_id,
+                                         args.sessions))
+    print(json.dumps(result))
+
+
+# --- the remote side (a separate process): Slack fake + SMTP relay sink --------------------------
+
+def remote_main() -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from aiohttp import web
+    from fakes.slack import FakeSlack
+
+    from smtp_sink import SmtpSink
+
+    class TimedSlack(FakeSlack):
+        """The fake, noting when each chat.postMessage arrives."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.roots_seen: list[dict[str, Any]] = []
+            self.thread_posts = 0
+
+        def _chat_postMessage(self, args: dict[str, Any]) -> Any:
+            arrived = time.monotonic()
+            before = len(self.messages)
+            result = super()._chat_postMessage(args)
+            if len(self.messages) > before:
+                posted = self.messages[-1]
+                if posted.get("thread_ts"):
+                    self.thread_posts += 1
+                else:
+                    payload = (posted.get("metadata") or {}).get("event_payload") or {}
+                    self.roots_seen.append({"t": arrived, "text": posted["text"],
+                                            "channel": posted["channel"],
+                                            "conversation_id": payload.get("conversation_id"),
+                                            "reference": payload.get("reference")})
+            return result
+
+    async def main() -> None:
+        slack = TimedSlack()
+        await slack.start(0)
+        sink = SmtpSink(hostname="relay.test")
+        await sink.start()
+
+        async def stats(request: web.Request) -> web.Response:
+            tokens = {m.group(0) for r in slack.roots_seen if (m := TOKEN.search(r["text"]))}
+            return web.json_response({"roots": len(slack.roots_seen), "distinct": len(tokens),
+                                      "thread_posts": slack.thread_posts,
+                                      "calls": Counter(c.method for c in slack.calls),
+                                      "acks": len(sink.messages)})
+
+        async def posts(request: web.Request) -> web.Response:
+            return web.json_response({"roots": slack.roots_seen,
+                                      "ack_rcpts": [r for _, rcpts, _ in sink.messages
+                                                    for r in rcpts]})
+
+        control = web.Application()
+        control.router.add_get("/stats", stats)
+        control.router.add_get("/posts", posts)
+        runner = web.AppRunner(control, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        control_port = runner.addresses[0][1]
+        print(json.dumps({"slack_base_url": slack.base_url, "bot_token": slack.bot_token,
+                          "signing_secret": slack.signing_secret, "relay_port": sink.port,
+                          "control_port": control_port}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        await sink.stop()
+        await slack.stop()
+
+    asyncio.run(main())
+
+
+class Remote:
+    def __init__(self, tmp: Path) -> None:
+        self.log = tmp / "remote.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(HERE), "--remote"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(timeout=10)
+            sys.exit("the Slack fake / relay process did not start:\n" + self.log.read_text())
+        info = json.loads(line)
+        self.slack_base_url: str = info["slack_base_url"]
+        self.bot_token: str = info["bot_token"]
+        self.signing_secret: str = info["signing_secret"]
+        self.relay_port: int = info["relay_port"]
+        self.control = f"http://127.0.0.1:{info['control_port']}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.control + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- the daemon and its store ------------------------------------------------------------------
+
+def code_version() -> str:
+    """The repository's HEAD, and whether the working tree differs from it (read-only git)."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def frontdesk_executable() -> str:
+    candidate = Path(sys.executable).parent / "frontdesk"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("frontdesk")
+    if not found:
+        sys.exit("cannot find the `frontdesk` console script: run this with the venv's python")
+    return found
+
+
+def _asyncpg_dsn(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _pg(url: str, sql: str, fetch: bool = False) -> Any:
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+        try:
+            return await (conn.fetchrow(sql) if fetch else conn.execute(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+class PgDatabase:
+    """A fresh database on the server named by ``url``, dropped by :meth:`drop`."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.admin = url
+        self.name = f"fd_bench_{secrets.token_hex(4)}"
+        try:
+            _pg(url, f'CREATE DATABASE "{self.name}"')
+        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
+            sys.exit(f"cannot create a PostgreSQL database with {make_url(url)!r}: {exc}")
+        self.url = make_url(url).set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        _pg(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+STORE_COUNTS = ("SELECT (SELECT count(*) FROM messages WHERE direction = 'in'),"
+                " (SELECT count(*) FROM conversations),"
+                " (SELECT count(*) FROM inbound_journal),"
+                " (SELECT count(*) FROM inbound_journal WHERE state = 'failed'),"
+                " (SELECT count(*) FROM inbound_journal WHERE state = 'pending')")
+
+
+def store_counts(url: str) -> tuple[int, int, int, int, int]:
+    """(inbound messages, conversations, journal rows, failed, pending)."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1]
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute(STORE_COUNTS).fetchone()
+        finally:
+            db.close()
+    else:
+        row = _pg(url, STORE_COUNTS, fetch=True)
+    return tuple(int(v) for v in row)  # type: ignore[return-value]
+
+
+class Frontdesk:
+    """One ``frontdesk run`` process, its config and log in a temp dir."""
+
+    def __init__(self, tmp: Path, database_url: str, remote: Remote, acks: bool) -> None:
+        tmp.mkdir(parents=True)
+        self.smtp_port, self.http_port = free_port(), free_port()
+        self.config = tmp / "frontdesk.toml"
+        self.config.write_text(f"""
+[database]
+url = "{database_url}"
+[http]
+listen = "127.0.0.1:{self.http_port}"
+public_url = "http://127.0.0.1:{self.http_port}"
+[email]
+inbox_addresses = ["{RCPT_TO}"]
+[email.smtp_server]
+listen = "127.0.0.1:{self.smtp_port}"
+hostname = "frontdesk.test"
+[email.outbound]
+host = "127.0.0.1"
+port = {remote.relay_port}
+from = "Example Support <{RCPT_TO}>"
+starttls = "off"
+[slack]
+bot_token = "{remote.bot_token}"
+signing_secret = "{remote.signing_secret}"
+channel_id = "{SLACK_CHANNEL}"
+api_base_url = "{remote.slack_base_url}"
+post_interval = "0s"
+[acknowledgement]
+enabled = {"true" if acks else "false"}
+[daemon]
+data_dir = "{tmp}/data"
+shutdown_timeout = "20s"
+[sla]
+business_hours = "always"
+""")
+        self.log = tmp / "frontdesk.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [frontdesk_executable(), "run", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                sys.exit("frontdesk exited during start:\n" + self.log.read_text())
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
+                                            timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.process.kill()
+        sys.exit("frontdesk not ready within 60 s:\n" + self.log.read_text())
+
+    def stop(self) -> int | None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+
+
+# --- one level -----------------------------------------------------------------------------------
+
+@dataclass
+class Level:
+    backend: str
+    instances: int
+    rate: float
+    sent: int = 0
+    accepted: int = 0
+    accept_rate: float | None = None
+    post_rate: float | None = None
+    p50: float | None = None
+    p99: float | None = None
+    worst: float | None = None
+    backlog_at_end: int | None = None
+    drain_s: float | None = None
+    sender_late_p99: float | None = None
+    sustained: bool = False
+    unposted: int = 0  # accepted messages still without a root post when the wait ended
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def sessions_for(rate: float) -> int:
+    return max(2, min(50, math.ceil(rate / 10)))
+
+
+def run_level(backend: str, url: str | None, rate: float, duration: float, instances: int,
+              tmp: Path, acks: bool, drain_timeout: float) -> Level:
+    level = Level(backend, instances, rate)
+    n = level.sent = max(1, round(rate * duration))
+    remote = Remote(tmp)
+    pg = PgDatabase(url) if url else None
+    database_url = pg.url if pg else f"sqlite+aiosqlite:///{tmp}/frontdesk.db"
+    daemons: list[Frontdesk] = []
+    try:
+        for k in range(instances):
+            daemons.append(Frontdesk(tmp / f"frontdesk-{k}", database_url, remote, acks))
+        run_id = secrets.token_hex(4)
+        sessions = sessions_for(rate)
+        sender = subprocess.Popen(
+            [sys.executable, str(HERE), "--sender", "--ports",
+             ",".join(str(d.smtp_port) for d in daemons), "--rate", str(rate), "--count", str(n),
+             "--run-id", run_id, "--sessions", str(sessions)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = sender.communicate(timeout=duration * 20 + 300)
+        if sender.returncode != 0 or not out.strip():
+            level.checks.append(f"the SMTP client failed (exit {sender.returncode}): "
+                                f"{err[-1500:]}")
+            return level
+        sent = json.loads(out)
+        records = sent["records"]
+        accepted_at = {r[0]: r[3] for r in records if r[3] is not None}
+        level.accepted = len(accepted_at)
+        if sent["n_errors"] or level.accepted != n:
+            level.checks.append(f"{level.accepted} of {n} messages got 250; "
+                                f"{sent['n_errors']} error(s): {sent['errors'][:3]}")
+        late = [r[2] - r[1] for r in records]
+        level.sender_late_p99 = _percentile(late, 0.99)
+        if accepted_at:
+            first, last = min(accepted_at.values()), max(accepted_at.values())
+            level.accept_rate = (len(accepted_at) - 1) / (last - first) if last > first else None
+        # Wait until every accepted message has its root post, or the drain timeout.
+        sending_ended = time.monotonic()
+        while time.monotonic() - sending_ended < drain_timeout:
+            if remote.get("/stats")["distinct"] >= level.accepted:
+                break
+            dead = [d for d in daemons if d.process.poll() is not None]
+            if dead:
+                level.checks.append(f"frontdesk exited during the run (log: {dead[0].log})")
+                break
+            time.sleep(0.25)
+        time.sleep(1.0)  # a late duplicate would still arrive
+        stats = remote.get("/stats")
+        posted = remote.get("/posts")
+        if stats["distinct"] < level.accepted:
+            level.checks.append(
+                f"only {stats['distinct']} of {level.accepted} messages had a root post "
+                f"{drain_timeout:.0f} s after sending ended (--drain-timeout)")
+        level.notes.append(f"the fake saw {stats['roots']} root posts, {stats['thread_posts']} "
+                           f"thread posts, Web API calls {dict(stats['calls'])}; the relay took "
+                           f"{stats['acks']} acknowledgement(s)")
+        _analyse(level, run_id, accepted_at, posted)
+        try:
+            inbound, conversations, journal, failed, pending = store_counts(database_url)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            level.checks.append(f"cannot read the store: {exc}")
+        else:
+            if (inbound, conversations, journal, failed, pending) != (n, n, n, 0, 0):
+                level.checks.append(
+                    f"store: inbound messages {inbound}, conversations {conversations}, journal "
+                    f"{journal}, failed {failed}, pending {pending} (want {n}, {n}, {n}, 0, 0)")
+    finally:
+        for d in daemons:
+            code = d.stop()
+            if code != 0:
+                level.checks.append(f"frontdesk exit code {code} after SIGTERM (want 0)")
+            if "Traceback" in d.log.read_text(errors="replace"):
+                level.checks.append(f"Traceback in {d.log}")
+        remote.stop()
+        if pg is not None:
+            pg.drop()
+    return level
+
+
+def _analyse(level: Level, run_id: str, accepted_at: dict[int, float],
+             posted: dict[str, Any]) -> None:
+    by_message: dict[int, list[float]] = {}
+    by_conversation: Counter[Any] = Counter()
+    strangers = 0
+    for root in posted["roots"]:
+        by_conversation[root["conversation_id"]] += 1
+        m = TOKEN.search(root["text"])
+        if m is None or m.group(1) != run_id:
+            strangers += 1
+            continue
+        by_message.setdefault(int(m.group(2)), []).append(root["t"])
+    missing = [i for i in accepted_at if i not in by_message]
+    level.unposted = len(missing)
+    doubled = {i: len(ts) for i, ts in by_message.items() if len(ts) > 1}
+    unknown = [i for i in by_message if i not in accepted_at]
+    if missing:
+        level.checks.append(f"{len(missing)} accepted message(s) have no root post "
+                            f"(first: #{sorted(missing)[:5]})")
+    if doubled:
+        level.checks.append(f"{len(doubled)} message(s) have more than one root post "
+                            f"({sum(doubled.values()) - len(doubled)} extra): "
+                            f"{dict(list(doubled.items())[:5])}")
+    if unknown or strangers:
+        level.checks.append(f"{len(unknown) + strangers} root post(s) for no accepted message")
+    per_conversation = {c: k for c, k in by_conversation.items() if k > 1}
+    if per_conversation:
+        level.checks.append(f"{len(per_conversation)} conversation(s) with more than one root "
+                            f"post: {dict(list(per_conversation.items())[:5])}")
+    acks = Counter(posted["ack_rcpts"])
+    twice = {r: k for r, k in acks.items() if k > 1}
+    if twice:
+        level.checks.append(f"{len(twice)} customer(s) got more than one acknowledgement: "
+                            f"{dict(list(twice.items())[:3])}")
+    latencies = [min(by_message[i]) - t for i, t in accepted_at.items() if i in by_message]
+    if not latencies:
+        return
+    level.p50 = _percentile(latencies, 0.50)
+    level.p99 = _percentile(latencies, 0.99)
+    level.worst = max(latencies)
+    posts = sorted(min(ts) for i, ts in by_message.items() if i in accepted_at)
+    if len(posts) > 1 and posts[-1] > posts[0]:
+        level.post_rate = (len(posts) - 1) / (posts[-1] - posts[0])
+    end = max(accepted_at.values())
+    level.backlog_at_end = len(accepted_at) - sum(1 for t in posts if t <= end)
+    level.drain_s = max(0.0, posts[-1] - end)
+    level.sustained = (not missing and level.post_rate is not None
+                       and level.post_rate >= SUSTAINED_SHARE * level.rate
+                       and level.backlog_at_end < max(1.0, level.rate))
+    if len(latencies) >= 20:
+        tenth = len(latencies) // 10
+        order = sorted(accepted_at.items(), key=lambda kv: kv[1])
+        first = [min(by_message[i]) - t for i, t in order[:tenth] if i in by_message]
+        last = [min(by_message[i]) - t for i, t in order[-tenth:] if i in by_message]
+        if first and last:
+            level.notes.append(f"median latency of the first tenth {_ms(_percentile(first, .5))}"
+                               f", of the last tenth {_ms(_percentile(last, .5))}")
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_table(levels: list[Level]) -> None:
+    header = ["store", "inst", "offered/s", "sent", "accepted/s", "posted/s", "p50", "p99",
+              "max", "backlog at end", "drain s", "sustained"]
+    rows = [[lv.backend, str(lv.instances), f"{lv.rate:g}", str(lv.sent),
+             _rate(lv.accept_rate), _rate(lv.post_rate),
+             *((">" if lv.unposted and v is not None else "") + _ms(v)
+               for v in (lv.p50, lv.p99, lv.worst)),
+             "-" if lv.backlog_at_end is None else str(lv.backlog_at_end),
+             "-" if lv.drain_s is None else (">" if lv.unposted else "") + f"{lv.drain_s:.1f}",
+             "yes" if lv.sustained else "NO"] for lv in levels]
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    print("  ".join(h.ljust(w) if k < 1 else h.rjust(w)
+                    for k, (h, w) in enumerate(zip(header, widths, strict=True))))
+    print(line)
+    for r in rows:
+        print("  ".join(v.ljust(w) if k < 1 else v.rjust(w)
+                        for k, (v, w) in enumerate(zip(r, widths, strict=True))))
+    print(line)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rates", default="10,100,500",
+                   help="offered rates in messages a second, comma-separated (10,100,500)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of sending per rate (10)")
+    p.add_argument("--quick", action="store_true", help="2 s per rate: a smoke check")
+    p.add_argument("--postgres-url", default=os.environ.get(POSTGRES_ENV, ""),
+                   help=f"postgresql+asyncpg://user@host/db (default ${POSTGRES_ENV}); a fresh "
+                        "database is made on that server for each run and dropped after")
+    p.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    p.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    p.add_argument("--instances", type=int, choices=(1, 2), default=1,
+                   help="frontdesk processes on the one PostgreSQL database (1)")
+    p.add_argument("--no-acks", action="store_true",
+                   help="[acknowledgement] enabled = false (no acknowledgement emails)")
+    p.add_argument("--drain-timeout", type=float, default=600, metavar="S",
+                   help="after sending ends, wait at most S seconds for the root posts (600)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    p.add_argument("--sender", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--remote", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ports", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--sessions", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.sender:
+        sender_main(args)
+        return 0
+    if args.remote:
+        remote_main()
+        return 0
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--rates {args.rates!r}: give numbers like 10,100,500")
+    if not rates or any(r <= 0 for r in rates):
+        p.error("--rates: every rate must be above 0")
+    duration = 2.0 if args.quick else args.duration
+    if duration <= 0:
+        p.error("--duration must be above 0")
+    backends: list[tuple[str, str | None]] = []
+    if not args.no_sqlite:
+        if args.instances > 1:
+            print("note: --instances 2 applies to PostgreSQL only; SQLite runs one instance")
+        backends.append(("sqlite", None))
+    pg_note = ""
+    if args.no_postgres:
+        pg_note = "PostgreSQL: skipped (--no-postgres)"
+    elif not args.postgres_url:
+        pg_note = f"PostgreSQL: skipped (no --postgres-url and no ${POSTGRES_ENV})"
+    elif not args.postgres_url.startswith("postgresql+asyncpg://"):
+        p.error("--postgres-url must look like postgresql+asyncpg://user@host/db")
+    else:
+        backends.append(("postgresql", args.postgres_url))
+    if not backends:
+        p.error("nothing to run: SQLite is off (--no-sqlite) and PostgreSQL is not given")
+
+    print(f"frontdesk end-to-end latency: SMTP 250 -> Slack root post at the fake; "
+          f"{duration:g} s per rate at {', '.join(f'{r:g}' for r in rates)} msg/s (open loop)")
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"{os.uname().sysname} {os.uname().release}; {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+          f"load average {os.getloadavg()[0]:.2f} (other work on the machine skews the figures)")
+    print(f"code: {code_version()}")
+    print('slack.post_interval = "0s": Slack\'s real limit (about one post a second per channel) '
+          "is not what is measured")
+    print(f"acknowledgements: {'off (--no-acks)' if args.no_acks else 'on, to a loopback relay'}"
+          f"; every message from a new customer (a new conversation and root post)")
+    if pg_note:
+        print(pg_note)
+    tmp = Path(tempfile.mkdtemp(prefix="frontdesk-e2e-"))
+    levels: list[Level] = []
+    try:
+        for backend, url in backends:
+            instances = args.instances if url else 1
+            for rate in rates:
+                where = tmp / f"{backend}-{rate:g}"
+                where.mkdir()
+                print(f"\n[{backend}, {instances} instance(s)] {rate:g} msg/s for {duration:g} s "
+                      f"({round(rate * duration)} messages, {sessions_for(rate)} SMTP sessions) "
+                      "...", flush=True)
+                started = time.monotonic()
+                level = run_level(backend, url, rate, duration, instances, where,
+                                  not args.no_acks, args.drain_timeout)
+                levels.append(level)
+                print(f"  p50 {_ms(level.p50)}, p99 {_ms(level.p99)}, accepted at "
+                      f"{_rate(level.accept_rate)}/s, roots posted at {_rate(level.post_rate)}/s"
+                      f", {'sustained' if level.sustained else 'NOT sustained'}; "
+                      f"{'checks pass' if not level.checks else 'CHECKS FAIL'} "
+                      f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        if args.keep:
+            print(f"\nkept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    print("latency: SMTP 250 read by the client -> root chat.postMessage at the Slack fake;")
+    print("accepted/s: 250s over first -> last 250; posted/s: root posts over first -> last post;")
+    print("backlog at end: accepted but not yet posted when the last 250 came; drain: last 250 -> "
+          "last root post;")
+    print(f"sustained: posted/s >= {SUSTAINED_SHARE:.0%} of offered and a backlog at the end under "
+          "one second's worth;")
+    print("'>': some messages never got their root post within --drain-timeout, so the figure is "
+          "over the posted ones only and the true one is higher.\n")
+    print_table(levels)
+    for lv in levels:
+        if lv.sender_late_p99 is not None and lv.sender_late_p99 > 0.05:
+            print(f"note ({lv.backend}, {lv.rate:g}/s): the client started sends up to "
+                  f"{_ms(lv.sender_late_p99)} (p99) behind schedule: the server's answers held it "
+                  "back")
+        for note in lv.notes:
+            print(f"note ({lv.backend}, {lv.rate:g}/s): {note}")
+    failed = [(lv, c) for lv in levels for c in lv.checks]
+    for lv, c in failed:
+        print(f"CHECK FAILED ({lv.backend}, {lv.instances} instance(s), {lv.rate:g}/s): {c}")
+    print("checks (250s, one root post per message and conversation, at most one acknowledgement "
+          "per customer, store counts, SIGTERM -> 0, no traceback): "
+          f"{'PASS' if not failed else 'FAIL'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

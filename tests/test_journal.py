@@ -1,0 +1,189 @@
+"""The inbound journal's group commit (daemon/ingest.py Journal): what each accept answers, what
+the rows hold, and how failures reach the senders. SQLite goes through SqliteJournalWriter's
+thread; PostgreSQL through SQLAlchemy."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from frontdesk.daemon.ingest import Journal, SqliteJournalWriter, StepAside
+from frontdesk.daemon.metrics import Metrics
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import InboundJournal
+
+
+@pytest.fixture
+async def journal(database_url: str, clock: Any) -> Any:
+    store = Store(database_url)
+    await store.ensure_schema()
+    metrics = Metrics()
+    commits: list[int] = []
+    j = Journal(store, clock=clock, metrics=metrics, on_commit=lambda: commits.append(1))
+    j.start()
+    j.commits = commits  # type: ignore[attr-defined]
+    j.metrics = metrics  # type: ignore[attr-defined]
+    yield j
+    if j._task is not None and not j._task.done():
+        await j.stop()
+    await store.dispose()
+
+
+async def rows(journal: Any) -> list[InboundJournal]:
+    async with journal._store.reader() as s:
+        return list((await s.execute(select(InboundJournal).order_by(InboundJournal.id)))
+                    .scalars())
+
+
+async def test_new_and_duplicate_answers(journal: Any, clock: Any) -> None:
+    # many at once share commits; a copy in the same batch and a later retry are duplicates
+    keys = [f"SM{i}" for i in range(60)] + ["SM3", "SM7"]
+    answers = await asyncio.gather(*(journal.accept("sms", k, f"Body={k}".encode(),
+                                                    {"kind": "message"}) for k in keys))
+    assert answers == [True] * 60 + [False, False]
+    assert await journal.accept("sms", "SM3", b"again", {"kind": "message"}) is False
+    assert await journal.accept("whatsapp", "SM3", b"other channel", {}) is True
+    stored = await rows(journal)
+    assert len(stored) == 61
+    first = stored[0]
+    assert (first.channel, first.remote_id, first.raw) == ("sms", "SM0", b"Body=SM0")
+    assert first.meta == {"kind": "message"} and first.state == "pending"
+    assert first.attempts == 0 and first.received_at == clock()
+    text = journal.metrics.render().decode()
+    assert 'frontdesk_messages_in_total{channel="sms"} 60.0' in text
+    assert 'frontdesk_duplicates_total{channel="sms"} 3.0' in text
+    assert 'frontdesk_messages_in_total{channel="whatsapp"} 1.0' in text
+    assert journal.commits
+
+
+async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path, clock: Any) -> None:
+    """Which rows of a commit were new is learned from the rows it inserted, even when old and
+    new ones alternate."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/j.db")
+    await store.ensure_schema()
+    writer = SqliteJournalWriter(store, lambda *a: None)
+    loop = asyncio.get_running_loop()
+
+    def pending(key: str) -> Any:
+        from frontdesk.daemon.ingest import _Pending
+
+        p = _Pending("sms", key, b"x", {}, clock(), loop.create_future())
+        p.row = writer.row(p)
+        return p
+
+    try:
+        assert writer._insert([pending("a"), pending("c")]) == {("sms", "a"), ("sms", "c")}
+        batch = [pending(k) for k in ("a", "b", "c", "d", "b")]
+        assert writer._insert(batch) == {("sms", "b"), ("sms", "d")}
+        assert writer._insert([pending("a")]) == set()
+    finally:
+        writer.close()
+        await store.dispose()
+
+
+async def test_more_than_one_commit_holds(journal: Any) -> None:
+    if journal._sqlite is None:
+        pytest.skip("SQLite's writer splits big batches")
+    n = SqliteJournalWriter.rows_per_commit * 2 + 5
+    answers = await asyncio.gather(*(journal.accept("sms", f"k{i}", b"x", {}) for i in range(n)))
+    assert all(answers) and len(await rows(journal)) == n
+
+
+async def test_a_failed_commit_fails_its_senders_then_recovers(journal: Any) -> None:
+    writer = journal._sqlite
+    if writer is None:
+        pytest.skip("the SQLite writer's failure path")
+    real = writer._insert
+    failing = {"on": True}
+
+    def insert(batch: Any) -> Any:
+        if failing["on"]:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real(batch)
+
+    writer._insert = insert
+    results = await asyncio.gather(*(journal.accept("sms", f"f{i}", b"x", {}) for i in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    assert 'frontdesk_journal_commit_errors_total' in journal.metrics.render().decode()
+    failing["on"] = False
+    assert await journal.accept("sms", "f0", b"x", {}) is True  # the sender's retry
+    assert [r.remote_id for r in await rows(journal)] == ["f0"]
+
+
+async def test_stop_commits_what_is_queued_and_refuses_more(journal: Any) -> None:
+    waiting = [asyncio.ensure_future(journal.accept("sms", f"s{i}", b"x", {})) for i in range(20)]
+    await asyncio.sleep(0)
+    await journal.stop()
+    assert [w.result() for w in waiting] == [True] * 20
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await journal.accept("sms", "late", b"x", {})
+    async with journal._store.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(InboundJournal))
+                ).scalar_one() == 20
+
+
+async def test_other_writers_get_the_gate_while_messages_keep_coming(journal: Any) -> None:
+    """A drain hands the store's write gate on: a processing transaction gets its turn while
+    messages arrive without a pause."""
+    store = journal._store
+    if store.write_gate is None:
+        pytest.skip("SQLite's write gate")
+    stop = asyncio.Event()
+
+    async def flood() -> int:
+        n = 0
+        while not stop.is_set():
+            await asyncio.gather(*(journal.accept("sms", f"x{n}-{i}", b"x", {})
+                                   for i in range(5)))
+            n += 1
+        return n
+
+    task = asyncio.create_task(flood())
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(2):
+        async with store.writing():
+            pass
+    stop.set()
+    assert await task > 0
+
+
+async def test_idle_until_senders_keep_waiting(journal: Any) -> None:
+    """The journal is not idle (background work steps aside) once senders have been waiting
+    most of the recent time, and is idle again soon after they are answered."""
+    store = journal._store
+    if store.write_gate is None:
+        pytest.skip("held up by SQLite's write gate")
+    assert journal.idle()
+    async with store.writing():  # another writer's long transaction: the sender waits
+        waiting = asyncio.ensure_future(journal.accept("sms", "w1", b"x", {}))
+        await asyncio.sleep(journal.load_window / 4)
+        assert journal.idle() and 0 < journal.load() < journal.busy_load
+        await asyncio.sleep(journal.load_window)
+        assert not journal.idle()
+    assert await waiting is True
+    await asyncio.sleep(journal.load_window * 1.5)
+    assert journal.idle() and journal.load() < 0.25
+
+
+async def test_step_aside_waits_only_while_busy() -> None:
+    busy = {"on": False}
+    step_aside = StepAside(lambda: busy["on"], factor=10, max_wait=0.3)
+
+    async def timed(last_step: float) -> float:
+        began = time.monotonic()
+        await step_aside.wait(last_step)
+        return time.monotonic() - began
+
+    assert await timed(0.01) < 0.005  # nothing arriving: at once
+    busy["on"] = True
+    assert 0.09 <= await timed(0.01) < 0.25  # factor x the last step
+    assert 0.29 <= await timed(1.0) < 0.6  # at most max_wait
+    asyncio.get_running_loop().call_later(0.03, busy.update, {"on": False})
+    assert await timed(1.0) < 0.2  # the flood ebbs: at once
