@@ -478,11 +478,12 @@ def run_level(backend: str, url: str | None, rate: float, duration: float, insta
               tmp: Path, acks: bool, drain_timeout: float) -> Level:
     level = Level(backend, instances, rate)
     n = level.sent = max(1, round(rate * duration))
-    remote = Remote(tmp)
     pg = PgDatabase(url) if url else None
     database_url = pg.url if pg else f"sqlite+aiosqlite:///{tmp}/frontdesk.db"
+    remote: Remote | None = None
     daemons: list[Frontdesk] = []
     try:
+        remote = Remote(tmp)
         for k in range(instances):
             daemons.append(Frontdesk(tmp / f"frontdesk-{k}", database_url, remote, acks))
         run_id = secrets.token_hex(4)
@@ -492,7 +493,14 @@ def run_level(backend: str, url: str | None, rate: float, duration: float, insta
              ",".join(str(d.smtp_port) for d in daemons), "--rate", str(rate), "--count", str(n),
              "--run-id", run_id, "--sessions", str(sessions)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = sender.communicate(timeout=duration * 20 + 300)
+        try:
+            out, err = sender.communicate(timeout=duration * 20 + 300)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            sender.communicate()
+            level.checks.append(f"the SMTP client did not finish within "
+                                f"{duration * 20 + 300:.0f} s")
+            return level
         if sender.returncode != 0 or not out.strip():
             level.checks.append(f"the SMTP client failed (exit {sender.returncode}): "
                                 f"{err[-1500:]}")
@@ -546,7 +554,8 @@ def run_level(backend: str, url: str | None, rate: float, duration: float, insta
                 level.checks.append(f"frontdesk exit code {code} after SIGTERM (want 0)")
             if "Traceback" in d.log.read_text(errors="replace"):
                 level.checks.append(f"Traceback in {d.log}")
-        remote.stop()
+        if remote is not None:
+            remote.stop()
         if pg is not None:
             pg.drop()
     return level

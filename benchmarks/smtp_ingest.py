@@ -1069,7 +1069,7 @@ def main() -> int:
                    help="run frontdesk on PostgreSQL instead (postgresql+asyncpg://user@host/db; "
                         f"alone: ${POSTGRES_ENV}); a fresh database per run, dropped after; "
                         "no bare server and no smtp-source in this mode")
-    p.add_argument("--instances", choices=("1", "2", "1,2"), default="1,2",
+    p.add_argument("--instances", choices=("1", "2", "1,2"), default="1,2", metavar="1|2|1,2",
                    help="with --postgres-url: frontdesk processes on the one database, the "
                         "client's sessions split between them (1,2: both, and the ratio)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@
 Usage (with the venv's python)::
 
     python benchmarks/webhook_ingest.py [--requests 20000] [--connections 20] [--clients 4]
-                                        [--quick] [--keep]
+                                        [--quick] [--keep] [--process-timeout 900]
 
 The target: frontdesk's rate >= 0.4 x the bare handler's, every message journaled before its 200.
 """
@@ -243,7 +243,7 @@ def _counts(db: Path) -> tuple[int, int, int]:
     return journal, pending, messages
 
 
-def run_frontdesk(n: int, c: int, clients: int, tmp: Path) -> Result:
+def run_frontdesk(n: int, c: int, clients: int, tmp: Path, process_timeout: float) -> Result:
     port, smtp = free_port(), free_port()
     db = tmp / "frontdesk.db"
     config = tmp / "frontdesk.toml"
@@ -275,7 +275,7 @@ log_level = "warning"
         requests = signed_requests(n, port, secrets.token_hex(3))
         sent = send(port, requests, c, clients, tmp)
         journal, _, _ = _counts(db)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + process_timeout
         while True:
             journal, pending, messages = _counts(db)
             if (pending == 0 and messages >= n) or time.monotonic() > deadline:
@@ -322,6 +322,8 @@ def main() -> int:
     p.add_argument("--clients", "-p", type=int, default=4, help="client processes (4)")
     p.add_argument("--quick", action="store_true", help="2000 requests: a smoke check")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (log, store)")
+    p.add_argument("--process-timeout", type=float, default=900.0,
+                   help="seconds to wait for the processor to store every message (900)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -337,10 +339,12 @@ def main() -> int:
     clients = max(1, min(args.clients, args.connections))
     tmp = Path(tempfile.mkdtemp(prefix="fd-webhook-bench-"))
     print(f"{n} signed Twilio SMS webhooks, {args.connections} connections over {clients} "
-          f"client processes, {os.cpu_count()} CPUs", flush=True)
+          f"client processes, {os.cpu_count()} CPUs, load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
     try:
         (tmp / "frontdesk").mkdir()
-        ours = run_frontdesk(n, args.connections, clients, tmp / "frontdesk")
+        ours = run_frontdesk(n, args.connections, clients, tmp / "frontdesk",
+                             args.process_timeout)
         bare = run_bare(n, args.connections, clients, tmp)
     finally:
         if not args.keep:

@@ -158,14 +158,15 @@ class Journal:
             raise RuntimeError("frontdesk is shutting down")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         pending = _Pending(channel, remote_id, raw, dict(meta), self._clock(), future)
-        self._count(1)
         if self._sqlite is None:
+            self._count(1)
             self._queue.append(pending)
             self._wakeup.set()
         else:
             # the parameters are made here so that the writer's thread, whose commits are the
             # sender's wait, needs the GIL as little as possible
             pending.row = self._sqlite.row(pending)
+            self._count(1)
             if not self._sqlite.offer(pending):  # no drain running that will take it
                 self._wakeup.set()
         return await future
@@ -251,10 +252,10 @@ class StepAside:
     flood a step waits for the flood to ebb, but no longer than ``factor`` times what the
     worker's last step took (and at most ``max_wait``): the worker still gets about
     1/(1+factor) of the time and never stops. A step holds the store's single writer (SQLite)
-    for its whole transaction, so every bit of that share is time no sender gets an answer:
-    measured with 20 webhook clients, a factor of 5 cost ingest about a fifth of its rate, 10
-    about a tenth; the backlog is in the journal, durable, and is worked off when the flood
-    ends.
+    for its whole transaction, so all of that share is time in which no sender gets an answer:
+    with 20 webhook clients (benchmarks/webhook_ingest.py) ingest ran about a fifth faster with
+    a factor of 10 than with 5, and no faster with 20 or with no processing at all. The backlog
+    is in the journal, durable, and is worked off as soon as the flood ends.
     """
 
     def __init__(self, busy: Callable[[], bool], *, factor: float = 10.0,
@@ -295,6 +296,8 @@ class SqliteJournalWriter:
     limit of 999; every size up to it stays in the connection's statement cache)."""
     linger = 0.002
     """Seconds the thread waits for another message before a drain ends."""
+    checkpoint_interval = 0.2
+    """Seconds between WAL checkpoints by the writer's checkpoint thread (0: SQLite's own)."""
 
     def __init__(self, store: Store,
                  settle: Callable[[list[_Pending], Outcomes, float], None]) -> None:
@@ -311,6 +314,8 @@ class SqliteJournalWriter:
         self._draining = False
         self._lingering = False
         self._kick_due = False
+        self._checkpointer: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def offer(self, pending: _Pending) -> bool:
         """Queue one message; True when a running drain will take it (no need to start one).
@@ -396,8 +401,28 @@ class SqliteJournalWriter:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             conn.execute("PRAGMA busy_timeout=30000")
+            if self.checkpoint_interval > 0:
+                # SQLite checkpoints in the commit that grows the WAL past 1,000 pages: tens of
+                # milliseconds in which every sender waits. A thread of its own does it instead,
+                # beside the commits (a passive checkpoint never blocks the writer).
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoints, name="journal-checkpoint", daemon=True)
+                self._checkpointer.start()
             self._conn = conn
         return self._conn
+
+    def _checkpoints(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._closed.wait(self.checkpoint_interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next one tries again
+                    log.warning("journal: WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     @staticmethod
     def row(p: _Pending) -> tuple[Any, ...]:
@@ -441,6 +466,9 @@ class SqliteJournalWriter:
 
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
+        self._closed.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
 
 
 class AttachmentStore:

@@ -1,7 +1,8 @@
 """Three real ``frontdesk run`` processes on one PostgreSQL database, one of them killed with
 SIGKILL in the middle of the traffic (issue 7).
 
-3,000 customer messages arrive over SMTP (spread over the three instances' SMTP servers), signed
+3,000 customer messages (FRONTDESK_CLUSTER_MESSAGES, as .ci/run sets it; 600 by default) arrive
+over SMTP (spread over the three instances' SMTP servers), signed
 Twilio webhooks (spread over their HTTP servers) and Telegram (getUpdates, which only the leader
 polls). A sender whose instance dies retries on another one, as an MTA or Twilio would. In the
 middle, the instance leading Telegram polling is killed with SIGKILL. Afterwards:
@@ -44,8 +45,10 @@ from smtp_sink import SmtpSink
 
 OURS = "+15550001111"
 SUPPORT_CHANNEL = "C0SUPPORT"
-N_EMAIL, N_SMS, N_TELEGRAM = 1000, 1000, 1000
-SMS_SENDERS = TELEGRAM_USERS = 100
+# The issue's figure is 3,000 (.ci/run sets it); a plain `make test` sends 600 to stay quick.
+MESSAGES = int(os.environ.get("FRONTDESK_CLUSTER_MESSAGES", "600"))
+N_EMAIL = N_SMS = N_TELEGRAM = MESSAGES // 3
+SMS_SENDERS = TELEGRAM_USERS = max(1, MESSAGES // 30)  # ten messages each
 INSTANCES = 3
 
 
@@ -194,6 +197,27 @@ async def _wait(check: Any, timeout: float, what: str, interval: float = 0.5) ->
     raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
+async def _progressing(measure: Any, target: float, what: str, *, stall: float = 120.0,
+                       cap: float = 1200.0) -> None:
+    """Wait until ``measure()`` (sync or async, a number) reaches ``target``. Slowness is not a
+    failure (a loaded machine); a stall is: no progress for ``stall`` seconds."""
+    began = last_change = time.monotonic()
+    best: float | None = None
+    while True:
+        value = measure()
+        if inspect.isawaitable(value):
+            value = await value
+        if value >= target:
+            return
+        now = time.monotonic()
+        if best is None or value > best:
+            best, last_change = value, now
+        if now - last_change > stall or now - began > cap:
+            raise AssertionError(f"{what}: stuck at {value} of {target} "
+                                 f"after {now - began:.0f} s")
+        await asyncio.sleep(0.5)
+
+
 def _email(i: int) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = f"Customer {i} <customer{i}@example.net>"
@@ -334,6 +358,11 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
 
         first_leader = await _wait(telegram_leader, 30, "one Telegram leader")
 
+        began = time.monotonic()
+
+        def phase(what: str) -> None:
+            print(f"  {time.monotonic() - began:6.1f} s  {what}", flush=True)
+
         progress: Counter[str] = Counter()
         senders = asyncio.gather(_send_emails(instances, progress),
                                  _send_sms(instances, twilio, progress),
@@ -343,21 +372,22 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
                     "half of the traffic sent", interval=0.05)
         first_leader.kill()
         killed_at = time.monotonic()
+        new_leader = await _wait(telegram_leader, 30, "a new Telegram leader", interval=0.1)
+        took_over = time.monotonic() - killed_at
+        assert new_leader is not first_leader
         await senders
+        phase("all sent")
         survivors = [i for i in instances if i.alive]
         assert len(survivors) == INSTANCES - 1
 
-        new_leader = await _wait(telegram_leader, 30, "a new Telegram leader")
-        assert new_leader is not first_leader
-        took_over = time.monotonic() - killed_at
-
-        async def all_stored() -> bool:
+        async def stored() -> int:
             n = await _scalar(engine, "SELECT count(*) FROM messages WHERE direction = 'in'")
             pending = await _scalar(
                 engine, "SELECT count(*) FROM inbound_journal WHERE state = 'pending'")
-            return n >= total and pending == 0
+            return int(n) if pending == 0 else min(int(n), total - 1)
 
-        await _wait(all_stored, 240, "every message stored")
+        await _progressing(stored, total, "every message stored")
+        phase("every message stored")
 
         # Stored once: one message per remote id, none failed, none lost.
         assert await _scalar(engine, "SELECT count(*) FROM messages WHERE direction = 'in'") \
@@ -380,8 +410,9 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
                            for m in slack.messages
                            if m["channel"] == SUPPORT_CHANNEL and not m.get("thread_ts"))
 
-        await _wait(lambda: len(roots()) >= expected_conversations, 240,
-                    "a Slack root per conversation")
+        await _progressing(lambda: len(roots()), expected_conversations,
+                           "a Slack root per conversation")
+        phase("a Slack root per conversation")
 
         def acknowledgements() -> Counter[str]:
             seen: Counter[str] = Counter()
@@ -393,8 +424,9 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
                 seen[f"telegram:{sent['chat_id']}"] += 1
             return seen
 
-        await _wait(lambda: len(acknowledgements()) >= expected_conversations, 240,
-                    "an acknowledgement per conversation")
+        await _progressing(lambda: len(acknowledgements()), expected_conversations,
+                           "an acknowledgement per conversation")
+        phase("an acknowledgement per conversation")
         await asyncio.sleep(3)  # anything sent twice would show up by now
         assert [k for k, n in roots().items() if n > 1] == []
         assert len(roots()) == expected_conversations
@@ -405,12 +437,13 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
         assert recorded == expected_conversations
 
         # Nothing is left to send, and the survivors stop cleanly.
-        async def outbox_drained() -> bool:
-            return await _scalar(engine, "SELECT count(*) FROM outbox "
-                                         "WHERE state = 'pending'") == 0
+        async def outbox_left() -> int:
+            return -int(await _scalar(engine, "SELECT count(*) FROM outbox "
+                                              "WHERE state = 'pending'"))
 
         try:
-            await _wait(outbox_drained, 240, "everything sent")
+            await _progressing(outbox_left, 0, "everything sent")
+            phase("outbox drained")
         except AssertionError as exc:
             left = await _rows(engine, "SELECT kind, state, count(*), min(next_attempt_at), "
                                        "max(attempts), min(last_error) FROM outbox "

@@ -187,3 +187,36 @@ async def test_step_aside_waits_only_while_busy() -> None:
     assert 0.29 <= await timed(1.0) < 0.6  # at most max_wait
     asyncio.get_running_loop().call_later(0.03, busy.update, {"on": False})
     assert await timed(1.0) < 0.2  # the flood ebbs: at once
+
+
+async def test_the_wal_is_checkpointed_beside_the_commits(tmp_path: Path, clock: Any) -> None:
+    """The writer's own commits never checkpoint (SQLite would, inside the commit a sender
+    waits for); its checkpoint thread copies them into the database file soon after."""
+    path = tmp_path / "j.db"
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.ensure_schema()
+    journal = Journal(store, clock=clock, metrics=Metrics())
+    journal.start()
+
+    def in_database_file() -> int:  # immutable: the file alone, the WAL ignored
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM inbound_journal").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the schema is in the file yet
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        await asyncio.gather(*(journal.accept("sms", f"c{i}", b"x", {}) for i in range(30)))
+        writer = journal._sqlite
+        assert writer is not None and writer._conn is not None
+        assert writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        deadline = time.monotonic() + 5
+        while in_database_file() < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert in_database_file() == 30
+    finally:
+        await journal.stop()
+        await store.dispose()
+    assert writer._checkpointer is not None and not writer._checkpointer.is_alive()

@@ -30,16 +30,19 @@ def random_form(rng: random.Random) -> MultiDict[str]:
 def test_signature_is_the_librarys(algorithm: str) -> None:
     rng = random.Random(7)
     validator = RequestValidator(TOKEN)
+    signer = _Signer(TOKEN)
     for _ in range(500):
         form = random_form(rng)
         url = rng.choice([URL, URL + "?caller=%2B1555&called=x", "http://h:8080/p"])
-        assert signature_of(TOKEN.encode(), url, form, algorithm) == \
-            validator.compute_signature(url, form, algorithm)
+        expected = validator.compute_signature(url, form, algorithm)
+        assert signature_of(TOKEN.encode(), url, form, algorithm) == expected
+        assert signer.signature(url, form, algorithm) == expected
 
 
 def test_unknown_algorithm_has_no_signature_and_is_refused() -> None:
     form = MultiDict([("Body", "hi")])
     assert signature_of(TOKEN.encode(), URL, form, "HMAC_MD5") is None
+    assert _Signer(TOKEN).signature(URL, form, "HMAC_MD5") is None
     good = RequestValidator(TOKEN).compute_signature(URL, form)
     assert not _Signer(TOKEN).signed(URL, form, good, "HMAC_MD5")
 

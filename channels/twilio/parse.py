@@ -50,8 +50,9 @@ def form_pairs(raw: bytes) -> list[tuple[str, str]]:
         if not field:
             continue
         name, _, value = field.partition("=")
-        if "+" in field or "%" in field:
+        if "+" in name or "%" in name:
             name = unquote(name.replace("+", " "))
+        if "+" in value or "%" in value:
             value = unquote(value.replace("+", " "))
         pairs.append((name, value))
     return pairs
