@@ -232,7 +232,9 @@ class Outbox(Base):
     """Work to send, written in the same transaction as what caused it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+                      # the head-of-lane rule (daemon/outbox.py) probes this, migration 0007
+                      Index("ix_outbox_lane", "state", "kind", "conversation_id", "id"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # e.g. "deliver"
