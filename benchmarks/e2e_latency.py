@@ -55,7 +55,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,6 +65,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _common import asyncpg_dsn, code_version, free_port, frontdesk_executable
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -286,46 +287,11 @@ class Remote:
 
 # --- the daemon and its store ------------------------------------------------------------------
 
-def code_version() -> str:
-    """The repository's HEAD, and whether the working tree differs from it (read-only git)."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--"],
-                               capture_output=True, timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def frontdesk_executable() -> str:
-    candidate = Path(sys.executable).parent / "frontdesk"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("frontdesk")
-    if not found:
-        sys.exit("cannot find the `frontdesk` console script: run this with the venv's python")
-    return found
-
-
-def _asyncpg_dsn(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _pg(url: str, sql: str, fetch: bool = False) -> Any:
     import asyncpg
 
     async def run() -> Any:
-        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
         try:
             return await (conn.fetchrow(sql) if fetch else conn.execute(sql))
         finally:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,14 +33,9 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent / "tests"))
 
 import dovecot  # noqa: E402 - tests/dovecot.py, the same server the tests use
+from _common import free_port  # noqa: E402 - benchmarks/_common.py
 
 FRONTDESK = str(Path(sys.executable).parent / "frontdesk")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_mail(n: int) -> bytes:

@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import asyncpg_dsn, code_version, free_port, frontdesk_executable
+
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.5
 MAIL_FROM = "customer@example.org"
@@ -442,36 +444,6 @@ asyncio.run(main(int(sys.argv[1])))
 '''
 
 
-def code_version() -> str:
-    """The repository's HEAD, and whether the working tree differs from it (read-only git)."""
-    repo = HERE.parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--"],
-                               capture_output=True, timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def frontdesk_executable() -> str:
-    candidate = Path(sys.executable).parent / "frontdesk"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("frontdesk")
-    if not found:
-        sys.exit("cannot find the `frontdesk` console script: run this with the venv's python")
-    return found
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (0.0 where there is no /proc)."""
     try:
@@ -734,12 +706,6 @@ class SqliteProbe(StoreProbe):
         self.db.close()
 
 
-def _asyncpg_dsn(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class PgProbe(StoreProbe):
     """One asyncpg connection, driven from this (synchronous) process by a private loop."""
 
@@ -748,7 +714,7 @@ class PgProbe(StoreProbe):
 
         self.errors = (asyncpg.PostgresError, OSError)
         self.loop = asyncio.new_event_loop()
-        self.conn = self.loop.run_until_complete(asyncpg.connect(_asyncpg_dsn(url), timeout=10))
+        self.conn = self.loop.run_until_complete(asyncpg.connect(asyncpg_dsn(url), timeout=10))
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.loop.run_until_complete(self.conn.fetch(sql))]
@@ -779,7 +745,7 @@ class PgDatabase:
         import asyncpg
 
         async def run() -> None:
-            conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url), timeout=10)
+            conn = await asyncpg.connect(asyncpg_dsn(self.admin_url), timeout=10)
             try:
                 await conn.execute(sql)
             finally:

@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
+
+from _common import free_port, frontdesk_executable
 
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.4
@@ -161,12 +162,6 @@ def send(port: int, requests: list[bytes], connections: int, clients: int,
 
 # --- the servers --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -196,16 +191,6 @@ def bare_main(port: int) -> None:
     app.router.add_post(PATH, handler)
     app.router.add_get("/healthz", health)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def frontdesk_executable() -> str:
-    candidate = Path(sys.executable).parent / "frontdesk"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("frontdesk")
-    if not found:
-        raise SystemExit("frontdesk is not installed in this environment (pip install -e .)")
-    return found
 
 
 @dataclass
