@@ -260,19 +260,34 @@ class Daemon:
             for service in reversed(self.services):
                 await service.stop()
 
-        try:
-            await asyncio.wait_for(drain(), timeout=max(1.0, timeout - 2))
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # The drain gets all but the last two seconds (at least one); a step stuck behind a
+        # remote or the store is cancelled, and given half a second to let go.
+        drained = await _finish(asyncio.create_task(drain(), name="drain"), max(1.0, timeout - 2))
+        if drained is None:
             log.warning("shutdown_timeout reached; unsent work stays queued for the next start")
-        if self.listener is not None:
-            await self.listener.stop()
-        if self._watchdog:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        await self.http.stop()
-        await self.store.dispose()
-        log.info("stopped cleanly")
+
+        async def close() -> None:
+            if self.listener is not None:
+                await self.listener.stop(timeout=min(2.0, max(0.4, deadline - loop.time())))
+            if self._watchdog:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            await self.http.stop()
+            await self.store.dispose()
+
+        # Closing connections gets what is left (a silent database server would otherwise hold
+        # the goodbye of every pooled connection).
+        closed = await _finish(asyncio.create_task(close(), name="close"),
+                               max(0.5, deadline - loop.time() - 0.5))
+        if closed is None:
+            log.warning("shutdown_timeout reached while closing connections; exiting anyway")
+        if drained and closed:
+            log.info("stopped cleanly")
+        else:
+            log.info("stopped")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -289,6 +304,22 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+async def _finish(task: asyncio.Task[None], seconds: float) -> bool | None:
+    """Wait up to ``seconds`` for ``task``; past that, cancel it, give it half a second to
+    unwind and return None. True if it finished in time, False if it failed (logged)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+        return None
+    if task.cancelled():
+        return False
+    if (exc := task.exception()) is not None:
+        log.error("stopping: %s", exc, exc_info=exc)
+        return False
+    return True
 
 
 def _parsers(channels: list[Channel]) -> dict[str, Callable[..., Any]]:

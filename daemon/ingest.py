@@ -610,7 +610,7 @@ class Processor:
         if ids is not None:
             query = query.where(table.c.id.in_(list(ids)))
         query = query.order_by(table.c.id).limit(self.batch_size)
-        async with self._store.engine.connect() as conn:
+        async with self._store.read_engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
             return []

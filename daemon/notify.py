@@ -105,18 +105,19 @@ class Listener:
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="pg-listener")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening within about ``timeout`` seconds, whatever the server does: a loop
+        waiting on a live connection ends at once; one stuck in a connect attempt (a silent
+        server) is cut."""
         self._stopping = True
         self._changed.set()
         task, self._task = self._task, None
         if task is not None:
-            try:
-                await asyncio.wait_for(task, timeout=5)
-            except TimeoutError:  # stuck in a connect attempt: cut it
+            done, _ = await asyncio.wait({task}, timeout=timeout / 2)
+            if not done:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self._close()
+                await asyncio.wait({task}, timeout=timeout / 4)
+        await self._close(timeout / 4)
 
     def _wake_all(self) -> None:
         for wake in self._wakers.values():
@@ -131,13 +132,13 @@ class Listener:
         self._connected.clear()
         self._changed.set()
 
-    async def _close(self) -> None:
+    async def _close(self, timeout: float = 2.0) -> None:
         conn, self._conn = self._conn, None
         self._connected.clear()
         if conn is None or conn.is_closed():
             return
         try:
-            await asyncio.wait_for(conn.close(), timeout=2)
+            await asyncio.wait_for(conn.close(), timeout=timeout)
         except Exception:  # noqa: BLE001 - a dead connection: drop it without the goodbye
             conn.terminate()
 

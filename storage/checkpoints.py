@@ -42,5 +42,5 @@ class Checkpoints:
         stmt = insert(ChannelCheckpoint).values(name=name, value=value, updated_at=now)
         stmt = stmt.on_conflict_do_update(index_elements=["name"],
                                           set_={"value": value, "updated_at": now})
-        async with self._store.engine.begin() as conn:
+        async with self._store.writing(), self._store.engine.begin() as conn:
             await conn.execute(stmt)

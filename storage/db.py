@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+READ_ONLY = "frontdesk_read_only"
+"""Execution option of :attr:`Store.read_engine`: its transactions only read."""
 GATE_TIMEOUT = 30.0  # like SQLite's busy_timeout: a writer waits this long for its turn
 
 
@@ -63,7 +65,14 @@ def _sqlite_events(engine: AsyncEngine, synchronous: str) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction takes the write lock at once (a deferred one that reads first
+        # and writes later fails at once, past the busy timeout, when another writer committed
+        # in between). A read transaction (Store.reader, Store.read_engine) is deferred: in WAL
+        # mode it reads a snapshot and never holds up a writer, however long it takes.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, synchronous: str = "full", **kwargs: Any) -> AsyncEngine:
@@ -240,6 +249,9 @@ class Store:
         self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
         self.dialect = self.engine.dialect.name
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        """The engine for transactions that only read (SQLite: never holding the write lock)."""
+        self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
         # SQLite has one writer. In-process writers (journal, processor, outbox, desk,
         # scheduler) queue on this lock, first come first served; left to SQLite's busy handler
         # (sleeps of up to 100 ms between tries) a busy writer would starve the journal.
@@ -280,12 +292,13 @@ class Store:
             yield session
 
     def reader(self) -> AsyncSession:
-        """A session for reads (``async with store.reader() as s``)."""
-        return self._sessions()
+        """A session for reads only (``async with store.reader() as s``); on SQLite its
+        transaction is deferred, so a long read never holds up the writers."""
+        return self._readers()
 
     async def current_revisions(self) -> frozenset[str]:
         try:
-            async with self.engine.connect() as conn:
+            async with self.read_engine.connect() as conn:
                 rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
                 return frozenset(r[0] for r in rows)
         except (OperationalError, ProgrammingError):
@@ -304,7 +317,7 @@ class Store:
 
     async def ping(self) -> bool:
         async def select_one() -> None:
-            async with self.engine.connect() as conn:
+            async with self.read_engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
         try:

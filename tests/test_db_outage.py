@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,25 @@ async def test_a_silent_store_is_bounded_by_the_connect_timeout(
     assert await send(d.email.smtp.port, email) == {}
     assert (await twilio.post("/webhooks/twilio/sms", sms))[0] == 200
     await eventually(lambda: journal_settled(d, 2), timeout=15)
+
+
+async def test_sigterm_with_a_silent_store_still_stops_within_the_shutdown_timeout(
+        tmp_path: Path, postgres_url: str, proxy: TcpProxy, fakes: dict[str, Any],
+        daemon_factory: Any) -> None:
+    """The store goes silent while messages are still being processed and sent: the stop
+    (SIGTERM) ends within daemon.shutdown_timeout all the same; what is not done stays in the
+    store for the next start."""
+    settings = outage_settings(tmp_path, proxy.url_for(postgres_url), fakes)
+    settings.daemon.shutdown_timeout = timedelta(seconds=4)
+    d = await daemon_factory(settings)
+    fakes["twilio"].daemon_port = d.http.port
+    await eventually(lambda: ready(d))
+    for i in range(5):
+        assert await send(d.email.smtp.port, mail(msgid=f"<stop-{i}@example.org>")) == {}
+    proxy.hold()
+    d.request_stop()
+    _, took = await timed(d.stop())
+    assert took < 4.5, f"stopping took {took:.1f} s (shutdown_timeout 4s)"
 
 
 # -- the settings ---------------------------------------------------------------------------------

@@ -220,3 +220,34 @@ async def test_the_wal_is_checkpointed_beside_the_commits(tmp_path: Path, clock:
         await journal.stop()
         await store.dispose()
     assert writer._checkpointer is not None and not writer._checkpointer.is_alive()
+
+
+async def test_a_long_read_does_not_hold_up_the_journal(journal: Any) -> None:
+    """A read transaction left open (a slow report, `frontdesk show` in another process) is a
+    snapshot: messages keep being journaled and answered meanwhile, and the reader sees its
+    snapshot, not the new rows. On SQLite a read that took the write lock made every sender
+    wait for it (up to the busy timeout)."""
+    store = journal._store
+    await journal.accept("sms", "before", b"x", {})
+    async with store.reader() as s:
+        count = select(func.count()).select_from(InboundJournal)
+        assert (await s.execute(count)).scalar() == 1
+        async with asyncio.timeout(5):  # a held write lock would keep these 30 s (busy timeout)
+            started = time.monotonic()
+            answers = await asyncio.gather(*(journal.accept("sms", f"during-{i}", b"x", {})
+                                             for i in range(20)))
+            waited = time.monotonic() - started
+        assert answers == [True] * 20 and waited < 2
+        if store.dialect == "sqlite":  # a snapshot (PostgreSQL: read committed, sees them)
+            assert (await s.execute(count)).scalar() == 1
+    assert len(await rows(journal)) == 21
+    if store.sqlite_path is not None:  # another process's reader: the same
+        other = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        try:
+            other.execute("BEGIN")
+            assert other.execute("SELECT count(*) FROM inbound_journal").fetchone()[0] == 21
+            async with asyncio.timeout(5):
+                assert await journal.accept("sms", "beside-another-reader", b"x", {}) is True
+            other.execute("COMMIT")
+        finally:
+            other.close()

@@ -317,3 +317,42 @@ def test_sd_notify_ready_and_stopping(tmp_path: Path) -> None:
     while not any("STOPPING=1" in r for r in received):
         received.append(sock.recv(4096).decode())
     sock.close()
+
+
+def test_sigterm_exits_0_within_shutdown_timeout_while_a_send_hangs(tmp_path: Path) -> None:
+    """A relay that accepts the connection and never says a word (the outbound timeout is 30 s)
+    holds a staff reply's send when SIGTERM comes: frontdesk still exits 0 within
+    daemon.shutdown_timeout, and the reply stays queued for the next start."""
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(16)
+    held: list[socket.socket] = []
+    p = Proc(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db",
+             relay_port=tarpit.getsockname()[1])
+    p.config.write_text(p.config.read_text().replace('shutdown_timeout = "10s"',
+                                                     'shutdown_timeout = "4s"'))
+    p.start()
+    try:
+        smtp_send(p.smtp_port, mail(msgid="<order@example.org>"))
+        [conv] = wait_for(lambda: p.json("conversations"))
+        p.cli("reply", conv["reference"], "Your parcel left today.", "--as", "Grace")
+        tarpit.settimeout(15)
+        conn, _ = tarpit.accept()  # the send is under way, waiting for a greeting
+        held.append(conn)
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert p.stop(signal.SIGTERM, timeout=30) == 0
+        took = time.monotonic() - started
+        assert took < 4.5, f"took {took:.1f} s to stop (shutdown_timeout 4s)"
+        log = p.log.read_text()
+        assert "shutdown_timeout reached; unsent work stays queued" in log
+        assert "stopped" in log and "Traceback" not in log
+        shown = p.json("show", conv["reference"])
+        assert shown["messages"][-1]["delivery_status"] == "queued"
+    finally:
+        for c in held:
+            c.close()
+        tarpit.close()
+        if p.process and p.process.poll() is None:
+            p.process.kill()
+            p.process.wait()
