@@ -187,6 +187,8 @@ class Daemon:
             self.services.append(self.scheduler)
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
+        self.stop_failed = False
+        """A step of the stop raised (logged): ``frontdesk run`` then exits 1, not 0."""
         self._watchdog: asyncio.Task[None] | None = None
 
     def leadership(self, name: str) -> Leadership:
@@ -284,6 +286,7 @@ class Daemon:
                                max(0.5, deadline - loop.time() - 0.5))
         if closed is None:
             log.warning("shutdown_timeout reached while closing connections; exiting anyway")
+        self.stop_failed = drained is False or closed is False
         if drained and closed:
             log.info("stopped cleanly")
         else:

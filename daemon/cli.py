@@ -117,11 +117,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _logging(settings.daemon.log_level)
+    daemon = Daemon(settings)
     try:
-        asyncio.run(Daemon(settings).run())
+        asyncio.run(daemon.run())
     except OSError as exc:
         raise Failure(f"cannot start: {exc.strerror or exc}") from None
-    return 0
+    return 1 if daemon.stop_failed else 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:

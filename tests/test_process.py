@@ -356,3 +356,27 @@ def test_sigterm_exits_0_within_shutdown_timeout_while_a_send_hangs(tmp_path: Pa
         if p.process and p.process.poll() is None:
             p.process.kill()
             p.process.wait()
+
+
+async def test_a_stop_step_that_fails_is_logged_the_rest_still_stops(
+        tmp_path: Path, daemon_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A step of the drain raising (a bug) does not leave the HTTP server or the store open,
+    and the daemon says so: `frontdesk run` exits 1 instead of 0."""
+    import aiohttp
+    from conftest import settings_for
+
+    d = await daemon_factory(settings_for(tmp_path))
+
+    async def broken() -> None:
+        raise RuntimeError("the outbox could not stop")
+
+    d.outbox.stop = broken
+    d.request_stop()
+    await d.stop()
+    assert d.stop_failed
+    assert "the outbox could not stop" in caplog.text
+    assert "stopped cleanly" not in caplog.text
+    with pytest.raises(aiohttp.ClientConnectionError):  # the HTTP server was closed all the same
+        async with aiohttp.ClientSession() as s, \
+                s.get(f"http://127.0.0.1:{d.http.port}/healthz"):
+            pass
