@@ -14,6 +14,7 @@ from fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio, sid
 from sqlalchemy import func, select
 
 from frontdesk.channels.twilio import from_settings
+from frontdesk.channels.twilio.voice import DONE_PATH, RECORDING_PATH, TRANSCRIPTION_PATH
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, InboundJournal, Message, Outbox, PhoneOptOut
 
@@ -138,6 +139,12 @@ async def test_bad_signature_gets_403_and_nothing_is_stored(make_settings: Any,
     assert (await fake.post("/webhooks/twilio/status", {"MessageSid": "SM1",
                                                         "MessageStatus": "delivered"},
                             signature="x"))[0] == 403
+    # every Twilio route checks, the voice ones included
+    voice = {"CallSid": "CA1", "From": "+15550002222", "To": OURS, "RecordingSid": "RE1",
+             "RecordingStatus": "completed", "TranscriptionText": "hello"}
+    for path in ("/webhooks/twilio/voice", RECORDING_PATH, TRANSCRIPTION_PATH, DONE_PATH):
+        status, body = await fake.post(path, voice, signature="x")
+        assert (status, body) == (403, "bad signature"), path
     assert await journal_count(d) == 0
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,6 +102,23 @@ def _twiml(body: str = EMPTY_TWIML, status: int = 200) -> web.Response:
 
 
 _DIGESTS = {HMAC_SHA1: hashlib.sha1, HMAC_SHA256: hashlib.sha256}
+
+
+SignedHandler = Callable[["TwilioChannel", web.Request, bytes, MultiDict[str]],
+                         Awaitable[web.Response]]
+
+
+def _signed(handler: SignedHandler) -> Callable[[TwilioChannel, web.Request],
+                                                Awaitable[web.Response]]:
+    """A webhook handler that runs only for a request Twilio signed (X-Twilio-Signature good),
+    with its raw body and form; anything else gets 403 and nothing is stored."""
+    @functools.wraps(handler)
+    async def checked(self: TwilioChannel, request: web.Request) -> web.Response:
+        verified = await self._verified(request)
+        if verified is None:
+            return web.Response(status=403, text="bad signature")
+        return await handler(self, request, *verified)
+    return checked
 
 
 def signed_text(url: str, form: MultiDict[str]) -> bytes:
@@ -292,22 +310,18 @@ class TwilioChannel:
             return _twiml(status=503)
         return _twiml()
 
-    async def _on_message(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
-        raw, form = verified
+    @_signed
+    async def _on_message(self, request: web.Request, raw: bytes,
+                          form: MultiDict[str]) -> web.Response:
         sid = form.get("MessageSid") or form.get("SmsSid")
         if not sid or not form.get("From"):
             return web.Response(status=400, text="MessageSid and From are required")
         channel = "whatsapp" if form["From"].strip().lower().startswith("whatsapp:") else "sms"
         return await self._journal(channel, sid, raw, {"kind": "message"})
 
-    async def _on_status(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
-        _, form = verified
+    @_signed
+    async def _on_status(self, request: web.Request, _raw: bytes,
+                         form: MultiDict[str]) -> web.Response:
         sid = form.get("MessageSid") or form.get("SmsSid")
         status = form.get("MessageStatus") or form.get("SmsStatus")
         if not sid or not status:
@@ -321,11 +335,9 @@ class TwilioChannel:
             return _twiml(status=503)
         return _twiml()
 
-    async def _on_voice(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
-        _, form = verified
+    @_signed
+    async def _on_voice(self, request: web.Request, _raw: bytes,
+                        form: MultiDict[str]) -> web.Response:
         is_open = self._is_open()
         greeting = (self._config.voice_greeting_open if is_open
                     else self._config.voice_greeting_closed)
@@ -337,11 +349,9 @@ class TwilioChannel:
             called=form.get("To") or form.get("Called") or "",
             max_length=int(self._config.voice_max_length.total_seconds())))
 
-    async def _on_recording(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
-        raw, form = verified
+    @_signed
+    async def _on_recording(self, request: web.Request, raw: bytes,
+                            form: MultiDict[str]) -> web.Response:
         sid = form.get("RecordingSid")
         if not sid:
             return web.Response(status=400, text="RecordingSid is required")
@@ -353,21 +363,18 @@ class TwilioChannel:
                 "called": request.query.get("called", "")}
         return await self._journal("voice", f"recording:{sid}", raw, meta)
 
-    async def _on_transcription(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
-        raw, form = verified
+    @_signed
+    async def _on_transcription(self, request: web.Request, raw: bytes,
+                                form: MultiDict[str]) -> web.Response:
         sid = form.get("RecordingSid")
         if not sid:
             return web.Response(status=400, text="RecordingSid is required")
         return await self._journal("voice", f"transcription:{sid}", raw,
                                    {"kind": "transcription"})
 
-    async def _on_voice_done(self, request: web.Request) -> web.Response:
-        verified = await self._verified(request)
-        if verified is None:
-            return web.Response(status=403, text="bad signature")
+    @_signed
+    async def _on_voice_done(self, request: web.Request, _raw: bytes,
+                             _form: MultiDict[str]) -> web.Response:
         return _twiml(hangup_twiml())
 
     # -- send -----------------------------------------------------------------------------------
