@@ -4,9 +4,12 @@ this module is importable as ``_common``)."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,3 +49,39 @@ def asyncpg_dsn(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def start_frontdesk(config: Path, http_port: int, log: Path,
+                    timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """``frontdesk run -c config`` in the config's folder, its output appended to ``log``;
+    returns once ``GET /readyz`` answers 200. Ends the benchmark, with the log, if the daemon
+    exits or is not ready within ``timeout`` seconds."""
+    with log.open("ab") as out:
+        process = subprocess.Popen([frontdesk_executable(), "run", "-c", str(config)],
+                                   stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=config.parent)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit("frontdesk exited during start:\n" + log.read_text())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz",
+                                        timeout=1) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    sys.exit(f"frontdesk not ready within {timeout:.0f} s:\n" + log.read_text())
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int | None:
+    """SIGTERM, then the exit code; None if it had to be killed after ``timeout`` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None

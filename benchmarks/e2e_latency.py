@@ -66,7 +66,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import asyncpg_dsn, code_version, free_port, frontdesk_executable
+from _common import (
+    asyncpg_dsn,
+    code_version,
+    free_port,
+    start_frontdesk,
+    stop_process,
+)
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -377,33 +383,10 @@ shutdown_timeout = "20s"
 business_hours = "always"
 """)
         self.log = tmp / "frontdesk.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [frontdesk_executable(), "run", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit("frontdesk exited during start:\n" + self.log.read_text())
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
-                                            timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.process.kill()
-        sys.exit("frontdesk not ready within 60 s:\n" + self.log.read_text())
+        self.process = start_frontdesk(self.config, self.http_port, self.log)
 
     def stop(self) -> int | None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return None
+        return stop_process(self.process)
 
 
 # --- one level -----------------------------------------------------------------------------------

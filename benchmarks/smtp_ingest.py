@@ -61,14 +61,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import asyncpg_dsn, code_version, free_port, frontdesk_executable
+from _common import (
+    asyncpg_dsn,
+    code_version,
+    free_port,
+    start_frontdesk,
+    stop_process,
+)
 
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.5
@@ -510,25 +515,8 @@ shutdown_timeout = "20s"
 business_hours = "always"
 """ + ("" if self.acknowledgements else "[acknowledgement]\nenabled = false\n"))
         self.log = tmp / "frontdesk.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [frontdesk_executable(), "run", "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.process = start_frontdesk(self.config, self.http_port, self.log)
         self.pid = self.process.pid
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit("frontdesk exited during start:\n" + self.log.read_text())
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
-                                            timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.process.kill()
-        sys.exit("frontdesk not ready within 60 s:\n" + self.log.read_text())
 
     def probe(self) -> StoreProbe:
         if self.database_url.startswith("postgresql"):
@@ -536,13 +524,7 @@ business_hours = "always"
         return SqliteProbe(self.db)
 
     def stop(self) -> int | None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return None
+        return stop_process(self.process)
 
 
 class FrontdeskGroup(Server):
@@ -620,12 +602,7 @@ class Bare(Server):
         sys.exit("bare aiosmtpd server not ready within 30 s:\n" + self.log.read_text())
 
     def stop(self) -> int | None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=10)
         return None
 
 

@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from _common import free_port, frontdesk_executable
+from _common import free_port, start_frontdesk, stop_process
 
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.4
@@ -262,12 +261,8 @@ enabled = false
 data_dir = "{tmp}/data"
 log_level = "warning"
 """)
-    log = open(tmp / "frontdesk.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([frontdesk_executable(), "run", "-c", str(config)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FRONTDESK_CONFIG": str(config)})
+    proc = start_frontdesk(config, port, tmp / "frontdesk.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz")
         requests = signed_requests(n, port, secrets.token_hex(3))
         sent = send(port, requests, c, clients, tmp)
         journal, _, messages = _counts(db)
@@ -278,9 +273,7 @@ log_level = "warning"
                 break
             time.sleep(0.2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        log.close()
+        code = stop_process(proc)
     result = _result("frontdesk (signature + journal)", n, sent)
     problems = []
     if result.statuses != {"200": n}:

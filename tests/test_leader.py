@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes import serve
 from fakes.telegram import BOT_TOKEN, FakeTelegram
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -503,11 +504,7 @@ class Tap:
         self._session = aiohttp.ClientSession()
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app, shutdown_timeout=0.1)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -594,14 +591,22 @@ async def telegram_pair() -> AsyncIterator[tuple[FakeTelegram, Tap, Tap]]:
             yield fake, tap_a, tap_b
 
 
-async def test_two_daemons_one_polls_and_the_other_resumes_after_it_stops(
-        postgres_url: str, make_settings: Any, daemon_factory: Any,
-        telegram_pair: tuple[FakeTelegram, Tap, Tap]) -> None:
-    fake, tap_a, tap_b = telegram_pair
+async def _leader_then_follower(postgres_url: str, make_settings: Any, daemon_factory: Any,
+                                tap_a: Tap, tap_b: Tap) -> tuple[Any, Any]:
+    """Daemon a (polling through tap a) becomes the Telegram leader, then b (tap b) follows."""
     a = await daemon_factory(_leader_settings(make_settings, postgres_url, tap_a.base_url))
     await eventually(lambda: state_is(_elector(a), "leader"), timeout=5)
     b = await daemon_factory(_leader_settings(make_settings, postgres_url, tap_b.base_url))
     await eventually(lambda: state_is(_elector(b), "follower"), timeout=5)
+    return a, b
+
+
+async def test_two_daemons_one_polls_and_the_other_resumes_after_it_stops(
+        postgres_url: str, make_settings: Any, daemon_factory: Any,
+        telegram_pair: tuple[FakeTelegram, Tap, Tap]) -> None:
+    fake, tap_a, tap_b = telegram_pair
+    a, b = await _leader_then_follower(postgres_url, make_settings, daemon_factory,
+                                       tap_a, tap_b)
     assert _elector(a).name == "telegram:123456789"
 
     # The standby is healthy: /readyz 200 with the telegram check ok, and its gauge says 0.
@@ -640,10 +645,8 @@ async def test_killed_lock_connection_moves_polling_without_loss_or_duplicates(
         postgres_url: str, make_settings: Any, daemon_factory: Any,
         telegram_pair: tuple[FakeTelegram, Tap, Tap]) -> None:
     fake, tap_a, tap_b = telegram_pair
-    a = await daemon_factory(_leader_settings(make_settings, postgres_url, tap_a.base_url))
-    await eventually(lambda: state_is(_elector(a), "leader"), timeout=5)
-    b = await daemon_factory(_leader_settings(make_settings, postgres_url, tap_b.base_url))
-    await eventually(lambda: state_is(_elector(b), "follower"), timeout=5)
+    a, b = await _leader_then_follower(postgres_url, make_settings, daemon_factory,
+                                       tap_a, tap_b)
 
     texts = [f"message {n}" for n in range(12)]
 

@@ -40,6 +40,8 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
+from fakes import serve
+
 BOT_TOKEN = "xoxb-1111-2222-fakefrontdeskbottoken"
 APP_TOKEN = "xapp-1-A0FAKE-3333-fakefrontdeskapptoken"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -95,14 +97,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._method)
         app.router.add_get("/socket", self._socket)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port if port is None else port,
-                           reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app, self.port if port is None else port)
 
     async def stop(self) -> None:
         for ws in list(self._sockets):

@@ -33,6 +33,8 @@ from twilio.request_validator import (
     RequestValidator,
 )
 
+from fakes import serve
+
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
 PUBLIC_URL = "https://support.example.com"
@@ -79,11 +81,7 @@ class FakeTwilio:
         app.router.add_post(prefix + "/Messages.json", self._create_message)
         app.router.add_get(prefix + "/Messages/{message}/Media/{media}", self._media)
         app.router.add_get(prefix + "/Recordings/{recording}", self._media)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
