@@ -27,12 +27,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy daemon channels storage config
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/smtp_ingest.py
+	$(BIN)/python -m benchmarks.smtp_ingest
 
 clean:
 	rm -rf $(VENV) build *.egg-info

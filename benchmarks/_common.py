@@ -1,5 +1,5 @@
-"""Helpers the benchmark scripts share (each script runs as ``python benchmarks/<name>.py``, so
-this module is importable as ``_common``)."""
+"""Helpers the benchmark scripts share (each script runs from the repository root as
+``python -m benchmarks.<name>``)."""
 
 from __future__ import annotations
 

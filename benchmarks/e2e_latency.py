@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from benchmarks._common import (
     asyncpg_dsn,
     code_version,
     free_port,
@@ -188,11 +188,10 @@ def sender_main(args: argparse.Namespace) -> None:
 # --- the remote side (a separate process): Slack fake + SMTP relay sink --------------------------
 
 def remote_main() -> None:
-    sys.path.insert(0, str(REPO / "tests"))
     from aiohttp import web
-    from fakes.slack import FakeSlack
 
-    from smtp_sink import SmtpSink
+    from tests.fakes.slack import FakeSlack
+    from tests.fakes.smtp_sink import SmtpSink
 
     class TimedSlack(FakeSlack):
         """The fake, noting when each chat.postMessage arrives."""
@@ -264,8 +263,8 @@ class Remote:
         self.log = tmp / "remote.log"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(HERE), "--remote"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=log, text=True)
+                [sys.executable, "-m", "benchmarks.e2e_latency", "--remote"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
@@ -438,7 +437,7 @@ def run_level(backend: str, url: str | None, rate: float, duration: float, insta
         run_id = secrets.token_hex(4)
         sessions = sessions_for(rate)
         sender = subprocess.Popen(
-            [sys.executable, str(HERE), "--sender", "--ports",
+            [sys.executable, "-m", "benchmarks.e2e_latency", "--sender", "--ports",
              ",".join(str(d.smtp_port) for d in daemons), "--rate", str(rate), "--count", str(n),
              "--run-id", run_id, "--sessions", str(sessions)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

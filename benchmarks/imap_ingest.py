@@ -12,7 +12,7 @@
 
 Usage (with the venv's python; needs Dovecot: apt-get install dovecot-imapd)::
 
-    python benchmarks/imap_ingest.py [--messages 5000] [--batch 100] [--keep]
+    python -m benchmarks.imap_ingest [--messages 5000] [--batch 100] [--keep]
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent.parent / "tests"))
+from benchmarks._common import free_port
+from tests.support import dovecot  # the same Dovecot the tests run
 
-import dovecot  # noqa: E402 - tests/dovecot.py, the same server the tests use
-from _common import free_port  # noqa: E402 - benchmarks/_common.py
+HERE = Path(__file__).resolve()
 
 FRONTDESK = str(Path(sys.executable).parent / "frontdesk")
 

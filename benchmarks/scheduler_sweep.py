@@ -18,7 +18,7 @@ For each size (100,000 and 1,000,000 open conversations by default):
 
 Usage (with the venv's python)::
 
-    python benchmarks/scheduler_sweep.py [--open 100000 1000000] [--due 1000]
+    python -m benchmarks.scheduler_sweep [--open 100000 1000000] [--due 1000]
                                          [--database-url postgresql+asyncpg://...]
 
 The claim is: the time of a sweep stays about the same from 100,000 to 1,000,000 open

@@ -22,7 +22,7 @@ frontdesk and a fresh bare server, as a cross-check with a C client.
 
 Usage (with the venv's python)::
 
-    python benchmarks/smtp_ingest.py [--messages 5000] [--connections 20] [--quick]
+    python -m benchmarks.smtp_ingest [--messages 5000] [--connections 20] [--quick]
                                      [--profile] [--keep]
 
 The target: frontdesk's send rate >= 0.5 x the bare server's in both workloads.
@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from benchmarks._common import (
     asyncpg_dsn,
     code_version,
     free_port,
@@ -807,7 +807,7 @@ def summarize_profile(path: Path, top: int = 12) -> str:
 def _start_client(ports: list[int], workload: str, n: int, c: int,
                   run_id: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(HERE), "--client", "--ports", ",".join(map(str, ports)),
+        [sys.executable, "-m", "benchmarks.smtp_ingest", "--client", "--ports", ",".join(map(str, ports)),
          "--workload", workload,
          "--messages", str(n), "--connections", str(c), "--run-id", run_id],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

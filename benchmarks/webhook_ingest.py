@@ -21,7 +21,7 @@
 
 Usage (with the venv's python)::
 
-    python benchmarks/webhook_ingest.py [--requests 20000] [--connections 20] [--clients 4]
+    python -m benchmarks.webhook_ingest [--requests 20000] [--connections 20] [--clients 4]
                                         [--rounds 5] [--quick] [--keep] [--process-timeout 900]
 
 The target: frontdesk's rate >= 0.4 x the bare handler's (the median over the rounds), every
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from _common import free_port, start_frontdesk, stop_process
+from benchmarks._common import free_port, start_frontdesk, stop_process
 
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.4
@@ -147,7 +147,7 @@ def send(port: int, requests: list[bytes], connections: int, clients: int,
         path = tmp / f"requests-{i}.json"
         path.write_text(json.dumps([r.decode("latin-1") for r in share]))
         procs.append(subprocess.Popen(
-            [sys.executable, str(HERE), "--client", "--port", str(port),
+            [sys.executable, "-m", "benchmarks.webhook_ingest", "--client", "--port", str(port),
              "--connections", str(max(1, per[i])), "--requests-file", str(path)],
             stdout=subprocess.PIPE, text=True))
     results = []
@@ -295,7 +295,8 @@ log_level = "warning"
 
 def run_bare(n: int, c: int, clients: int, tmp: Path) -> Result:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE), "--bare", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.webhook_ingest", "--bare",
+                             "--port", str(port)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")

@@ -334,7 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from frontdesk.storage.models import InboundJournal
+    from frontdesk.storage.models import InboundJournal, core_table
 
     from .conversations import iso
 
@@ -348,7 +348,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
                 "size": row.size, "message_id": row.message_id}
 
     async def listing(store: Any) -> int:
-        t = InboundJournal.__table__
+        t = core_table(InboundJournal)
         from sqlalchemy import func
 
         query = select(t.c.id, t.c.channel, t.c.remote_id, t.c.state, t.c.received_at,

@@ -306,7 +306,8 @@ async def request_link(session: AsyncSession, contact: Contact, address: str, *,
                                    IdentityLink.state == "pending")
         .values(state="replaced"))
     if conversation is None:
-        conversation = (await conversations_of(session, contact.id, limit=1) or [None])[0]
+        latest = await conversations_of(session, contact.id, limit=1)
+        conversation = latest[0] if latest else None
     code = f"{secrets.randbelow(10 ** 6):06d}"
     link = IdentityLink(contact_id=contact.id, channel=channel, address=normal,
                         conversation_id=conversation.id if conversation else None,

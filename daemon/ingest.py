@@ -46,6 +46,7 @@ from frontdesk.storage.models import (
     Identity,
     InboundJournal,
     Message,
+    core_table,
 )
 
 from .metrics import Metrics
@@ -101,7 +102,7 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._counters: dict[str, tuple[Any, Any]] = {}  # channel -> (new, duplicate) children
-        table = InboundJournal.__table__
+        table = core_table(InboundJournal)
         dialect_insert = sqlite.insert if store.dialect == "sqlite" else postgresql.insert
         self._insert = (
             dialect_insert(table)
@@ -604,7 +605,7 @@ class Processor:
 
     async def process_pending(self, ids: Sequence[int] | None = None) -> list[Outcome]:
         """Process one batch of pending journal rows (or the given ids); return the outcomes."""
-        table = InboundJournal.__table__
+        table = core_table(InboundJournal)
         query = select(table.c.id, table.c.channel, table.c.raw, table.c.meta,
                        table.c.received_at).where(table.c.state == "pending")
         if ids is not None:
@@ -667,7 +668,7 @@ class Processor:
     async def _process_locked(self, rows: Sequence[Any]) -> list[tuple[Any, Outcome]]:
         """PostgreSQL (maybe several instances): each chunk locks its rows first, skipping rows
         another instance holds, and parses only the rows it got."""
-        table = InboundJournal.__table__
+        table = core_table(InboundJournal)
         done: list[tuple[Any, Outcome]] = []
         # One message per transaction: a transaction then locks one customer's contact at most,
         # so two instances can never hold two customers each in opposite orders (a deadlock).
@@ -693,7 +694,7 @@ class Processor:
 
     async def _apply_one(self, session: AsyncSession, row: Any, message: InboundMessage | None,
                          error: str | None, now: datetime) -> Outcome:
-        table = InboundJournal.__table__
+        table = core_table(InboundJournal)
         if error is None:
             assert message is not None
             try:
@@ -730,7 +731,7 @@ class Processor:
     async def _again(self, session: AsyncSession, row: Any, exc: BaseException,
                      now: datetime) -> Outcome:
         """Leave a row rolled back by a race pending, to be processed again in a moment."""
-        table = InboundJournal.__table__
+        table = core_table(InboundJournal)
         error = _describe(exc)
         attempts = (await session.execute(
             update(table).where(table.c.id == row.id, table.c.state == "pending")
@@ -923,7 +924,7 @@ def _describe(exc: BaseException) -> str:
 
 async def retry_failed(store: Store, journal_id: int | None = None) -> list[int]:
     """Put failed journal rows back to pending; returns their ids."""
-    table = InboundJournal.__table__
+    table = core_table(InboundJournal)
     stmt = update(table).where(table.c.state == "failed")
     if journal_id is not None:
         stmt = stmt.where(table.c.id == journal_id)

@@ -86,11 +86,12 @@ async def build_report(session: AsyncSession, *, since: timedelta, now: datetime
     messages: dict[str, dict[str, int]] = {}
     for channel, direction, n in counts:
         messages.setdefault(channel, {})[direction] = n
-    escalations: dict[int, int] = dict((await session.execute(
-        select(Event.conversation_id, func.count())
-        .where(Event.kind == "escalated", Event.conversation_id.in_(
-            select(Conversation.id).where(Conversation.created_at >= start)))
-        .group_by(Event.conversation_id))).all())
+    escalations: dict[int, int] = {
+        conversation_id: n for conversation_id, n in (await session.execute(
+            select(Event.conversation_id, func.count())
+            .where(Event.kind == "escalated", Event.conversation_id.in_(
+                select(Conversation.id).where(Conversation.created_at >= start)))
+            .group_by(Event.conversation_id))).all() if conversation_id is not None}
     channels = sorted({c.channel for c in rows} | set(messages))
     return {
         "since": iso(start), "until": iso(now),

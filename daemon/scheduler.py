@@ -57,6 +57,7 @@ from frontdesk.storage.models import (
     Message,
     Outbox,
     PhoneOptOut,
+    core_table,
 )
 
 from . import notices
@@ -911,7 +912,7 @@ class Scheduler:
         if not self._queued:
             return
         insert = sqlite.insert if self.store.dialect == "sqlite" else postgresql.insert
-        await s.execute(insert(Outbox.__table__)
+        await s.execute(insert(core_table(Outbox))
                         .on_conflict_do_nothing(index_elements=["idempotency_key"]), self._queued)
         self._queued = []
 

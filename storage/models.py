@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.schema import Table
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -72,6 +73,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+def core_table(model: type[Base]) -> Table:
+    """The Core table of a mapped class, typed as one (for insert/update statements)."""
+    mapped = model.__table__
+    assert isinstance(mapped, Table)
+    return mapped
 
 
 class InboundJournal(Base):

@@ -7,35 +7,20 @@ import asyncio
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from frontdesk.config.schema import Settings
+from tests.support.helpers import FakeClock, settings_for
 
 POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"
 PG_SKIP = (f"PostgreSQL tests need {POSTGRES_ENV} "
            "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test); .ci/run sets it")
 
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @pytest.fixture
@@ -82,31 +67,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def settings_for(tmp_path: Path, *, database_url: str | None = None,
-                 **sections: dict[str, Any]) -> Settings:
-    data: dict[str, Any] = {
-        "database": {"url": database_url or f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"},
-        "http": {"listen": "127.0.0.1:0"},
-        "email": {"inbox_addresses": ["support@example.com"],
-                  "smtp_server": {"listen": "127.0.0.1:0", "hostname": "frontdesk.test"},
-                  "outbound": {"host": "127.0.0.1", "port": 9, "starttls": "off",
-                               "from": "Support <support@example.com>"}},
-        "daemon": {"data_dir": str(tmp_path / "data"), "outbox_poll": "1s",
-                   "outbox_retry_initial": "1s", "outbox_retry_max": "2s",
-                   "shutdown_timeout": "10s"},
-        "sla": {"business_hours": "always", "first_response": "1h", "timezone": "UTC"},
-        # The scheduler's sweeps (acknowledgements, escalations, surveys) stay off unless a test
-        # turns them on: tests of other parts count the messages and posts they expect.
-        "scheduler": {"enabled": False},
-    }
-    for section, values in sections.items():
-        target = data.setdefault(section, {})
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(target.get(key), dict):
-                target[key] = {**target[key], **value}
-            else:
-                target[key] = value
-    return Settings.model_validate(data)
 
 
 @pytest.fixture
@@ -138,7 +98,7 @@ async def daemon_factory() -> AsyncIterator[Callable[..., Any]]:
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Dovecot on loopback for the whole session (tests/dovecot.py); each test takes its
     own user with ``dovecot.add_user()``. Skipped, saying why, where Dovecot is not installed."""
-    import dovecot as dovecot_module
+    from tests.support import dovecot as dovecot_module
 
     if not dovecot_module.available():
         pytest.skip(dovecot_module.SKIP_REASON)

@@ -13,9 +13,8 @@ from sqlalchemy import select
 from frontdesk.channels.email.ids import new_message_id
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation, resolve
 from frontdesk.storage.models import Event, Message, Outbox
-
-from helpers import conversations, detail, eventually, mail, processed, send
-from smtp_sink import SmtpSink
+from tests.fakes.smtp_sink import SmtpSink
+from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 
 @pytest.fixture

@@ -32,16 +32,16 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
-from fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
-from fakes.slack import SIGNING_SECRET, FakeSlack
-from fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
-from fakes.telegram import FakeTelegram
-from fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from smtp_sink import SmtpSink
+from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.fakes.slack import SIGNING_SECRET, FakeSlack
+from tests.fakes.smtp_sink import SmtpSink
+from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
+from tests.fakes.telegram import FakeTelegram
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
 
 OURS = "+15550001111"
 SUPPORT_CHANNEL = "C0SUPPORT"

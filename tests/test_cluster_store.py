@@ -17,10 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import FakeClock
-from fakes.slack import BOT_TOKEN as SLACK_TOKEN
-from fakes.slack import SIGNING_SECRET, FakeSlack
-from fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,9 +42,11 @@ from frontdesk.storage.models import (
     Message,
     Outbox,
 )
-
-from helpers import eventually, mail, send
-from smtp_sink import SmtpSink
+from tests.fakes.slack import BOT_TOKEN as SLACK_TOKEN
+from tests.fakes.slack import SIGNING_SECRET, FakeSlack
+from tests.fakes.smtp_sink import SmtpSink
+from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
+from tests.support.helpers import FakeClock, eventually, mail, send
 
 
 def utcnow() -> datetime:

@@ -14,9 +14,8 @@ from sqlalchemy import func, select
 from frontdesk.daemon.cli import main
 from frontdesk.daemon.contacts import LinkVerifier, offered_address
 from frontdesk.storage.models import Contact, Conversation, Event, Identity, IdentityLink, Message
-
-from helpers import conversations, detail, eventually, mail, processed, send
-from smtp_sink import SmtpSink
+from tests.fakes.smtp_sink import SmtpSink
+from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 
 def write_config(d: Any, tmp_path: Any) -> str:

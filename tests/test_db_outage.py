@@ -24,23 +24,21 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import settings_for
-from fakes.slack import BOT_TOKEN as SLACK_TOKEN
-from fakes.slack import SIGNING_SECRET, FakeSlack, thread_message
-from fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
-from fakes.telegram import FakeTelegram
-from fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from tcp_proxy import TcpProxy
 
 from frontdesk.config.schema import DatabaseConfig, Settings
 from frontdesk.storage.db import Store, store_unavailable
 from frontdesk.storage.models import Conversation, InboundJournal, Message
-
-from helpers import eventually, mail, send, smtp_send
-from smtp_sink import SmtpSink
+from tests.fakes.slack import BOT_TOKEN as SLACK_TOKEN
+from tests.fakes.slack import SIGNING_SECRET, FakeSlack, thread_message
+from tests.fakes.smtp_sink import SmtpSink
+from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
+from tests.fakes.telegram import FakeTelegram
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
+from tests.support.helpers import eventually, mail, send, settings_for, smtp_send
+from tests.support.tcp_proxy import TcpProxy
 
 SUPPORT = "C0SUPPORT"
 SECRET = "webhook-secret_0123456789"

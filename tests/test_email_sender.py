@@ -18,8 +18,7 @@ import trustme
 from frontdesk.channels.base import OutboundMessage, PermanentFailure, TemporaryFailure
 from frontdesk.channels.email.sender import EmailSender
 from frontdesk.config.schema import OutboundConfig
-
-from smtp_sink import SmtpSink
+from tests.fakes.smtp_sink import SmtpSink
 
 PASSWORD = "s3cret-Pa55word"
 FROM = "Example Support <support@example.com>"

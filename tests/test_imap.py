@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.storage.models import ChannelCheckpoint, InboundJournal, Message
-
-from helpers import conversations, detail, eventually, mail
+from tests.support.helpers import conversations, detail, eventually, mail
 
 
 def raw_mail(n: int, *, subject: str | None = None, frm: str = "Ada Lovelace <ada@example.org>",

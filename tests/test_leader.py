@@ -27,8 +27,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from fakes import serve
-from fakes.telegram import BOT_TOKEN, FakeTelegram
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -36,8 +34,9 @@ from frontdesk.config.schema import Settings
 from frontdesk.daemon.leader import Leadership, lock_key
 from frontdesk.daemon.metrics import Metrics
 from frontdesk.storage.models import InboundJournal, Message, TelegramOffset
-
-from helpers import eventually
+from tests.fakes import serve
+from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
+from tests.support.helpers import eventually
 
 QUICK = {"heartbeat": 1.0, "retry": 1.0}
 """The shortest durations the config allows ("1s"), so hand-overs take a second or two."""

@@ -8,9 +8,8 @@ from sqlalchemy import select
 
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, Outbox
-
-from helpers import conversations, detail, eventually, mail, processed, send
-from smtp_sink import SmtpSink
+from tests.fakes.smtp_sink import SmtpSink
+from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 
 async def _daemon_with_relay(make_settings: Any, daemon_factory: Any, clock: Any, sink: SmtpSink,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from helpers import mail, smtp_send
-from smtp_sink import SmtpSink
+from tests.fakes.smtp_sink import SmtpSink
+from tests.support.helpers import mail, smtp_send
 
 FRONTDESK = str(Path(sys.executable).parent / "frontdesk")
 
@@ -363,7 +363,8 @@ async def test_a_stop_step_that_fails_is_logged_the_rest_still_stops(
     """A step of the drain raising (a bug) does not leave the HTTP server or the store open,
     and the daemon says so: `frontdesk run` exits 1 instead of 0."""
     import aiohttp
-    from conftest import settings_for
+
+    from tests.support.helpers import settings_for
 
     d = await daemon_factory(settings_for(tmp_path))
 

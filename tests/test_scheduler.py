@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
-from fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
-from fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
 from sqlalchemy import func, select
 
 from frontdesk.config.schema import EscalationLevel
@@ -27,9 +24,10 @@ from frontdesk.daemon.conversations import (
 )
 from frontdesk.daemon.report import build_report, format_report, report_csv
 from frontdesk.storage.models import Contact, Event, Outbox
-
-from helpers import detail, eventually, mail, processed, send
-from smtp_sink import SmtpSink
+from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fakes.smtp_sink import SmtpSink
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
+from tests.support.helpers import FakeClock, detail, eventually, mail, processed, send
 
 SUPPORT = "C0SUPPORT"
 MANAGERS = "C0MANAGERS"

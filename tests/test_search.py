@@ -14,8 +14,7 @@ from sqlalchemy import select
 from frontdesk.daemon.cli import main
 from frontdesk.daemon.search import InvalidQuery, marked, search_conversations
 from frontdesk.storage.models import Event
-
-from helpers import detail, eventually, mail, processed, send
+from tests.support.helpers import detail, eventually, mail, processed, send
 
 MAILS = [
     ("ada@example.org", "Order 1234 never arrived", "The parcel with my kettle never came."),
@@ -32,7 +31,7 @@ async def _ingest(d: Any) -> None:
 
 
 async def _all_processed(d: Any, n: int) -> bool:
-    from helpers import conversations
+    from tests.support.helpers import conversations
 
     return await processed(d.store) and len(await conversations(d.store)) >= n
 

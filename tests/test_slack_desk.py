@@ -8,15 +8,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fakes.slack import (
-    APP_TOKEN,
-    BOT_ID,
-    BOT_TOKEN,
-    BOT_USER_ID,
-    SIGNING_SECRET,
-    FakeSlack,
-    thread_message,
-)
 from sqlalchemy import func, select
 
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation
@@ -29,9 +20,17 @@ from frontdesk.storage.models import (
     SlackMessage,
     SlackThread,
 )
-
-from helpers import conversations, detail, eventually, mail, processed, send
-from smtp_sink import SmtpSink
+from tests.fakes.slack import (
+    APP_TOKEN,
+    BOT_ID,
+    BOT_TOKEN,
+    BOT_USER_ID,
+    SIGNING_SECRET,
+    FakeSlack,
+    thread_message,
+)
+from tests.fakes.smtp_sink import SmtpSink
+from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 SUPPORT = "C0SUPPORT"
 

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from frontdesk.storage.models import InboundJournal, Message
-
-from helpers import conversations, detail, eventually, mail, processed, send
+from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trustme
 
-from helpers import eventually, mail, processed
+from tests.support.helpers import eventually, mail, processed
 
 SMTP_POLICY_BYTES = mail().as_bytes()
 

@@ -9,15 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fakes.telegram import BOT_TOKEN, FakeTelegram
 from sqlalchemy import delete, func, select
 
 from frontdesk.channels.telegram import from_settings
 from frontdesk.channels.telegram.channel import TelegramChannel
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import InboundJournal, Message, Outbox, TelegramOffset
-
-from helpers import conversations, detail, eventually, processed
+from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
+from tests.support.helpers import conversations, detail, eventually, processed
 
 PUBLIC_URL = "https://support.example.com"
 SECRET = "webhook-secret_0123456789"

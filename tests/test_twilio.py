@@ -10,15 +10,14 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio, sid
 from sqlalchemy import func, select
 
 from frontdesk.channels.twilio import from_settings
 from frontdesk.channels.twilio.voice import DONE_PATH, RECORDING_PATH, TRANSCRIPTION_PATH
 from frontdesk.daemon.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, InboundJournal, Message, Outbox, PhoneOptOut
-
-from helpers import conversations, detail, eventually, processed
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio, sid
+from tests.support.helpers import conversations, detail, eventually, processed
 
 CUSTOMER = "+15557654321"
 OURS = "+15550001111"

@@ -64,6 +64,7 @@ from frontdesk.storage.models import (
     SlackMessage,
     SlackState,
     SlackThread,
+    core_table,
 )
 
 from . import blocks
@@ -643,7 +644,7 @@ class SlackDesk:
                 top = (await s.execute(select(func.max(Event.id)))).scalar() or 0
                 insert = sqlite.insert if s.get_bind().dialect.name == "sqlite" \
                     else postgresql.insert
-                await s.execute(insert(SlackState.__table__).values(
+                await s.execute(insert(core_table(SlackState)).values(
                     name=_CURSOR, value=str(top), updated_at=now).on_conflict_do_nothing(
                     index_elements=["name"]))
                 return 0

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import Settings, SlackRoute
-from frontdesk.storage.models import Contact, Conversation, Message, Outbox, SlackThread
+from frontdesk.storage.models import Contact, Conversation, Message, Outbox, SlackThread, core_table
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class SlackQueue:
         channel_id = route(self._slack.routes, self._slack.channel_id,
                            channel=conversation.channel, inbox_address=conversation.inbox_address,
                            text=text, tags=contact_tags(contact))
-        table = SlackThread.__table__
+        table = core_table(SlackThread)
         sqlite_store = session.get_bind().dialect.name == "sqlite"
         insert = sqlite.insert if sqlite_store else postgresql.insert
         await session.execute(insert(table).values(

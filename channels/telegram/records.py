@@ -26,7 +26,7 @@ from frontdesk.channels.chat_records import (
     kick_after_commit,
 )
 from frontdesk.storage.db import Store
-from frontdesk.storage.models import Conversation, Event, Message, TelegramOffset
+from frontdesk.storage.models import Conversation, Event, Message, TelegramOffset, core_table
 
 from .parse import COMMAND, file_items
 
@@ -55,7 +55,7 @@ class TelegramRecords:
 
     async def save_offset(self, bot_id: str, offset: int) -> None:
         now = self._clock()
-        stmt = self._insert(TelegramOffset.__table__).values(
+        stmt = self._insert(core_table(TelegramOffset)).values(
             bot_id=bot_id, next_offset=offset, updated_at=now)
         stmt = stmt.on_conflict_do_update(index_elements=["bot_id"],
                                           set_={"next_offset": offset, "updated_at": now})

@@ -43,6 +43,7 @@ from frontdesk.storage.models import (
     OutboundPart,
     Outbox,
     PhoneOptOut,
+    core_table,
 )
 
 from .parse import (
@@ -129,7 +130,7 @@ class TwilioRecords:
                            keyword: str, source: str, now: datetime) -> None:
         values = {"address": address, "opted_out": opted_out, "keyword": keyword,
                   "source": source, "changed_at": now}
-        stmt = self._insert(PhoneOptOut.__table__).values(**values)
+        stmt = self._insert(core_table(PhoneOptOut)).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["address"],
             set_={k: v for k, v in values.items() if k != "address"})

@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from fakes import serve
+from tests.fakes import serve
 
 BOT_TOKEN = "xoxb-1111-2222-fakefrontdeskbottoken"
 APP_TOKEN = "xapp-1-A0FAKE-3333-fakefrontdeskapptoken"

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from fakes import serve
+from tests.fakes import serve
 
 BOT_TOKEN = "123456789:AAFakeTelegramBotTokenForTests_0123456"
 

@@ -33,7 +33,7 @@ from twilio.request_validator import (
     RequestValidator,
 )
 
-from fakes import serve
+from tests.fakes import serve
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-twilio-auth-token-0123456789"

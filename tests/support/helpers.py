@@ -6,12 +6,15 @@ import asyncio
 import smtplib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
+from frontdesk.config.schema import Settings
 from frontdesk.daemon.conversations import conversation_detail, get_conversation, messages_of
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, InboundJournal
@@ -77,3 +80,42 @@ async def detail(store: Store, ref: str | int) -> dict[str, Any]:
     async with store.reader() as s:
         c = await get_conversation(s, ref)
         return conversation_detail(c, await messages_of(s, c.id))
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+def settings_for(tmp_path: Path, *, database_url: str | None = None,
+                 **sections: dict[str, Any]) -> Settings:
+    data: dict[str, Any] = {
+        "database": {"url": database_url or f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"},
+        "http": {"listen": "127.0.0.1:0"},
+        "email": {"inbox_addresses": ["support@example.com"],
+                  "smtp_server": {"listen": "127.0.0.1:0", "hostname": "frontdesk.test"},
+                  "outbound": {"host": "127.0.0.1", "port": 9, "starttls": "off",
+                               "from": "Support <support@example.com>"}},
+        "daemon": {"data_dir": str(tmp_path / "data"), "outbox_poll": "1s",
+                   "outbox_retry_initial": "1s", "outbox_retry_max": "2s",
+                   "shutdown_timeout": "10s"},
+        "sla": {"business_hours": "always", "first_response": "1h", "timezone": "UTC"},
+        # The scheduler's sweeps (acknowledgements, escalations, surveys) stay off unless a test
+        # turns them on: tests of other parts count the messages and posts they expect.
+        "scheduler": {"enabled": False},
+    }
+    for section, values in sections.items():
+        target = data.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = {**target[key], **value}
+            else:
+                target[key] = value
+    return Settings.model_validate(data)
