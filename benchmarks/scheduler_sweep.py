@@ -9,9 +9,10 @@ For each size (100,000 and 1,000,000 open conversations by default):
    planned and due later;
 2. prints the store's plan for the sweep's two claims (due rows by ``next_due_at``, changed rows
    by the partial index ``ix_conversations_sla_dirty``);
-3. runs one sweep of the real scheduler (``frontdesk.daemon.scheduler.Scheduler`` of a daemon that
-   is built, not started) and times it: every due conversation gets its escalation level 1 (an
-   event and an outbox row to the person on call), in batches of ``scheduler.batch_size``;
+3. runs one sweep of the real scheduler (``frontdesk.daemon.process.scheduler.Scheduler``
+   of a daemon that is built, not started) and times it: every due conversation gets its
+   escalation level 1 (an event and an outbox row to the person on call), in batches of
+   ``scheduler.batch_size``;
 4. runs a second sweep (nothing due: the cost of a sweep with no work), then puts the due rows
    back and sweeps them once more under tracemalloc for the sweep's peak Python memory (timed
    apart: tracemalloc slows Python down); reports the process's peak RSS too.
@@ -41,7 +42,7 @@ from typing import Any
 from sqlalchemy import delete, insert, text, update
 
 from frontdesk.config.schema import Settings
-from frontdesk.daemon.app import Daemon
+from frontdesk.daemon.process.app import Daemon
 from frontdesk.storage.models import Contact, Conversation, Event, Identity, Outbox
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -28,14 +28,9 @@ from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import Attachment as FileData
-from frontdesk.channels.base import (
-    DeliveryError,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.daemon.domain.messages import Attachment as FileData
+from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Attachment, Event, Message, OutboundPart, Outbox
 

@@ -20,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .schema import Settings
+from frontdesk.config.schema import Settings, TemplateCheck
 
 ENV_PREFIX = "FRONTDESK_"
 CONFIG_ENV = "FRONTDESK_CONFIG"
@@ -94,8 +94,11 @@ def problems_of(exc: ValidationError) -> list[tuple[str, str]]:
     return [(_key(tuple(e["loc"])), _message(e)) for e in exc.errors()]
 
 
-def load_settings(path: Path | str, *, require_file: bool = True) -> Settings:
-    """Read and validate the config file plus environment overrides, or raise ConfigError."""
+def load_settings(path: Path | str, *, require_file: bool = True,
+                  check_template: TemplateCheck | None = None) -> Settings:
+    """Read and validate the config file plus environment overrides, or raise ConfigError.
+
+    ``check_template`` checks the message templates' wording (see :data:`TemplateCheck`)."""
     path = Path(path)
     data: dict[str, Any] = {}
     if path.exists():
@@ -113,7 +116,11 @@ def load_settings(path: Path | str, *, require_file: bool = True) -> Settings:
         env_settings = _EnvSettings(**data)
     except ValidationError as exc:
         raise ConfigError(str(path), problems_of(exc)) from None
-    return Settings.model_validate(env_settings.model_dump(by_alias=True))
+    try:
+        return Settings.model_validate(env_settings.model_dump(by_alias=True),
+                                       context={"check_template": check_template})
+    except ValidationError as exc:
+        raise ConfigError(str(path), problems_of(exc)) from None
 
 
 __all__ = ["ConfigError", "InitSettingsSource", "load_settings", "resolve_path"]

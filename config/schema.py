@@ -8,8 +8,9 @@ settings object shows ``**********`` instead of the value.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -20,12 +21,22 @@ from pydantic import (
     Field,
     PlainSerializer,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from frontdesk.config.hours import parse_business_hours
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+CustomerChannel = Literal["email", "sms", "whatsapp", "voice", "telegram"]
+"""The customer channels' names, as conversations, identities and config keys carry them."""
+CUSTOMER_CHANNELS: tuple[str, ...] = get_args(CustomerChannel)
+PHONE_CHANNELS = ("sms", "whatsapp", "voice")
+"""Channels whose address is an E.164 phone number: one number is one person on all three."""
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -362,7 +373,7 @@ class MessageTemplate(Section):
     text: str
 
 
-_TEMPLATE_CHANNELS = ("email", "sms", "whatsapp", "voice", "telegram", "chat")
+_TEMPLATE_CHANNELS = (*CUSTOMER_CHANNELS, "chat")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
 
 TemplateTable = dict[str, dict[str, MessageTemplate]]
@@ -370,9 +381,15 @@ TemplateTable = dict[str, dict[str, MessageTemplate]]
 channel but email); language like ``en`` or ``de-at``."""
 
 
-def _check_templates(kind: str, value: TemplateTable) -> TemplateTable:
-    from frontdesk.daemon.notices import check_template
+TemplateCheck = Callable[[str, str, str, str, str], None]
+"""``check(kind, channel, language, subject, text)`` raises ValueError for a template that cannot
+work (an unknown placeholder, an SMS text too long). The wording is the domain's, so the check is
+handed in by whoever loads the settings (:func:`frontdesk.config.loader.load_settings`) as the
+validation context ``{"check_template": check}``."""
 
+
+def _check_templates(kind: str, value: TemplateTable, info: ValidationInfo) -> TemplateTable:
+    check: TemplateCheck | None = (info.context or {}).get("check_template")
     out: TemplateTable = {}
     for channel, languages in value.items():
         if channel not in _TEMPLATE_CHANNELS:
@@ -384,10 +401,11 @@ def _check_templates(kind: str, value: TemplateTable) -> TemplateTable:
             if not _LANGUAGE.match(code):
                 raise ValueError(f"templates.{channel}.{language}: not a language code like "
                                  '"en" or "de-at"')
-            try:
-                check_template(kind, channel, code, template.subject, template.text)
-            except ValueError as exc:
-                raise ValueError(f"templates.{channel}.{language}: {exc}") from None
+            if check is not None:
+                try:
+                    check(kind, channel, code, template.subject, template.text)
+                except ValueError as exc:
+                    raise ValueError(f"templates.{channel}.{language}: {exc}") from None
             out[channel][code] = template
     return out
 
@@ -402,8 +420,8 @@ class AcknowledgementConfig(Section):
 
     @field_validator("templates")
     @classmethod
-    def _templates(cls, value: TemplateTable) -> TemplateTable:
-        return _check_templates("acknowledgement", value)
+    def _templates(cls, value: TemplateTable, info: ValidationInfo) -> TemplateTable:
+        return _check_templates("acknowledgement", value, info)
 
 
 class SurveyConfig(Section):
@@ -417,8 +435,8 @@ class SurveyConfig(Section):
 
     @field_validator("templates")
     @classmethod
-    def _templates(cls, value: TemplateTable) -> TemplateTable:
-        return _check_templates("survey", value)
+    def _templates(cls, value: TemplateTable, info: ValidationInfo) -> TemplateTable:
+        return _check_templates("survey", value, info)
 
 
 class ReminderConfig(Section):
@@ -430,8 +448,8 @@ class ReminderConfig(Section):
 
     @field_validator("templates")
     @classmethod
-    def _templates(cls, value: TemplateTable) -> TemplateTable:
-        return _check_templates("reminder", value)
+    def _templates(cls, value: TemplateTable, info: ValidationInfo) -> TemplateTable:
+        return _check_templates("reminder", value, info)
 
 
 class SchedulerConfig(Section):
@@ -488,14 +506,11 @@ def _timezone(value: str) -> str:
 
 
 def _business_hours(value: str) -> str:
-    from frontdesk.daemon.business_hours import parse_business_hours
-
     parse_business_hours(value)
     return value
 
 
 _PRIORITY_NAMES = Literal["low", "normal", "high", "urgent"]
-_CUSTOMER_CHANNELS = Literal["email", "sms", "whatsapp", "voice", "telegram"]
 
 
 class SlaPolicy(Section):
@@ -506,7 +521,7 @@ class SlaPolicy(Section):
     """
 
     name: str
-    channels: list[_CUSTOMER_CHANNELS] = Field(default_factory=list)
+    channels: list[CustomerChannel] = Field(default_factory=list)
     priorities: list[_PRIORITY_NAMES] = Field(default_factory=list)
     contact_tags: list[str] = Field(default_factory=list)
     first_response: Duration | None = None
@@ -658,7 +673,7 @@ class Settings(Section):
     saved_replies: dict[Annotated[str, AfterValidator(_reply_name)], str] = Field(
         default_factory=dict)
     """Answers a team gives every day, by name: ``refund = "Hi {name}, ..."`` (see
-    :func:`frontdesk.daemon.conversations.render_saved_reply` for the placeholders)."""
+    :func:`frontdesk.daemon.domain.conversations.render_saved_reply` for the placeholders)."""
 
     @field_validator("escalation")
     @classmethod

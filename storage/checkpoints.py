@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .db import Store
-from .models import ChannelCheckpoint
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import ChannelCheckpoint
 
 
 def _utcnow() -> datetime:

@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,7 +210,7 @@ class Backoff:
         self.down_since = None
 
 
-def _alembic_config(connection: Connection) -> Any:
+def _alembic_config(connection: Connection | None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -219,15 +219,89 @@ def _alembic_config(connection: Connection) -> Any:
     return cfg
 
 
-def head_revisions() -> frozenset[str]:
-    """The newest revision of every migration branch (features may add branches off 0001)."""
+class MigrationError(RuntimeError):
+    """The store's recorded migration state cannot be upgraded safely; the store is left as it
+    was. The message is one line (``frontdesk db upgrade`` prints it as the error)."""
+
+
+VERSION_TABLE = "alembic_version"
+"""Where Alembic records the store's revision (its default name and column)."""
+
+
+def _script_directory() -> Any:
     from alembic.script import ScriptDirectory
 
-    cfg = _alembic_config(None)  # type: ignore[arg-type]
-    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
+    return ScriptDirectory.from_config(_alembic_config(None))
 
 
-def _upgrade(connection: Connection) -> None:
+def head_revisions() -> frozenset[str]:
+    """The newest revision, as a set of one: the history is a single line (see
+    :func:`migration_chain`), so a migrated store's version table holds exactly this."""
+    return frozenset(_script_directory().get_heads())
+
+
+def migration_chain() -> tuple[str, ...]:
+    """Every revision id, oldest first: 0001 -> 0002_slack -> ... -> the head.
+
+    Up to frontdesk 0.1.0 each feature's migration was its own branch off 0001, so a store's
+    version table held every applied branch head (several rows); :func:`linear_revision` maps
+    such a table onto this chain."""
+    script = _script_directory()
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise MigrationError(f"the migration history has {len(heads)} heads "
+                             f"({', '.join(sorted(heads))}); it must be one line")
+    return tuple(reversed([rev.revision for rev in script.walk_revisions("base", heads[0])]))
+
+
+def linear_revision(recorded: Collection[str], chain: Sequence[str]) -> str | None:
+    """The one revision to record instead of ``recorded`` (the version table's rows), or None
+    to leave them to Alembic as they are.
+
+    Several rows, all revisions of ``chain``, are the applied heads of the old branched history,
+    where every branch started from the first revision: the answer is the latest revision R
+    such that every revision of the chain up to R is applied. One row, none, or a revision this
+    code does not know (a store from a newer frontdesk) are Alembic's to judge. Rows that leave
+    out a revision before a recorded one (a gap) raise :class:`MigrationError` naming it.
+    """
+    rows = set(recorded)
+    if len(rows) <= 1 or not rows <= set(chain):
+        return None
+    applied = rows | {chain[0]}  # each old branch revised the first revision
+    last = max(chain.index(revision) for revision in rows)
+    missing = [revision for revision in chain[:last + 1] if revision not in applied]
+    if missing:
+        held = ", ".join(revision for revision in chain if revision in rows)
+        raise MigrationError(
+            f"cannot migrate the store: {VERSION_TABLE} records revisions {held} but not "
+            f"{', '.join(missing)}, which the migration history applies before {chain[last]}; "
+            f"the store is left unchanged")
+    return chain[last]
+
+
+def _linearise_version_table(connection: Connection) -> None:
+    """Record a store migrated by the old branched history (several rows in the version table)
+    as the one equivalent revision of the linear history, on ``connection`` in its transaction
+    (the one Alembic then migrates in); see :func:`linear_revision`."""
+    from sqlalchemy import inspect
+
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return  # a new store
+    recorded = [row[0] for row in connection.execute(
+        text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+    chain = migration_chain()
+    revision = linear_revision(recorded, chain)
+    if revision is None:
+        return
+    connection.execute(text(f"DELETE FROM {VERSION_TABLE}"))
+    connection.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:revision)"),
+                       {"revision": revision})
+    log.info("the store's %s held the branch heads %s of the old migration history; recorded "
+             "as revision %s of the linear one", VERSION_TABLE,
+             ", ".join(r for r in chain if r in recorded), revision)
+
+
+def _upgrade(connection: Connection, revision: str = "head") -> None:
     from alembic import command
 
     if connection.dialect.name == "postgresql":
@@ -236,7 +310,8 @@ def _upgrade(connection: Connection) -> None:
         connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         # Several instances may start at once: one migrates, the others wait and find it done.
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-    command.upgrade(_alembic_config(connection), "heads")
+    _linearise_version_table(connection)
+    command.upgrade(_alembic_config(connection), revision)
 
 
 class Store:
@@ -304,9 +379,12 @@ class Store:
         except (OperationalError, ProgrammingError):
             return frozenset()
 
-    async def upgrade(self) -> None:
+    async def upgrade(self, revision: str = "head") -> None:
+        """Migrate to ``revision`` (the newest by default) in one transaction: a store of the
+        old branched history is first recorded as its revision of the linear one, and a
+        :class:`MigrationError` (or a failing migration) leaves the store as it was."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+            await conn.run_sync(_upgrade, revision)
 
     async def ensure_schema(self) -> None:
         """Migrate to the newest schema unless the store is there already (a cheap check)."""

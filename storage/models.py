@@ -166,7 +166,8 @@ class Conversation(Base):
     resolved_at: Mapped[datetime | None]
     snoozed_until: Mapped[datetime | None]
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
-    # The scheduler's due times and bookkeeping (frontdesk.daemon.scheduler, migration 0005):
+    # The scheduler's due times and bookkeeping (frontdesk.daemon.process.scheduler, migration
+    # 0005):
     # next_due_at is the earliest thing it has to do; a row whose updated_at differs from
     # sla_checked_at changed since the scheduler last looked (both indexed for the sweep).
     ack_due_at: Mapped[datetime | None]

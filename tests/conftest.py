@@ -77,7 +77,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 async def daemon_factory() -> AsyncIterator[Callable[..., Any]]:
     """Start daemons on this loop; every one still running is stopped at the end."""
-    from frontdesk.daemon.app import Daemon
+    from frontdesk.daemon.process.app import Daemon
 
     started: list[Daemon] = []
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.daemon.conversations import add_staff_reply, get_conversation, resolve
+from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation, resolve
 from frontdesk.storage.models import Event, Message, Outbox
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
@@ -111,7 +111,7 @@ async def _answered(make_settings: Any, daemon_factory: Any, clock: Any, sink: S
     async with d.store.session() as s:
         conversation = await get_conversation(s, 1)
         reply = await add_staff_reply(s, conversation, "Your parcel left today.",
-                                      author="Grace", settings=d.settings, now=clock())
+                                      author="Grace", replies=d.replies, now=clock())
     d.outbox.kick()
     await eventually(lambda: _delivery(d, reply.id, "sent"))
     return d, reply.id, reply.external_id

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.cli import main
-from frontdesk.daemon.contacts import LinkVerifier, offered_address
+from frontdesk.daemon.cli.main import main
+from frontdesk.daemon.domain.contacts import LinkVerifier, offered_address
 from frontdesk.storage.models import Contact, Conversation, Event, Identity, IdentityLink, Message
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
@@ -179,7 +179,7 @@ async def _sms_in(d: Any, conversation_id: int, text: str, clock: Any) -> None:
                     address="+15550001111", text=text, headers={}, created_at=clock())
         s.add(m)
         await s.flush()
-        await LinkVerifier(d.settings)(s, conv, m, False)
+        await LinkVerifier(d.replies)(s, conv, m, False)
 
 
 async def _links(d: Any) -> list[IdentityLink]:

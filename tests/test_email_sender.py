@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import trustme
 
-from frontdesk.channels.base import OutboundMessage, PermanentFailure, TemporaryFailure
+from frontdesk.channels.base import PermanentFailure, TemporaryFailure
 from frontdesk.channels.email.sender import EmailSender
 from frontdesk.config.schema import OutboundConfig
+from frontdesk.daemon.domain.messages import OutboundMessage
 from tests.fakes.smtp_sink import SmtpSink
 
 PASSWORD = "s3cret-Pa55word"

@@ -353,8 +353,8 @@ async def test_a_2000_message_backlog_is_read_in_batches(
     """The reader and the journal alone (no processor competing for the store), so this
     measures reading: every message journaled once, 100 UIDs per FETCH."""
     from frontdesk.channels.email.imap import ImapChannel
-    from frontdesk.daemon.ingest import Journal
-    from frontdesk.daemon.metrics import Metrics
+    from frontdesk.daemon.process.journal import Journal
+    from frontdesk.daemon.process.metrics import Metrics
     from frontdesk.storage.checkpoints import Checkpoints
     from frontdesk.storage.db import Store
 

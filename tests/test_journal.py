@@ -1,4 +1,4 @@
-"""The inbound journal's group commit (daemon/ingest.py Journal): what each accept answers, what
+"""The inbound journal's group commit (daemon/process/journal.py): what each accept answers, what
 the rows hold, and how failures reach the senders. SQLite goes through SqliteJournalWriter's
 thread; PostgreSQL through SQLAlchemy."""
 
@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.ingest import Journal, SqliteJournalWriter, StepAside
-from frontdesk.daemon.metrics import Metrics
+from frontdesk.daemon.process.journal import Journal, StepAside
+from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.daemon.process.sqlite_writer import SqliteJournalWriter
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal
 
@@ -71,7 +72,7 @@ async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path, clock: An
     loop = asyncio.get_running_loop()
 
     def pending(key: str) -> Any:
-        from frontdesk.daemon.ingest import _Pending
+        from frontdesk.daemon.process.sqlite_writer import Pending as _Pending
 
         p = _Pending("sms", key, b"x", {}, clock(), loop.create_future())
         p.row = writer.row(p)

@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from frontdesk.config.schema import Settings
-from frontdesk.daemon.leader import Leadership, lock_key
-from frontdesk.daemon.metrics import Metrics
+from frontdesk.daemon.process.leader import Leadership, lock_key
+from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.storage.models import InboundJournal, Message, TelegramOffset
 from tests.fakes import serve
 from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
@@ -244,7 +244,7 @@ async def test_sqlite_consumer_that_fails_is_started_again(tmp_path: Path, elect
             raise RuntimeError("mailbox exploded")
         await asyncio.Event().wait()
 
-    caplog.set_level(logging.ERROR, logger="frontdesk.daemon.leader")
+    caplog.set_level(logging.ERROR, logger="frontdesk.daemon.process.leader")
     elector = Leadership(f"sqlite+aiosqlite:///{tmp_path}/fd.db", "imap:box", retry=0.1)
     electors.start(elector, flaky)
     await eventually(lambda: _at_least(attempts, 2), timeout=3)
@@ -265,7 +265,7 @@ async def test_postgresql_away_is_retried_with_backoff_and_never_raises(
     runs = Runs()
     elector = Leadership(f"postgresql+asyncpg://frontdesk:s3cret-pw@127.0.0.1:{port}/fd",
                          "telegram:1", retry=0.1, retry_max=0.4, metrics=metrics)
-    caplog.set_level(logging.WARNING, logger="frontdesk.daemon.leader")
+    caplog.set_level(logging.WARNING, logger="frontdesk.daemon.process.leader")
     task = electors.start(elector, runs.consumer("never"))
     await eventually(lambda: _logged(caplog, "cannot reach PostgreSQL", 3), timeout=5)
     assert elector.state == "unreachable" and not elector.following
@@ -337,7 +337,7 @@ async def test_kill_9_of_the_leader_process_hands_over_within_seconds(
         postgres_url: str, electors: Electors) -> None:
     script = (
         "import asyncio, sys\n"
-        "from frontdesk.daemon.leader import Leadership\n"
+        "from frontdesk.daemon.process.leader import Leadership\n"
         "async def consumer():\n"
         "    print('leading', flush=True)\n"
         "    await asyncio.Event().wait()\n"
@@ -372,7 +372,7 @@ async def test_a_partitioned_leader_stops_before_another_starts(
     """The leader's network goes silent: its heartbeat fails and it stops its consumer within
     about two heartbeats; PostgreSQL ends the silent session (idle_session_timeout) and frees
     the lock only later, so the standby starts after the old consumer stopped."""
-    caplog.set_level(logging.INFO, logger="frontdesk.daemon.leader")
+    caplog.set_level(logging.INFO, logger="frontdesk.daemon.process.leader")
     runs = Runs()
     a = Leadership(via(postgres_url, proxy.port), "imap:box", **QUICK)
     b = Leadership(postgres_url, "imap:box", **QUICK)
@@ -439,7 +439,7 @@ async def _one_follows(a: Leadership, b: Leadership) -> bool:
 
 async def test_a_failing_consumer_gives_the_lock_to_another_instance(
         postgres_url: str, electors: Electors, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="frontdesk.daemon.leader")
+    caplog.set_level(logging.ERROR, logger="frontdesk.daemon.process.leader")
     runs = Runs()
     a = Leadership(postgres_url, "imap:box", **QUICK)
     b = Leadership(postgres_url, "imap:box", **QUICK)

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from frontdesk.daemon.conversations import add_staff_reply, get_conversation
+from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, Outbox
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
@@ -29,7 +29,7 @@ async def _reply(d: Any, text: str, clock: Any, author: str = "Grace") -> int:
     [conv] = await conversations(d.store)
     async with d.store.session() as s:
         c = await get_conversation(s, conv.id)
-        m = await add_staff_reply(s, c, text, author=author, settings=d.settings, now=clock())
+        m = await add_staff_reply(s, c, text, author=author, replies=d.replies, now=clock())
     d.outbox.kick()
     return m.id
 

@@ -14,15 +14,15 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.config.schema import EscalationLevel
-from frontdesk.daemon.cli import main as cli
-from frontdesk.daemon.conversations import (
+from frontdesk.daemon.cli.main import main as cli
+from frontdesk.daemon.domain.conversations import (
     add_staff_reply,
     get_conversation,
     resolve,
     set_priority,
     snooze,
 )
-from frontdesk.daemon.report import build_report, format_report, report_csv
+from frontdesk.daemon.domain.report import build_report, format_report, report_csv
 from frontdesk.storage.models import Contact, Event, Outbox
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.fakes.smtp_sink import SmtpSink
@@ -109,7 +109,7 @@ async def events(d: Any, kind: str) -> list[Event]:
 async def staff_reply(d: Any, ref: int, text: str, clock: FakeClock) -> None:
     async with d.store.session() as s:
         c = await get_conversation(s, ref)
-        await add_staff_reply(s, c, text, author="Grace", settings=d.settings, now=clock())
+        await add_staff_reply(s, c, text, author="Grace", replies=d.replies, now=clock())
 
 
 def sent_to(sink: SmtpSink, address: str) -> list[int]:

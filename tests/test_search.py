@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from frontdesk.daemon.cli import main
-from frontdesk.daemon.search import InvalidQuery, marked, search_conversations
+from frontdesk.daemon.cli.main import main
+from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
 from frontdesk.storage.models import Event
 from tests.support.helpers import detail, eventually, mail, processed, send
 
@@ -69,7 +69,7 @@ def _config(tmp_path: Path, database_url: str) -> Path:
 
 
 def _store_mail(make_settings: Any, database_url: str) -> None:
-    from frontdesk.daemon.app import Daemon
+    from frontdesk.daemon.process.app import Daemon
 
     async def run() -> None:
         d = Daemon(make_settings(database_url=database_url))

@@ -12,10 +12,16 @@ import pytest
 from pydantic import ValidationError
 
 from frontdesk.config.schema import Settings, SlaConfig
-from frontdesk.daemon.business_hours import calendar_from_settings
-from frontdesk.daemon.notices import choose, expectation, render, sms_segments
-from frontdesk.daemon.scheduler import parse_rate_limits, parse_rating, slack_mention
-from frontdesk.daemon.sla import SlaEngine, SlaPolicies, SlaState
+from frontdesk.daemon.domain.business_hours import calendar_from_settings
+from frontdesk.daemon.domain.notices import (
+    check_template,
+    choose,
+    expectation,
+    render,
+    sms_segments,
+)
+from frontdesk.daemon.domain.sla import SlaEngine, SlaPolicies, SlaState
+from frontdesk.daemon.process.scheduler import parse_rate_limits, parse_rating, slack_mention
 
 LONDON_HOURS = "Mon-Fri 09:00-12:30,13:30-17:30"
 
@@ -223,7 +229,7 @@ def test_configured_templates_win_by_channel_then_chat_then_language() -> None:
 ])
 def test_config_errors_name_the_problem(data: dict[str, Any], words: str) -> None:
     with pytest.raises(ValidationError) as info:
-        Settings.model_validate(data)
+        Settings.model_validate(data, context={"check_template": check_template})
     assert words in str(info.value)
 
 

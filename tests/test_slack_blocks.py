@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from frontdesk.channels.slack.blocks import cut, escape, quote, slack_to_plain
-from frontdesk.channels.slack.queue import contact_tags, route
 from frontdesk.config.schema import Settings, SlackRoute
-from frontdesk.daemon.app import disabled_channels
-from frontdesk.daemon.business_hours import calendar_from_settings
-from frontdesk.daemon.conversations import (
+from frontdesk.daemon.desk.blocks import cut, escape, quote, slack_to_plain
+from frontdesk.daemon.desk.queue import contact_tags, route
+from frontdesk.daemon.domain.business_hours import calendar_from_settings
+from frontdesk.daemon.domain.conversations import (
     InvalidAction,
     next_business_morning,
     render_saved_reply,
     snooze_until,
 )
+from frontdesk.daemon.process.app import disabled_channels
 
 
 def test_customer_text_is_escaped_and_cut_between_characters() -> None:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.conversations import add_staff_reply, get_conversation
+from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import (
     Contact,
     Event,
@@ -155,7 +155,7 @@ async def test_a_second_conversation_counts_the_earlier_one(
     first = await root_of(slack)
     await eventually(lambda: _thread_record(d, 1))
     async with d.store.session() as s:  # as `frontdesk resolve FD-1` does, from another process
-        from frontdesk.daemon.conversations import resolve
+        from frontdesk.daemon.domain.conversations import resolve
 
         await resolve(s, await get_conversation(s, 1), actor="cli", now=clock())
     await eventually(lambda: _updated(slack, first, ":white_check_mark: Resolved"))
@@ -327,7 +327,7 @@ async def test_reply_from_the_command_line_is_mirrored_in_the_thread(
     root = await root_of(slack)
     async with d.store.session() as s:
         await add_staff_reply(s, await get_conversation(s, 1), "Refund issued.", author="Linus",
-                              settings=d.settings, now=clock())
+                              replies=d.replies, now=clock())
     d.outbox.kick()
     [mirrored] = await eventually(lambda: _thread(slack, root["ts"]))
     assert mirrored["text"] == ":outbox_tray: *Linus* replied (Email to ada@example.org)\n" \

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from frontdesk.daemon.systemd import (
+from frontdesk.daemon.process.systemd import (
     READY,
     STOPPING,
     WATCHDOG,
@@ -98,7 +98,7 @@ def test_send_errors_are_swallowed_and_logged_once(
 ) -> None:
     notifier = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
-    with caplog.at_level(logging.DEBUG, logger="frontdesk.daemon.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="frontdesk.daemon.process.systemd"):
         notifier.notify(READY)
         notifier.notify(WATCHDOG)
         notifier.notify(STOPPING)

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select
 
 from frontdesk.channels.telegram import from_settings
 from frontdesk.channels.telegram.channel import TelegramChannel
-from frontdesk.daemon.conversations import add_staff_reply, get_conversation
+from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import InboundJournal, Message, Outbox, TelegramOffset
 from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
 from tests.support.helpers import conversations, detail, eventually, processed
@@ -72,7 +72,7 @@ async def stored_offset(d: Any) -> int | None:
 async def reply(d: Any, clock: Any, conversation_id: int, text: str) -> int:
     async with d.store.session() as s:
         c = await get_conversation(s, conversation_id)
-        m = await add_staff_reply(s, c, text, author="Grace", settings=d.settings, now=clock())
+        m = await add_staff_reply(s, c, text, author="Grace", replies=d.replies, now=clock())
     d.outbox.kick()
     return m.id
 

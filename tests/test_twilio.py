@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from frontdesk.channels.twilio import from_settings
 from frontdesk.channels.twilio.voice import DONE_PATH, RECORDING_PATH, TRANSCRIPTION_PATH
-from frontdesk.daemon.conversations import add_staff_reply, get_conversation
+from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, InboundJournal, Message, Outbox, PhoneOptOut
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio, sid
 from tests.support.helpers import conversations, detail, eventually, processed
@@ -72,7 +72,7 @@ async def text_in(fake: FakeTwilio, d: Any, body: str, **kw: Any) -> dict[str, s
 async def reply(d: Any, clock: Any, conversation_id: int, text: str) -> int:
     async with d.store.session() as s:
         c = await get_conversation(s, conversation_id)
-        m = await add_staff_reply(s, c, text, author="Grace", settings=d.settings, now=clock())
+        m = await add_staff_reply(s, c, text, author="Grace", replies=d.replies, now=clock())
     d.outbox.kick()
     return m.id
 

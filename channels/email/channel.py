@@ -3,7 +3,7 @@
 (The IMAP mailbox reader is a channel object of its own, :mod:`.imap`, whose journal rows this
 channel parses.) Through :meth:`EmailChannel.attach` it also plugs into the ingest transaction:
 bounces mark the reply they are about as failed (:mod:`.records`), and verification codes for
-identity links are checked (:class:`frontdesk.daemon.contacts.LinkVerifier`).
+identity links are checked (:class:`frontdesk.daemon.domain.contacts.LinkVerifier`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from frontdesk.channels.base import Accept, InboundMessage, OutboundMessage, Receipt
+from frontdesk.channels.base import Accept
+from frontdesk.channels.email.parse import parse_email
+from frontdesk.channels.email.sender import EmailSender
+from frontdesk.channels.email.smtp import InboxAddresses, SmtpServer
 from frontdesk.config.schema import EmailConfig, Settings
-
-from .parse import parse_email
-from .sender import EmailSender
-from .smtp import InboxAddresses, SmtpServer
+from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,11 @@ class EmailChannel:
 
     def attach(self, daemon: Any) -> None:
         """The store-side half: bounce handling and verified identity links."""
-        from frontdesk.daemon.contacts import LinkVerifier
-
-        from .records import apply_delivery_report
+        from frontdesk.channels.email.records import apply_delivery_report
+        from frontdesk.daemon.domain.contacts import LinkVerifier
 
         daemon.inbound_filters.append(apply_delivery_report)
-        daemon.inbound_hooks.append(LinkVerifier(daemon.settings))
+        daemon.inbound_hooks.append(LinkVerifier(daemon.replies))
 
     async def send(self, outbound: OutboundMessage) -> Receipt:
         return await self._sender.send(outbound)

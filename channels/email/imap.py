@@ -24,7 +24,8 @@ Reliability, in order of what matters:
 * A backlog is read in batches of ``fetch_batch`` UIDs, and each batch's bodies in groups of at
   most 32 MB, so 10,000 waiting messages never sit in memory at once.
 * One reader per mailbox: with several instances on one PostgreSQL store, only the instance
-  elected leader for ``imap:<user>@<host>/<folder>`` (:mod:`frontdesk.daemon.leader`) reads it;
+  elected leader for ``imap:<user>@<host>/<folder>`` (:mod:`frontdesk.daemon.process.leader`)
+  reads it;
   it stops at once when it loses leadership, and another instance resumes from the checkpoint.
   A standby instance counts as ready.
 
@@ -50,16 +51,10 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any, Protocol
 
-from frontdesk.channels.base import (
-    Accept,
-    InboundMessage,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-)
+from frontdesk.channels.base import Accept, PermanentFailure
+from frontdesk.channels.email.parse import parse_email, remote_id_for
 from frontdesk.config.schema import EmailConfig, ImapConfig, Settings
-
-from .parse import parse_email, remote_id_for
+from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +394,7 @@ class ImapChannel:
         self._uidvalidity: int | None = None
         self._last_uid = 0
         self._move_to: str | None = self.config.move_to or None
-        self._leadership: Any = None  # frontdesk.daemon.leader.Leadership when composed
+        self._leadership: Any = None  # frontdesk.daemon.process.leader.Leadership when composed
         self.sessions = 0
         """How many sessions got as far as selecting the folder (tests and logs)."""
 
@@ -414,8 +409,8 @@ class ImapChannel:
 
     def bind(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None,
              leadership: Any = None) -> None:
-        """``leadership``: a :class:`frontdesk.daemon.leader.Leadership`; without one the reader
-        runs unelected (a single instance)."""
+        """``leadership``: a :class:`frontdesk.daemon.process.leader.Leadership`; without one the
+        reader runs unelected (a single instance)."""
         self._checkpoints = checkpoints
         self._metrics = metrics
         self._leadership = leadership

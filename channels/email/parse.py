@@ -37,11 +37,11 @@ from html.parser import HTMLParser
 from io import BytesIO
 from typing import Any
 
-from frontdesk.channels.base import Attachment, InboundMessage, ParseError
-
-from .dsn import read_report
-from .ids import is_own_message_id
-from .quotes import new_part
+from frontdesk.channels.base import ParseError
+from frontdesk.channels.email.dsn import read_report
+from frontdesk.channels.email.ids import is_own_message_id
+from frontdesk.channels.email.quotes import new_part
+from frontdesk.daemon.domain.messages import Attachment, InboundMessage
 
 __all__ = ["html_to_text", "parse_email", "remote_id_for"]
 

@@ -30,16 +30,10 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from frontdesk.channels.base import (
-    DeliveryError,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.email.ids import new_message_id
 from frontdesk.config.schema import OutboundConfig
-
-from .ids import new_message_id
+from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
 
 logger = logging.getLogger(__name__)
 

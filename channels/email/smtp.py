@@ -19,9 +19,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from frontdesk.channels.base import Accept
+from frontdesk.channels.email.parse import remote_id_for
 from frontdesk.config.schema import SmtpServerConfig, split_listen
-
-from .parse import remote_id_for
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from frontdesk.config.schema import Settings
 
 if TYPE_CHECKING:
-    from .channel import TelegramChannel
+    from frontdesk.channels.telegram.channel import TelegramChannel
 
 DISABLED = "telegram channel disabled: "
 
@@ -27,7 +27,7 @@ def from_settings(settings: Settings) -> TelegramChannel | str:
         if not t.webhook_secret.get_secret_value():
             return DISABLED + ('telegram.mode is "webhook" but telegram.webhook_secret is not '
                                "set (it proves a webhook call comes from Telegram)")
-    from .channel import TelegramChannel
+    from frontdesk.channels.telegram.channel import TelegramChannel
 
     return TelegramChannel(t, public_url=settings.http.public_url,
                            data_dir=settings.daemon.data_dir)

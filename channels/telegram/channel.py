@@ -6,7 +6,7 @@ journaled first (one group commit), then the next offset is saved in the store; 
 the two fetches the batch again and the journal's unique key stores nothing twice. A 409
 Conflict (another poller, or a webhook still set) is logged plainly and retried with backoff.
 Polling is a single consumer: with several instances on one PostgreSQL store only the instance
-elected leader for ``telegram:<bot id>`` polls (:mod:`frontdesk.daemon.leader`); another one
+elected leader for ``telegram:<bot id>`` polls (:mod:`frontdesk.daemon.process.leader`); another one
 takes over from the saved offset when it stops. Webhook mode needs no leader: any instance
 accepts an update.
 
@@ -48,22 +48,13 @@ from telegram.error import (
 )
 from telegram.request import HTTPXRequest
 
-from frontdesk.channels.base import (
-    Accept,
-    Attachment,
-    DeliveryError,
-    InboundMessage,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import Accept, DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.telegram.parse import journal_key, parse_update
+from frontdesk.channels.telegram.records import FILE_JOB, TelegramRecords
 from frontdesk.config.schema import TelegramConfig
-
-from .parse import journal_key, parse_update
-from .records import FILE_JOB, TelegramRecords
+from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +104,12 @@ class TelegramChannel:
         self._task: asyncio.Task[None] | None = None
         self._ready = False
         self._stopping = False
-        self._leadership: Any = None  # frontdesk.daemon.leader.Leadership, polling only
+        self._leadership: Any = None  # frontdesk.daemon.process.leader.Leadership, polling only
 
     # -- composition ----------------------------------------------------------------------------
 
     def attach(self, daemon: Any) -> None:
-        from frontdesk.daemon.ingest import AttachmentStore
+        from frontdesk.storage.attachments import AttachmentStore
 
         store = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
         files = AttachmentJob(FILE_JOB, daemon.store, store, self._fetch_file,

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from frontdesk.channels.base import InboundMessage, ParseError
+from frontdesk.channels.base import ParseError
 from frontdesk.channels.chat import preview
+from frontdesk.daemon.domain.messages import InboundMessage
 
 COMMAND = "Telegram-Command"
 

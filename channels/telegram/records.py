@@ -17,7 +17,6 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import InboundMessage
 from frontdesk.channels.chat_records import (
     AttachmentJob,
     OutboundParts,
@@ -25,10 +24,10 @@ from frontdesk.channels.chat_records import (
     insert_for,
     kick_after_commit,
 )
+from frontdesk.channels.telegram.parse import COMMAND, file_items
+from frontdesk.daemon.domain.messages import InboundMessage
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, Event, Message, TelegramOffset, core_table
-
-from .parse import COMMAND, file_items
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from frontdesk.config.schema import Settings
 
 if TYPE_CHECKING:
-    from .channel import TwilioChannel
+    from frontdesk.channels.twilio.channel import TwilioChannel
 
 DISABLED = "twilio channel (sms, whatsapp, voice) disabled: "
 
@@ -24,7 +24,7 @@ def from_settings(settings: Settings) -> TwilioChannel | str:
     if not settings.http.public_url:
         return DISABLED + ("http.public_url is not set (Twilio calls it, and its webhook "
                            "signatures are checked against it)")
-    from .channel import TwilioChannel
+    from frontdesk.channels.twilio.channel import TwilioChannel
 
     return TwilioChannel(t, public_url=settings.http.public_url,
                          data_dir=settings.daemon.data_dir)

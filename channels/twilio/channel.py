@@ -45,24 +45,13 @@ from twilio.request_validator import (
 )
 from twilio.rest import Client
 
-from frontdesk.channels.base import (
-    Accept,
-    Attachment,
-    DeliveryError,
-    InboundMessage,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import Accept, DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
-from frontdesk.config.schema import TwilioConfig
-
-from .parse import form_pairs, parse_twilio, strip_whatsapp
-from .records import MEDIA_JOB, STATUS, TwilioRecords
-from .records import rank as status_rank
-from .voice import (
+from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
+from frontdesk.channels.twilio.records import MEDIA_JOB, STATUS, TwilioRecords
+from frontdesk.channels.twilio.records import rank as status_rank
+from frontdesk.channels.twilio.voice import (
     DONE_PATH,
     EMPTY_TWIML,
     RECORDING_PATH,
@@ -70,6 +59,8 @@ from .voice import (
     hangup_twiml,
     voicemail_twiml,
 )
+from frontdesk.config.schema import TwilioConfig
+from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +201,7 @@ class TwilioChannel:
     def attach(self, daemon: Any) -> None:
         """Plug the store-side half into the daemon: filters, hooks, the media job, the clock
         and the business calendar (for the voice greeting)."""
-        from frontdesk.daemon.ingest import AttachmentStore
+        from frontdesk.storage.attachments import AttachmentStore
 
         files = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
         media = AttachmentJob(MEDIA_JOB, daemon.store, files, self._fetch_media,

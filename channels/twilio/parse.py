@@ -21,12 +21,12 @@ from urllib.parse import unquote
 import phonenumbers
 from multidict import MultiDict
 
-from frontdesk.channels.base import InboundMessage, ParseError
+from frontdesk.channels.base import ParseError
 from frontdesk.channels.chat import preview
+from frontdesk.daemon.domain.messages import InboundMessage
 
 KIND = "Twilio-Kind"
 """The header naming what a stored Twilio message is: message, recording or transcription."""
-PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 START_WORDS = frozenset({"START", "YES", "UNSTOP"})

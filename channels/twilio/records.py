@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import DeliveryError, InboundMessage
+from frontdesk.channels.base import DeliveryError
 from frontdesk.channels.chat_records import (
     AttachmentJob,
     OutboundParts,
@@ -34,6 +34,17 @@ from frontdesk.channels.chat_records import (
     journal_siblings,
     kick_after_commit,
 )
+from frontdesk.channels.twilio.parse import (
+    HELP_WORDS,
+    KIND,
+    START_WORDS,
+    STOP_WORDS,
+    keyword,
+    media_items,
+    voicemail_text,
+)
+from frontdesk.config.schema import PHONE_CHANNELS
+from frontdesk.daemon.domain.messages import InboundMessage
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Conversation,
@@ -44,17 +55,6 @@ from frontdesk.storage.models import (
     Outbox,
     PhoneOptOut,
     core_table,
-)
-
-from .parse import (
-    HELP_WORDS,
-    KIND,
-    PHONE_CHANNELS,
-    START_WORDS,
-    STOP_WORDS,
-    keyword,
-    media_items,
-    voicemail_text,
 )
 
 log = logging.getLogger(__name__)

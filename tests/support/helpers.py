@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 
 from frontdesk.config.schema import Settings
-from frontdesk.daemon.conversations import conversation_detail, get_conversation, messages_of
+from frontdesk.daemon.domain.conversations import conversation_detail, get_conversation, messages_of
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, InboundJournal
 

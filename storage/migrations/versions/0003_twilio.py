@@ -1,7 +1,7 @@
 """twilio and telegram: phone opt-outs, outbound parts and their delivery status, telegram offsets
 
 Revision ID: 0003_twilio
-Revises: 0001
+Revises: 0002_slack
 Create Date: 2026-11-23
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 revision = "0003_twilio"
-down_revision = "0001"
+down_revision = "0002_slack"
 branch_labels = None
 depends_on = None
 

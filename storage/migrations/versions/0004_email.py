@@ -1,7 +1,7 @@
 """email in depth: quoted-reply new part, channel checkpoints (IMAP), verified identity links
 
 Revision ID: 0004_email
-Revises: 0001
+Revises: 0003_twilio
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 revision = "0004_email"
-down_revision = "0001"
+down_revision = "0003_twilio"
 branch_labels = None
 depends_on = None
 

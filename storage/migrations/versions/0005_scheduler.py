@@ -1,7 +1,7 @@
 """scheduler: due times and SLA bookkeeping on conversations, acknowledgements, ratings
 
 Revision ID: 0005_scheduler
-Revises: 0001
+Revises: 0004_email
 Create Date: 2026-11-23
 
 ``next_due_at`` is the earliest thing the scheduler has to do for a conversation (indexed: a sweep
@@ -21,7 +21,7 @@ from alembic import op
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 revision = "0005_scheduler"
-down_revision = "0001"
+down_revision = "0004_email"
 branch_labels = None
 depends_on = None
 

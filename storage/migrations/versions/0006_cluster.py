@@ -1,16 +1,16 @@
 """cluster: outbox claims, and NOTIFY triggers that wake the other instances
 
 Revision ID: 0006
-Revises: 0001
+Revises: 0005_scheduler
 Create Date: 2026-11-24
 
 Several ``frontdesk run`` instances may share one PostgreSQL database. ``outbox.claimed_by``
 names the instance that claimed a row to send it (the claim's lease is the row's
-``next_attempt_at``, pushed ahead while it sends; see frontdesk.daemon.outbox). On PostgreSQL,
+``next_attempt_at``, pushed ahead while it sends; see frontdesk.daemon.process.outbox). On PostgreSQL,
 statement triggers notify ``frontdesk_outbox`` after rows are inserted into the outbox and
 ``frontdesk_journal`` after rows are inserted into the inbound journal; the notification goes out
 when the transaction commits, so every instance's idle worker wakes for work any code path wrote
-(see frontdesk.daemon.notify). SQLite (one instance) gets the column only.
+(see frontdesk.daemon.process.notify). SQLite (one instance) gets the column only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0001"
+down_revision = "0005_scheduler"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """outbox lanes: an index for the head-of-lane rule
 
 Revision ID: 0007
-Revises: 0001
+Revises: 0006
 Create Date: 2026-11-23
 
 The outbox worker takes a row only when no earlier pending row of its lane (kind, conversation)
@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0007"
-down_revision = "0001"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

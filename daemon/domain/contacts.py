@@ -30,8 +30,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import CHANNELS, OutboundMessage
-from frontdesk.config.schema import Settings
+from frontdesk.config.schema import CUSTOMER_CHANNELS, PHONE_CHANNELS
+from frontdesk.daemon.domain.messages import OutboundMessage
+from frontdesk.daemon.domain.replies import ReplyComposer, ReplyContext
 from frontdesk.storage.models import (
     Contact,
     Conversation,
@@ -44,7 +45,6 @@ from frontdesk.storage.models import (
 
 log = logging.getLogger(__name__)
 
-PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 LINK_LIFETIME = timedelta(hours=24)
 LINK_REQUESTS_PER_DAY = 3
 LINK_MAX_ATTEMPTS = 5
@@ -83,7 +83,7 @@ def parse_address(value: str) -> tuple[tuple[str, ...], str]:
     ``whatsapp:+15550001111``."""
     text = value.strip()
     prefix, colon, rest = text.partition(":")
-    if colon and prefix.lower() in CHANNELS and not text.lower().startswith("mailto:"):
+    if colon and prefix.lower() in CUSTOMER_CHANNELS and not text.lower().startswith("mailto:"):
         channel = prefix.lower()
         if channel == "email":
             return parse_address(rest)
@@ -203,7 +203,7 @@ async def merge_contacts(session: AsyncSession, keep: Contact, other: Contact, *
 # --- views ---------------------------------------------------------------------------------------
 
 def conversation_summary(c: Conversation) -> dict[str, Any]:
-    from .conversations import iso
+    from frontdesk.daemon.domain.conversations import iso
 
     return {"id": c.id, "reference": c.reference, "channel": c.channel, "status": c.status,
             "subject": c.subject, "created_at": iso(c.created_at),
@@ -231,7 +231,7 @@ async def other_conversations(session: AsyncSession, conversation: Conversation,
 
 async def contact_detail(session: AsyncSession, contact: Contact) -> dict[str, Any]:
     """A contact with its identities, the contacts merged into it and all its conversations."""
-    from .conversations import contact_view, iso
+    from frontdesk.daemon.domain.conversations import contact_view, iso
 
     contact = await root_contact(session, contact)
     await session.refresh(contact, attribute_names=["identities"])
@@ -275,7 +275,7 @@ def _code_hash(link: IdentityLink, code: str) -> str:
 
 
 async def request_link(session: AsyncSession, contact: Contact, address: str, *,
-                       settings: Settings, now: datetime, requested_by: str,
+                       replies: ReplyComposer, now: datetime, requested_by: str,
                        conversation: Conversation | None = None) -> IdentityLink:
     """Send a code to ``address``; once it comes back in one of the contact's conversations the
     address is the contact's (see :class:`LinkVerifier`)."""
@@ -316,7 +316,7 @@ async def request_link(session: AsyncSession, contact: Contact, address: str, *,
     link.code_hash = _code_hash(link, code)
     session.add(link)
     await session.flush()
-    out = _code_message(link, code, conversation, settings)
+    out = _code_message(link, code, conversation, replies)
     session.add(Outbox(kind="deliver", conversation_id=link.conversation_id, message_id=None,
                        payload=asdict(out), idempotency_key=out.idempotency_key,
                        state="pending", attempts=0, next_attempt_at=now, created_at=now))
@@ -329,29 +329,27 @@ async def request_link(session: AsyncSession, contact: Contact, address: str, *,
 
 
 def _code_message(link: IdentityLink, code: str, conversation: Conversation | None,
-                  settings: Settings) -> OutboundMessage:
-    from frontdesk.channels.email.ids import new_message_id
-
+                  replies: ReplyComposer) -> OutboundMessage:
     where = (f"conversation {conversation.reference} ({conversation.channel})"
              if conversation else "your conversation with us")
-    who = parseaddr(settings.email.outbound.from_)[0] or "our support team"
+    who = replies.signature
+    reference = conversation.reference if conversation else ""
+    key = f"identity-link-{link.id}"
     if link.channel == "email":
         text = (f"Hello,\n\nsomeone asked {who} to add this email address to their contact "
                 f"details. If that was you, send this code in {where}:\n\n    {code}\n\n"
                 "The code is valid for 24 hours. If it was not you, ignore this mail: nothing "
                 "changes without the code.\n")
-        domain = parseaddr(settings.email.outbound.from_)[1].rpartition("@")[2]
-        return OutboundMessage(channel="email", to_address=link.address, text=text,
-                               subject="Your verification code", automated=True,
-                               message_id=new_message_id(domain),
-                               conversation_reference=conversation.reference
-                               if conversation else "",
-                               idempotency_key=f"identity-link-{link.id}")
-    text = (f"{who}: your code is {code}. Send it in {where} to link this number. "
-            "Valid 24 hours; ignore it if you did not ask.")
-    return OutboundMessage(channel=link.channel, to_address=link.address, text=text,
-                           automated=True, idempotency_key=f"identity-link-{link.id}",
-                           conversation_reference=conversation.reference if conversation else "")
+        subject = "Your verification code"
+    else:
+        text = (f"{who}: your code is {code}. Send it in {where} to link this number. "
+                "Valid 24 hours; ignore it if you did not ask.")
+        subject = ""
+    return replies.compose(
+        OutboundMessage(channel=link.channel, to_address=link.address, text=text,
+                        subject=subject, automated=True, idempotency_key=key,
+                        conversation_reference=reference),
+        ReplyContext(reference=reference))
 
 
 def offered_address(text: str) -> str | None:
@@ -368,8 +366,8 @@ class LinkVerifier:
     """Inbound hooks for verified links: an address offered alone on a chat channel starts a
     link (a code goes to it), and a code that comes back verifies it."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, replies: ReplyComposer) -> None:
+        self._replies = replies
 
     async def __call__(self, session: AsyncSession, conversation: Conversation, message: Message,
                        is_new: bool) -> None:
@@ -387,7 +385,7 @@ class LinkVerifier:
                      now: datetime) -> None:
         contact = await session.get_one(Contact, conversation.contact_id)
         try:
-            await request_link(session, contact, address, settings=self._settings, now=now,
+            await request_link(session, contact, address, replies=self._replies, now=now,
                                requested_by="customer", conversation=conversation)
         except ContactError as exc:
             log.info("no verification code sent for %s (contact %d): %s", address,

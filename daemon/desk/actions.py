@@ -11,7 +11,7 @@ raises the priority one step.
 ``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``; the answer
 is shown only to the person who typed it.
 
-Every change goes through :mod:`frontdesk.daemon.conversations` (the same functions as the
+Every change goes through :mod:`frontdesk.daemon.domain.conversations` (the same functions as the
 command line), is written to the events audit with the Slack user as actor, is said in the
 conversation's thread, and refreshes the root message.
 """
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from frontdesk.daemon.conversations import (
+from frontdesk.daemon.desk import blocks
+from frontdesk.daemon.domain.conversations import (
     PRIORITIES,
     CannotReply,
     InvalidAction,
@@ -41,12 +42,10 @@ from frontdesk.daemon.conversations import (
     snooze,
     snooze_until,
 )
-from frontdesk.daemon.search import InvalidQuery, marked, search_conversations
-
-from . import blocks
+from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
 
 if TYPE_CHECKING:
-    from .desk import SlackDesk, SlackUser
+    from frontdesk.daemon.desk.desk import SlackDesk, SlackUser
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +260,7 @@ class DeskActions:
                 c = await get_conversation(s, reference)
                 text = render_saved_reply(template, c, agent=user.name)
                 reply = await add_staff_reply(
-                    s, c, text, author=user.name[:256], settings=desk.settings, now=now,
+                    s, c, text, author=user.name[:256], replies=desk.replies, now=now,
                     actor=user.actor,
                     event_data={"via": "slack", "slack_user": user.id,
                                 "saved_reply": name.lower()})

@@ -21,26 +21,25 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 
 from frontdesk.channels.base import Channel
+from frontdesk.channels.registry import reply_composer
 from frontdesk.config.schema import Settings
-from frontdesk.storage.db import Store
-from frontdesk.storage.models import InboundJournal, Outbox
-
-from .business_hours import BusinessCalendar, calendar_from_settings
-from .http import HttpServer
-from .ingest import (
-    AttachmentStore,
+from frontdesk.daemon.domain.business_hours import BusinessCalendar, calendar_from_settings
+from frontdesk.daemon.process.http import HttpServer
+from frontdesk.daemon.process.journal import Journal, StepAside
+from frontdesk.daemon.process.leader import Leadership
+from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.daemon.process.notify import JOURNAL_CHANNEL, OUTBOX_CHANNEL, Listener, instance_id
+from frontdesk.daemon.process.outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
+from frontdesk.daemon.process.processor import (
     InboundFilter,
     InboundHook,
-    Journal,
     Processor,
-    StepAside,
     ThreadingRules,
 )
-from .leader import Leadership
-from .metrics import Metrics
-from .notify import JOURNAL_CHANNEL, OUTBOX_CHANNEL, Listener, instance_id
-from .outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
-from .systemd import Notifier
+from frontdesk.daemon.process.systemd import Notifier
+from frontdesk.storage.attachments import AttachmentStore
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import InboundJournal, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +123,7 @@ class Daemon:
         self.instance = instance_id()
         """This process among the instances sharing the store (``outbox.claimed_by``)."""
         self.store = Store.from_settings(settings.database)
+        self.replies = reply_composer(settings)
         self.sla = SlaClock(calendar_from_settings(settings.sla), settings.sla.first_response)
         # Services beside the channels (the Slack desk, the scheduler) plug in through these:
         # hooks that run inside the ingest transaction, outbox handlers for their kinds of work,
@@ -176,10 +176,10 @@ class Daemon:
             if attach is not None:  # store-side parts: filters, hooks, outbox handlers, clock
                 attach(self)
         if settings.slack.missing() is None:
-            from frontdesk.channels.slack.desk import SlackDesk
+            from frontdesk.daemon.desk.desk import SlackDesk
 
             self.services.append(SlackDesk(self))  # registers its hooks, handler and route
-        from .scheduler import Scheduler
+        from frontdesk.daemon.process.scheduler import Scheduler
 
         # SLA due times are kept at ingest even when the sweeps do not run (scheduler.enabled).
         self.scheduler = Scheduler(self)  # registers its ingest hook and outbox handler

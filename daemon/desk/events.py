@@ -28,7 +28,10 @@ from slack_bolt.response import BoltResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from frontdesk.daemon.conversations import CannotReply, add_staff_reply
+from frontdesk.daemon.desk import blocks
+from frontdesk.daemon.desk.actions import DeskActions
+from frontdesk.daemon.desk.desk import quiet_logger
+from frontdesk.daemon.domain.conversations import CannotReply, add_staff_reply
 from frontdesk.storage.models import (
     Conversation,
     Event,
@@ -38,12 +41,8 @@ from frontdesk.storage.models import (
     SlackThread,
 )
 
-from . import blocks
-from .actions import DeskActions
-from .desk import quiet_logger
-
 if TYPE_CHECKING:
-    from .desk import SlackDesk, SlackUser
+    from frontdesk.daemon.desk.desk import SlackDesk, SlackUser
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class DeskEvents:
             signing_secret=config.signing_secret.get_secret_value(),
             request_verification_enabled=config.mode == "http",
             process_before_response=True,
-            logger=quiet_logger("frontdesk.channels.slack.bolt"),
+            logger=quiet_logger("frontdesk.daemon.desk.bolt"),
         )
         self.app.event("message")(self._message)
         for action_id in (blocks.ACTION_CLAIM, blocks.ACTION_RESOLVE, blocks.ACTION_REOPEN,
@@ -192,7 +191,7 @@ class DeskEvents:
             return "kept as an internal note", message.id
         try:
             reply = await add_staff_reply(s, conversation, plain, author=user.name[:256],
-                                          settings=desk.settings, now=now, actor=user.actor,
+                                          replies=desk.replies, now=now, actor=user.actor,
                                           event_data=data)
         except CannotReply as exc:
             await desk.queue.text(s, conversation, f":warning: Not sent to the customer: "

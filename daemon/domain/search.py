@@ -19,9 +19,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.daemon.domain.conversations import iso
 from frontdesk.storage.models import Conversation
-
-from .conversations import iso
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from frontdesk.config.schema import split_listen
-
-from .metrics import Metrics
+from frontdesk.daemon.process.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

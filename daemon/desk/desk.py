@@ -46,14 +46,12 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import (
-    Deferred,
-    DeliveryError,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import Deferred, DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.config.schema import Settings
+from frontdesk.daemon.desk import blocks
+from frontdesk.daemon.desk.queue import KIND, SlackQueue
+from frontdesk.daemon.domain.messages import Receipt
+from frontdesk.daemon.domain.replies import ReplyComposer
 from frontdesk.storage.db import Backoff, Store
 from frontdesk.storage.models import (
     Conversation,
@@ -67,15 +65,11 @@ from frontdesk.storage.models import (
     core_table,
 )
 
-from . import blocks
-from .queue import KIND, SlackQueue
-
 if TYPE_CHECKING:
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-    from frontdesk.daemon.business_hours import BusinessCalendar
-
-    from .events import DeskEvents
+    from frontdesk.daemon.desk.events import DeskEvents
+    from frontdesk.daemon.domain.business_hours import BusinessCalendar
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +84,7 @@ _CONNECT_RETRY_MAX = 300.0
 
 
 class _DaemonParts(Protocol):
-    """What the desk takes from the daemon (see frontdesk.daemon.app.Daemon)."""
+    """What the desk takes from the daemon (see frontdesk.daemon.process.app.Daemon)."""
 
     settings: Settings
     store: Store
@@ -102,6 +96,7 @@ class _DaemonParts(Protocol):
     outbox_handlers: dict[str, Any]
     delivery_hooks: list[Any]
     outbox: Any
+    replies: ReplyComposer
 
 
 @dataclass(frozen=True)
@@ -188,7 +183,7 @@ def make_client(settings: Settings) -> AsyncWebClient:
     slack = settings.slack
     return AsyncWebClient(
         token=slack.bot_token.get_secret_value(), base_url=slack.api_base_url, timeout=15,
-        logger=quiet_logger("frontdesk.channels.slack.sdk"),
+        logger=quiet_logger("frontdesk.daemon.desk.sdk"),
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(
                 max_retry_count=1, interval_calculator=FixedValueRetryIntervalCalculator(0.2)),
@@ -236,6 +231,7 @@ class SlackDesk:
         self.settings = daemon.settings
         self.config = daemon.settings.slack
         self.store = daemon.store
+        self.replies: ReplyComposer = daemon.replies
         self.clock = daemon.clock
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.queue = SlackQueue(daemon.settings)
@@ -257,7 +253,7 @@ class SlackDesk:
             "frontdesk_slack_backlog",
             "Slack posts waiting in the outbox, by Slack channel (Slack takes about one a second "
             "per channel)", ["slack_channel"], registry=daemon.metrics.registry)
-        from .events import DeskEvents
+        from frontdesk.daemon.desk.events import DeskEvents
 
         self.events: DeskEvents = DeskEvents(self)
         daemon.inbound_hooks.append(self.on_inbound)
@@ -348,7 +344,7 @@ class SlackDesk:
 
             self._socket = AsyncSocketModeHandler(
                 self.events.app, self.config.app_token.get_secret_value(),
-                web_client=self.client, logger=quiet_logger("frontdesk.channels.slack.socket"))
+                web_client=self.client, logger=quiet_logger("frontdesk.daemon.desk.socket"))
             await self._socket.connect_async()
             log.info("slack desk connected over Socket Mode")
         self._authed = True

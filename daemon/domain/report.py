@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.daemon.domain.business_hours import BusinessCalendar
+from frontdesk.daemon.domain.conversations import iso
 from frontdesk.storage.models import Conversation, Event, Message
-
-from .business_hours import BusinessCalendar
-from .conversations import iso
 
 
 def _quantile(values: list[float], q: float) -> float | None:

@@ -35,22 +35,15 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from frontdesk.channels.base import (
-    Deferred,
-    DeliveryError,
-    OutboundMessage,
-    PermanentFailure,
-    Receipt,
-    TemporaryFailure,
-)
+from frontdesk.channels.base import Deferred, DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
+from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.daemon.process.notify import OUTBOX_CHANNEL, instance_id
 from frontdesk.storage.db import Backoff, Store, store_unavailable
 from frontdesk.storage.models import Event, Message, Outbox
 
-from .metrics import Metrics
-from .notify import OUTBOX_CHANNEL, instance_id
-
 if TYPE_CHECKING:
-    from .ingest import StepAside
+    from frontdesk.daemon.process.journal import StepAside
 
 log = logging.getLogger(__name__)
 

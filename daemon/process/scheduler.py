@@ -35,7 +35,6 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Histogram
@@ -45,9 +44,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from frontdesk.channels.base import OutboundMessage, PermanentFailure, Receipt
-from frontdesk.channels.email.ids import new_message_id
-from frontdesk.config.schema import EscalationLevel, Settings, parse_duration
+from frontdesk.channels.base import PermanentFailure
+from frontdesk.config.schema import PHONE_CHANNELS, EscalationLevel, Settings, parse_duration
+from frontdesk.daemon.domain import notices
+from frontdesk.daemon.domain.business_hours import BusinessCalendar
+from frontdesk.daemon.domain.conversations import PRIORITIES, iso, reopen, set_priority
+from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
+from frontdesk.daemon.domain.replies import ReplyComposer
+from frontdesk.daemon.domain.sla import (
+    KIND_WORDS,
+    SlaClock,
+    SlaEngine,
+    SlaState,
+    contact_tags,
+    next_stage,
+)
 from frontdesk.storage.db import Backoff, Store, store_unavailable
 from frontdesk.storage.models import (
     Acknowledgement,
@@ -60,15 +71,10 @@ from frontdesk.storage.models import (
     core_table,
 )
 
-from . import notices
-from .business_hours import BusinessCalendar
-from .conversations import PRIORITIES, iso, reopen, set_priority
-from .sla import KIND_WORDS, SlaClock, SlaEngine, SlaState, contact_tags, next_stage
-
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-    from .ingest import StepAside
+    from frontdesk.daemon.process.journal import StepAside
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,6 @@ Clock = Callable[[], datetime]
 ACTOR = "scheduler"
 CHANNEL_POST = "escalation_post"
 """Outbox kind of an escalation notice in a Slack channel outside the thread (managers)."""
-PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 _WAKE_KEY = "frontdesk.scheduler.wake"
 _RETRY_AFTER_ERROR = timedelta(minutes=5)
 ACK_LOCK_KEYS = "hashtext('frontdesk.acknowledgement'), hashtext(:recipient)"
@@ -118,6 +123,7 @@ class _DaemonParts(Protocol):
     inbound_hooks: list[Any]
     outbox_handlers: dict[str, Any]
     outbox: Any
+    replies: ReplyComposer
 
 
 def parse_rate_limits(specs: list[str]) -> list[tuple[int, timedelta, str]]:
@@ -169,6 +175,7 @@ class Scheduler:
         self.daemon = daemon
         self.settings = daemon.settings
         self.store = daemon.store
+        self.replies: ReplyComposer = daemon.replies
         self.clock = daemon.clock
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.engine = SlaEngine(self.settings.sla, self.calendar, list(self.settings.escalation))
@@ -652,40 +659,11 @@ class Scheduler:
         """Store an automatic message (author ``system``) and queue it on the customer's
         channel as automated (email: Auto-Submitted: auto-replied, null return path)."""
         text = notices.render(template.text, values)
-        subject = notices.render(template.subject, values) if c.channel == "email" else ""
-        out: dict[str, Any] = {"channel": c.channel, "to_address": reply_to.address,
-                               "text": text, "conversation_reference": c.reference,
-                               "to_name": values["name"], "automated": True}
-        external_id = None
-        if c.channel == "email":
-            settings = self.settings
-            domain = parseaddr(settings.email.outbound.from_)[1].rpartition("@")[2] or None
-            external_id = new_message_id(domain)
-            refs = [r for r in (await s.execute(
-                select(Message.external_id).where(Message.conversation_id == c.id,
-                                                  Message.channel == "email",
-                                                  Message.external_id.is_not(None))
-                .order_by(Message.id))).scalars() if r]
-            inbox = c.inbox_address or next(iter(settings.email.inbox_addresses), None)
-            reply_address = None
-            if inbox:
-                local, _, domain_part = inbox.partition("@")
-                reply_address = f"{local.split('+')[0]}+{c.reference}@{domain_part}"
-            out.update(subject=subject, message_id=external_id,
-                       in_reply_to=reply_to.external_id, references=tuple(refs[-20:]),
-                       reply_to=reply_address)
-        message = Message(conversation_id=c.id, direction="out", author="system",
-                          author_name=author_name, channel=c.channel, external_id=external_id,
-                          address=reply_to.address, subject=subject, text=text,
-                          headers={"X-Frontdesk-Kind": kind}, automated=True,
-                          delivery_status="queued", created_at=now)
-        s.add(message)
-        await s.flush()
-        key = out["idempotency_key"] = f"message-{message.id}"
-        s.add(Outbox(kind="deliver", conversation_id=c.id, message_id=message.id,
-                     payload=asdict(OutboundMessage(**out)), idempotency_key=key,
-                     state="pending", attempts=0, next_attempt_at=now, created_at=now))
-        return message
+        subject = notices.render(template.subject, values) if template.subject else ""
+        return await self.replies.queue(s, c, answering=reply_to, text=text, author="system",
+                                        author_name=author_name, subject=subject,
+                                        automated=True, headers={"X-Frontdesk-Kind": kind},
+                                        now=now)
 
     # -- surveys and reminders -----------------------------------------------------------------
 

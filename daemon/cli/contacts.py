@@ -47,8 +47,9 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
-    from .cli import Failure, _now, _print_json, _settings, _with_store
-    from .contacts import (
+    from frontdesk.channels.registry import reply_composer
+    from frontdesk.daemon.cli.main import Failure, _now, _print_json, _settings, _with_store
+    from frontdesk.daemon.domain.contacts import (
         ContactError,
         contact_detail,
         find_contact,
@@ -56,7 +57,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         merge_contacts,
         request_link,
     )
-    from .conversations import get_conversation
+    from frontdesk.daemon.domain.conversations import get_conversation
 
     settings = _settings(args)
 
@@ -90,7 +91,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
             conversation = await get_conversation(s, args.ref) if args.ref else None
             if conversation is not None and conversation.contact_id != contact.id:
                 raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
-            made = await request_link(s, contact, args.address, settings=settings, now=_now(),
+            made = await request_link(s, contact, args.address,
+                                      replies=reply_composer(settings), now=_now(),
                                       requested_by=_actor(args), conversation=conversation)
         where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
         print(f"a code is on its way to {made.address}; it links the address to contact "

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import UTC, datetime, time, timedelta
-from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.channels.base import OutboundMessage
-from frontdesk.channels.email.ids import new_message_id
-from frontdesk.config.schema import Settings
-from frontdesk.storage.models import Contact, Conversation, Event, Message, Outbox
-
-from .business_hours import BusinessCalendar
-from .sla import sla_view
+from frontdesk.daemon.domain.business_hours import BusinessCalendar
+from frontdesk.daemon.domain.replies import ReplyComposer
+from frontdesk.daemon.domain.sla import sla_view
+from frontdesk.storage.models import Contact, Conversation, Event, Message
 
 _REF = re.compile(r"^\s*(?:FD-?)?(\d+)\s*$", re.IGNORECASE)
 
@@ -55,18 +50,8 @@ async def messages_of(session: AsyncSession, conversation_id: int) -> list[Messa
     )).scalars().all())
 
 
-def _reply_subject(subject: str, reference: str) -> str:
-    subject = subject.strip() or "Your message"
-    return f"Re: {subject} [{reference}]"
-
-
-def _plus_address(inbox: str, reference: str) -> str:
-    local, _, domain = inbox.partition("@")
-    return f"{local}+{reference}@{domain}"
-
-
 async def add_staff_reply(session: AsyncSession, conversation: Conversation, text: str, *,
-                          author: str, settings: Settings, now: datetime,
+                          author: str, replies: ReplyComposer, now: datetime,
                           actor: str | None = None,
                           event_data: Mapping[str, Any] | None = None) -> Message:
     """Store a staff reply and queue its delivery on the customer's channel.
@@ -80,34 +65,9 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
     customer = [m for m in history if m.direction == "in" and m.author == "customer"]
     if not customer:
         raise CannotReply(f"{conversation.reference} has no customer message to answer")
-    last = customer[-1]
     channel = conversation.channel
-    reference = conversation.reference
-    out: dict[str, Any] = {"channel": channel, "to_address": last.address, "text": text,
-                           "conversation_reference": reference,
-                           "to_name": conversation.contact.name or last.author_name}
-    external_id: str | None = None
-    subject = ""
-    if channel == "email":
-        from_domain = parseaddr(settings.email.outbound.from_)[1].rpartition("@")[2] or None
-        external_id = new_message_id(from_domain)
-        refs = [m.external_id for m in history if m.channel == "email" and m.external_id]
-        inbox = conversation.inbox_address or next(iter(settings.email.inbox_addresses), None)
-        subject = _reply_subject(conversation.subject, reference)
-        out.update(subject=subject, message_id=external_id, in_reply_to=last.external_id,
-                   references=tuple(refs[-20:]),
-                   reply_to=_plus_address(inbox, reference) if inbox else None)
-    message = Message(conversation_id=conversation.id, direction="out", author="staff",
-                      author_name=author, channel=channel, external_id=external_id,
-                      address=last.address, subject=subject, text=text, headers={},
-                      delivery_status="queued", created_at=now)
-    session.add(message)
-    await session.flush()
-    out["idempotency_key"] = f"message-{message.id}"
-    session.add(Outbox(kind="deliver", conversation_id=conversation.id, message_id=message.id,
-                       payload=asdict(OutboundMessage(**out)),
-                       idempotency_key=out["idempotency_key"],
-                       state="pending", attempts=0, next_attempt_at=now, created_at=now))
+    message = await replies.queue(session, conversation, answering=customer[-1], text=text,
+                                  author="staff", author_name=author, now=now)
     if conversation.first_responded_at is None:
         conversation.first_responded_at = now
     conversation.last_staff_message_at = now

@@ -128,7 +128,7 @@ class SlackQueue:
     async def text(self, session: AsyncSession, conversation: Conversation, text: str,
                    now: datetime, key: str | None = None) -> Outbox:
         """Post ``text`` (Slack mrkdwn; escape customer words with
-        :func:`frontdesk.channels.slack.blocks.escape`) in the conversation's thread. ``key``
+        :func:`frontdesk.daemon.desk.blocks.escape`) in the conversation's thread. ``key``
         makes it idempotent (an escalation notice written twice is posted once)."""
         return await self._add(session, conversation, now, "text",
                                key or f"slack-text-{uuid.uuid4().hex}", text=text)

@@ -22,8 +22,9 @@ from sqlalchemy import select
 
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
 from frontdesk.config.schema import Settings, parse_duration
-
-from . import cli_contacts, cli_desk
+from frontdesk.daemon.cli import contacts as cli_contacts
+from frontdesk.daemon.cli import desk as cli_desk
+from frontdesk.daemon.domain.notices import check_template
 
 log = logging.getLogger("frontdesk")
 
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(resolve_path(getattr(args, "config", None)))
+    return load_settings(resolve_path(getattr(args, "config", None)),
+                         check_template=check_template)
 
 
 def _print_json(value: Any) -> None:
@@ -113,7 +115,7 @@ async def _with_store(settings: Settings, work: Callable[[Any], Awaitable[int]])
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Daemon
+    from frontdesk.daemon.process.app import Daemon
 
     settings = _settings(args)
     _logging(settings.daemon.log_level)
@@ -136,7 +138,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             shutil.copyfileobj(src, dst)
         os.chmod(path, 0o640)
         print(f"wrote {path}")
-    settings = load_settings(path)
+    settings = load_settings(path, check_template=check_template)
 
     async def work(store: Any) -> int:
         print(f"store ready: {_safe_url(settings.database.url)}")
@@ -146,10 +148,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .app import build_channels
+    from frontdesk.daemon.process.app import build_channels
 
     path = resolve_path(getattr(args, "config", None))
-    settings = load_settings(path)
+    settings = load_settings(path, check_template=check_template)
     print(f"{path}: OK")
     for line in build_channels(settings)[1]:
         print(f"  {line}")
@@ -191,9 +193,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_conversations(args: argparse.Namespace) -> int:
+    from frontdesk.daemon.domain.conversations import conversation_view
     from frontdesk.storage.models import Conversation
-
-    from .conversations import conversation_view
 
     settings = _settings(args)
     if args.limit is not None and args.limit < 1:
@@ -225,8 +226,12 @@ def cmd_conversations(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .contacts import other_conversations
-    from .conversations import conversation_detail, get_conversation, messages_of
+    from frontdesk.daemon.domain.contacts import other_conversations
+    from frontdesk.daemon.domain.conversations import (
+        conversation_detail,
+        get_conversation,
+        messages_of,
+    )
 
     settings = _settings(args)
 
@@ -246,8 +251,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _format_detail(d: dict[str, Any]) -> str:
     from frontdesk.channels.email.quotes import folded
-
-    from .sla import sla_lines
+    from frontdesk.daemon.domain.sla import sla_lines
 
     contact = d["contact"]
     ids = ", ".join(f"{i['channel']}:{i['address']}" for i in contact["identities"])
@@ -290,7 +294,8 @@ def _other_lines(others: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
-    from .conversations import add_staff_reply, get_conversation
+    from frontdesk.channels.registry import reply_composer
+    from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 
     settings = _settings(args)
     author = args.author or os.environ.get("USER") or "staff"
@@ -299,7 +304,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
         async with store.session() as s:
             conversation = await get_conversation(s, args.ref)
             message = await add_staff_reply(s, conversation, args.text, author=author,
-                                            settings=settings, now=_now())
+                                            replies=reply_composer(settings), now=_now())
         print(f"queued reply #{message.id} to {message.address} on {conversation.reference}")
         return 0
 
@@ -307,8 +312,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .business_hours import calendar_from_settings
-    from .report import build_report, format_report, report_csv
+    from frontdesk.daemon.domain.business_hours import calendar_from_settings
+    from frontdesk.daemon.domain.report import build_report, format_report, report_csv
 
     settings = _settings(args)
     if args.json and args.csv:
@@ -334,9 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
+    from frontdesk.daemon.domain.conversations import iso
     from frontdesk.storage.models import InboundJournal, core_table
-
-    from .conversations import iso
 
     settings = _settings(args)
 
@@ -374,8 +378,8 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 
 async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> int:
-    from .app import Daemon
-    from .ingest import retry_failed
+    from frontdesk.daemon.process.app import Daemon
+    from frontdesk.daemon.process.processor import retry_failed
 
     ids = await retry_failed(store, args.id)
     if not ids:
@@ -437,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .conversations import CannotReply, UnknownConversation
+        from frontdesk.daemon.domain.conversations import CannotReply, UnknownConversation
 
         if isinstance(exc, Failure | UnknownConversation | CannotReply):
             print(f"frontdesk: {exc}", file=sys.stderr)

@@ -38,8 +38,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .cli import Failure, _print_json, _settings, _with_store
-    from .search import InvalidQuery, marked, search_conversations
+    from frontdesk.daemon.cli.main import Failure, _print_json, _settings, _with_store
+    from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
 
     settings = _settings(args)
     if args.limit < 1:
@@ -69,9 +69,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _action(describe: Callable[[Any, argparse.Namespace], str],
             apply: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from .business_hours import calendar_from_settings
-        from .cli import Failure, _now, _settings, _with_store
-        from .conversations import InvalidAction, get_conversation
+        from frontdesk.daemon.cli.main import Failure, _now, _settings, _with_store
+        from frontdesk.daemon.domain.business_hours import calendar_from_settings
+        from frontdesk.daemon.domain.conversations import InvalidAction, get_conversation
 
         settings = _settings(args)
         actor = args.actor or os.environ.get("USER") or "staff"
@@ -94,26 +94,26 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
 
 
 async def _resolve(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from .conversations import resolve
+    from frontdesk.daemon.domain.conversations import resolve
 
     return await resolve(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _reopen(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from .conversations import reopen
+    from frontdesk.daemon.domain.conversations import reopen
 
     return await reopen(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _assign(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from .conversations import assign
+    from frontdesk.daemon.domain.conversations import assign
 
     who = None if args.assignee.strip() in ("", "-") else args.assignee
     return await assign(s, c, who, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _snooze(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from .conversations import snooze, snooze_until
+    from frontdesk.daemon.domain.conversations import snooze, snooze_until
 
     until = snooze_until(args.until, kw["now"], kw["calendar"])
     return await snooze(s, c, until, actor=kw["actor"], now=kw["now"], data={"via": "cli"})

@@ -1,0 +1,96 @@
+"""The messages of the domain: one customer message in, one message out, whatever the network.
+
+Channels translate their wire formats into :class:`InboundMessage` (parse) and deliver
+:class:`OutboundMessage` (send); the processor, the outbox and the reply composer work only with
+these shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with a message; the store names it by its SHA-256."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One customer message, the same shape whatever network it came from.
+
+    ``thread_refs`` are remote ids of earlier messages this one answers (email In-Reply-To and
+    References); ``conversation_hint`` is a conversation number the customer could only know from
+    our own mail (a plus-address like support+FD-12@...); ``subject_token`` is a number named in
+    the subject ([FD-12]), trusted only when the sender already belongs to that conversation.
+    """
+
+    channel: str
+    external_id: str
+    sender_address: str
+    sender_name: str = ""
+    subject: str = ""
+    text: str = ""
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    thread_refs: tuple[str, ...] = ()
+    conversation_hint: int | None = None
+    subject_token: int | None = None
+    recipients: tuple[str, ...] = ()
+    inbox_address: str | None = None
+    received_at: datetime | None = None
+    automated: bool = False
+    automated_reason: str | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    raw_ref: int | None = None
+    text_new: str | None = None
+    """The new part of a quoted reply (None: all of ``text`` is new)."""
+    delivery_report: DeliveryReport | None = None
+    """Set when this message is a bounce or delivery report about mail we sent."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a bounce (a delivery status notification) says about outbound mail of ours.
+
+    ``original_ids`` are the Message-IDs it names (the returned message's, Original-Message-ID,
+    In-Reply-To/References); ``failed`` is False for a delay warning or a success notice;
+    ``reason`` is in words a person understands.
+    """
+
+    original_ids: tuple[str, ...]
+    failed: bool
+    reason: str
+    recipients: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A message to deliver to a customer on their channel."""
+
+    channel: str
+    to_address: str
+    text: str
+    subject: str = ""
+    conversation_reference: str = ""
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    reply_to: str | None = None
+    automated: bool = False
+    to_name: str = ""
+    idempotency_key: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the remote side said when it took an outbound message."""
+
+    remote_id: str | None = None
+    detail: str = ""

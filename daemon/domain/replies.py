@@ -1,0 +1,93 @@
+"""The one reply composer: every message frontdesk writes to a customer goes through here.
+
+Staff replies (Slack, the command line), the scheduler's acknowledgements, surveys and reminders,
+and verification codes all become an :class:`~frontdesk.daemon.domain.messages.OutboundMessage`
+the same way. What a channel adds so that the customer's side threads the message (an email's
+Message-ID, In-Reply-To, References, Reply-To and "Re:" subject) is the channel's own
+:class:`Threading`, handed in by whoever composes the daemon; the domain knows no channel's
+wire details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frontdesk.daemon.domain.messages import OutboundMessage
+from frontdesk.storage.models import Conversation, Message, Outbox
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyContext:
+    """Where a message to a customer belongs: what a channel needs to thread it."""
+
+    reference: str = ""
+    subject: str = ""
+    """The conversation's subject (a staff reply on email answers "Re: <subject> [FD-12]")."""
+    inbox_address: str | None = None
+    """The address of ours the customer wrote to (email)."""
+    answering: str | None = None
+    """The remote id of the customer message this answers."""
+    earlier: Sequence[str] = ()
+    """Remote ids of the conversation's earlier messages on this channel, oldest first."""
+
+
+class Threading(Protocol):
+    """A channel's part in composing: given the plain message, return it with the fields that
+    make it thread on the customer's side (and a remote id of its own in ``message_id`` when the
+    channel knows it before sending)."""
+
+    def thread(self, outbound: OutboundMessage, context: ReplyContext) -> OutboundMessage: ...
+
+
+@dataclass(frozen=True)
+class ReplyComposer:
+    """Composes and queues messages to customers; ``threading`` by customer channel name."""
+
+    threading: Mapping[str, Threading] = field(default_factory=dict)
+    signature: str = "our support team"
+    """Who the team is, in words for a customer ("Example Support")."""
+
+    def compose(self, outbound: OutboundMessage, context: ReplyContext) -> OutboundMessage:
+        threading = self.threading.get(outbound.channel)
+        return threading.thread(outbound, context) if threading is not None else outbound
+
+    async def queue(self, session: AsyncSession, conversation: Conversation, *,
+                    answering: Message, text: str, author: str, author_name: str,
+                    now: datetime, subject: str = "", automated: bool = False,
+                    headers: Mapping[str, str] | None = None) -> Message:
+        """Store a message to the customer (``author``: ``staff`` or ``system``) answering
+        ``answering`` and queue its delivery on the conversation's channel in the outbox."""
+        channel = conversation.channel
+        earlier = [r for r in (await session.execute(
+            select(Message.external_id).where(Message.conversation_id == conversation.id,
+                                              Message.channel == channel,
+                                              Message.external_id.is_not(None))
+            .order_by(Message.id))).scalars() if r]
+        out = self.compose(
+            OutboundMessage(channel=channel, to_address=answering.address, text=text,
+                            subject=subject, conversation_reference=conversation.reference,
+                            to_name=conversation.contact.name or answering.author_name,
+                            automated=automated),
+            ReplyContext(reference=conversation.reference, subject=conversation.subject,
+                         inbox_address=conversation.inbox_address,
+                         answering=answering.external_id, earlier=earlier))
+        message = Message(conversation_id=conversation.id, direction="out", author=author,
+                          author_name=author_name, channel=channel,
+                          external_id=out.message_id, address=answering.address,
+                          subject=out.subject, text=text, headers=dict(headers or {}),
+                          automated=automated, delivery_status="queued", created_at=now)
+        session.add(message)
+        await session.flush()
+        key = f"message-{message.id}"
+        session.add(Outbox(kind="deliver", conversation_id=conversation.id,
+                           message_id=message.id,
+                           payload=asdict(replace(out, idempotency_key=key)), idempotency_key=key,
+                           state="pending", attempts=0, next_attempt_at=now, created_at=now))
+        return message
+

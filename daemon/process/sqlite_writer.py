@@ -1,0 +1,240 @@
+"""The SQLite journal writer: group commits of accepted messages in a thread of their own.
+
+SQLite has one writer at a time; the journal's inserts go through a plain ``sqlite3`` connection
+drained by a dedicated thread so the event loop never waits on ``fsync``, with WAL checkpoints
+beside the commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from frontdesk.storage.db import Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(slots=True)
+class Pending:
+    channel: str
+    remote_id: str
+    raw: bytes
+    meta: Mapping[str, Any]
+    received_at: datetime
+    future: asyncio.Future[bool] = field(repr=False)
+    row: tuple[Any, ...] = ()  # SQLite: the INSERT's parameters, made on the loop
+
+
+Outcomes = set[tuple[str, str]] | BaseException
+"""What one group commit came to: the (channel, remote id) pairs it inserted, or its error."""
+
+
+class SqliteJournalWriter:
+    """The journal's insert on SQLite through the standard library, in a thread of its own.
+
+    The commit is the whole of what a sender waits for. Through SQLAlchemy's asyncio layer and
+    aiosqlite each statement costs several thread hand-offs (measured: about 290 µs of CPU per
+    trivial statement against 19 µs synchronously); here the whole group commit is one call.
+    Rows are written exactly as the SQLAlchemy models write them (see UTCDateTime, JSON).
+
+    The loop offers messages into a list that the thread takes from: one drain commits batch
+    after batch, each holding everything that arrived during the commit before it, and hands
+    each batch's outcome back to the loop (``settle``) as soon as it is durable. When nothing is
+    waiting the thread lingers a moment for the next message before it gives the gate back, so
+    under steady traffic a batch starts without a round trip through the loop.
+    """
+
+    _columns = ("INSERT INTO inbound_journal (channel, remote_id, raw, meta, received_at, state, "
+                "attempts) VALUES ")
+    _values = "(?, ?, ?, ?, ?, 'pending', 0)"
+    _conflict = " ON CONFLICT (channel, remote_id) DO NOTHING"
+    rows_per_commit = 100
+    """At most this many rows in one commit's statement (500 parameters: under SQLite's oldest
+    limit of 999; every size up to it stays in the connection's statement cache)."""
+    linger = 0.002
+    """Seconds the thread waits for another message before a drain ends."""
+    checkpoint_interval = 0.2
+    """Seconds between WAL checkpoints by the writer's checkpoint thread (0: SQLite's own)."""
+
+    def __init__(self, store: Store,
+                 settle: Callable[[list[Pending], Outcomes, float], None]) -> None:
+        assert store.sqlite_path is not None
+        self._path = store.sqlite_path
+        self._synchronous = store.synchronous
+        self._settle = settle
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._conn: sqlite3.Connection | None = None
+        self._statements: dict[int, str] = {}
+        # Guards _pending, _draining and _lingering between the loop and the thread.
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[Pending] = []
+        self._draining = False
+        self._lingering = False
+        self._kick_due = False
+        self._checkpointer: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def offer(self, pending: Pending) -> bool:
+        """Queue one message; True when a running drain will take it (no need to start one).
+
+        A lingering thread is woken once per turn of the loop, not per message: everything the
+        loop read in one turn goes into one commit."""
+        with self._cond:
+            self._pending.append(pending)
+            kick = self._lingering and not self._kick_due
+            if kick:
+                self._kick_due = True
+            draining = self._draining
+        if kick:
+            asyncio.get_running_loop().call_soon(self._kick)
+        return draining
+
+    def _kick(self) -> None:
+        with self._cond:
+            self._kick_due = False
+            self._cond.notify()
+
+    def waiting(self) -> bool:
+        """Messages offered and not yet taken into a commit."""
+        return bool(self._pending)
+
+    def take_all(self) -> list[Pending]:
+        with self._cond:
+            batch, self._pending = self._pending, []
+        return batch
+
+    async def drain(self, limit: float) -> None:
+        """Commit what is offered until nothing comes for a moment or ``limit`` seconds have
+        passed (the caller holds the store's write gate)."""
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            self._draining = True
+        try:
+            await loop.run_in_executor(self._executor, self._drain, loop, limit)
+        finally:
+            with self._cond:
+                self._draining = False
+
+    def _take(self, deadline: float) -> list[Pending]:
+        """The next batch, or [] when the drain should end (and it is marked ended)."""
+        with self._cond:
+            if not self._pending and self.linger > 0:
+                wait = min(self.linger, deadline - time.monotonic())
+                if wait > 0:
+                    self._lingering = True
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._lingering = False
+            batch = self._pending
+            if not batch or time.monotonic() >= deadline:
+                self._draining = False
+                return []
+            if len(batch) > self.rows_per_commit:
+                batch, self._pending = batch[:self.rows_per_commit], batch[self.rows_per_commit:]
+            else:
+                self._pending = []
+            return batch
+
+    def _drain(self, loop: asyncio.AbstractEventLoop, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while batch := self._take(deadline):
+            started = time.perf_counter()
+            outcome: Outcomes
+            try:
+                outcome = self._insert(batch)
+            except Exception as exc:  # noqa: BLE001 - the loop answers the senders with it
+                outcome = exc
+            loop.call_soon_threadsafe(self._settle, batch, outcome,
+                                      time.perf_counter() - started)
+            if isinstance(outcome, BaseException):
+                with self._cond:
+                    self._draining = False
+                return
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            if self.checkpoint_interval > 0:
+                # SQLite checkpoints in the commit that grows the WAL past 1,000 pages: tens of
+                # milliseconds in which every sender waits. A thread of its own does it instead,
+                # beside the commits (a passive checkpoint never blocks the writer).
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoints, name="journal-checkpoint", daemon=True)
+                self._checkpointer.start()
+            self._conn = conn
+        return self._conn
+
+    def _checkpoints(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._closed.wait(self.checkpoint_interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next one tries again
+                    log.warning("journal: WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def row(p: Pending) -> tuple[Any, ...]:
+        """The INSERT's parameters for one message, as the models write them (UTCDateTime: naive
+        UTC text with microseconds; JSON: json.dumps)."""
+        received = p.received_at.astimezone(UTC).replace(tzinfo=None)
+        return (p.channel, p.remote_id, p.raw, json.dumps(p.meta),
+                received.isoformat(" ", "microseconds"))
+
+    def _statement(self, rows: int) -> str:
+        sql = self._statements.get(rows)
+        if sql is None:
+            sql = self._columns + ", ".join([self._values] * rows) + self._conflict
+            self._statements[rows] = sql
+        return sql
+
+    def _insert(self, batch: list[Pending]) -> set[tuple[str, str]]:
+        """The batch's rows in one statement outside any explicit transaction, which SQLite
+        runs as a transaction of its own: the write lock, the rows and the synced commit in a
+        single call, one release of the GIL. Returns the (channel, remote id) pairs that were
+        new; when some were there already (a retried delivery), those are the rows the
+        statement inserted, whose ids are the block that ends at its last insert rowid."""
+        conn = self._connect()
+        params = [p.row or self.row(p) for p in batch]
+        cursor = conn.execute(self._statement(len(params)), [x for row in params for x in row])
+        inserted = cursor.rowcount
+        if inserted == len(params):
+            return {(p.channel, p.remote_id) for p in batch}
+        if inserted <= 0:
+            return set()
+        last = cursor.lastrowid
+        assert last is not None
+        return set(conn.execute("SELECT channel, remote_id FROM inbound_journal "
+                                "WHERE id BETWEEN ? AND ?", (last - inserted + 1, last)))
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)
+        self._closed.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
