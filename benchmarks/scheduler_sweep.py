@@ -41,8 +41,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, text, update
 
-from frontdesk.config.schema import Settings
 from frontdesk.daemon.process.app import Daemon
+from frontdesk.daemon.process.registry import Settings
 from frontdesk.storage.models import Contact, Conversation, Event, Identity, Outbox
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

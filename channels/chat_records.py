@@ -31,12 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.daemon.domain.messages import Attachment as FileData
 from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Attachment, Event, Message, OutboundPart, Outbox
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 FetchFile = Callable[[Mapping[str, Any]], Awaitable[FileData]]
 """Fetch one file described by a job item (``url`` or ``file_id``, ``filename``,
 ``content_type``); raises TemporaryFailure or PermanentFailure."""

@@ -6,11 +6,12 @@ unknown key at once.
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import (
@@ -20,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from frontdesk.config.schema import Settings, TemplateCheck
+from frontdesk.config.schema import CoreSettings, TemplateCheck
 
 ENV_PREFIX = "FRONTDESK_"
 CONFIG_ENV = "FRONTDESK_CONFIG"
@@ -37,30 +38,39 @@ class ConfigError(Exception):
         super().__init__(f"{path}: " + "; ".join(lines))
 
 
-class _EnvSettings(Settings, BaseSettings):
-    """Settings with pydantic-settings' environment source layered over the TOML values."""
+S = TypeVar("S", bound=CoreSettings)
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        env_nested_max_split=0,
-        case_sensitive=False,
-        extra="forbid",
-        validate_default=True,
-        hide_input_in_errors=True,
-    )
+_ENV_CONFIG = SettingsConfigDict(
+    env_prefix=ENV_PREFIX,
+    env_nested_delimiter="__",
+    env_nested_max_split=0,
+    case_sensitive=False,
+    extra="forbid",
+    validate_default=True,
+    hide_input_in_errors=True,
+)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The first source wins: the environment overrides the file.
-        return env_settings, init_settings
+
+@functools.cache
+def _with_environment(model: type[CoreSettings]) -> type[BaseSettings]:
+    """``model`` with pydantic-settings' environment source layered over the TOML values."""
+
+    class EnvSettings(model, BaseSettings):  # type: ignore[valid-type,misc]
+        model_config = _ENV_CONFIG
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # The first source wins: the environment overrides the file.
+            return env_settings, init_settings
+
+    return EnvSettings
 
 
 def resolve_path(path: str | None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -94,9 +104,10 @@ def problems_of(exc: ValidationError) -> list[tuple[str, str]]:
     return [(_key(tuple(e["loc"])), _message(e)) for e in exc.errors()]
 
 
-def load_settings(path: Path | str, *, require_file: bool = True,
-                  check_template: TemplateCheck | None = None) -> Settings:
-    """Read and validate the config file plus environment overrides, or raise ConfigError.
+def load_settings(path: Path | str, model: type[S], *, require_file: bool = True,
+                  check_template: TemplateCheck | None = None) -> S:
+    """Read and validate the config file plus environment overrides as ``model`` (the whole
+    configuration, composed above this layer), or raise ConfigError.
 
     ``check_template`` checks the message templates' wording (see :data:`TemplateCheck`)."""
     path = Path(path)
@@ -113,11 +124,11 @@ def load_settings(path: Path | str, *, require_file: bool = True,
             str(path), [("", "no such config file; `frontdesk init` writes a starter one")]
         )
     try:
-        env_settings = _EnvSettings(**data)
+        env_settings = _with_environment(model)(**data)
     except ValidationError as exc:
         raise ConfigError(str(path), problems_of(exc)) from None
     try:
-        return Settings.model_validate(env_settings.model_dump(by_alias=True),
+        return model.model_validate(env_settings.model_dump(by_alias=True),
                                        context={"check_template": check_template})
     except ValidationError as exc:
         raise ConfigError(str(path), problems_of(exc)) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -32,9 +32,6 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-CustomerChannel = Literal["email", "sms", "whatsapp", "voice", "telegram"]
-"""The customer channels' names, as conversations, identities and config keys carry them."""
-CUSTOMER_CHANNELS: tuple[str, ...] = get_args(CustomerChannel)
 PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 """Channels whose address is an E.164 phone number: one number is one person on all three."""
 
@@ -103,6 +100,32 @@ def _email_address(value: str) -> str:
 
 EmailAddress = Annotated[str, AfterValidator(_email_address)]
 
+_CHANNEL_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
+
+
+def _channel_name(value: str) -> str:
+    if not _CHANNEL_NAME.match(value):
+        raise ValueError(f"{value!r} is not a channel name (like sms or telegram)")
+    return value
+
+
+ChannelName = Annotated[str, AfterValidator(_channel_name)]
+"""A customer channel's name, as conversations and identities carry it (``email``, ``sms``).
+Which names exist is known where the channels are composed
+(:mod:`frontdesk.daemon.process.registry`), which checks them."""
+CHAT_TEMPLATES = "chat"
+"""The template key for every channel but email."""
+
+
+def _base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with https:// (or http://)")
+    return value.rstrip("/")
+
+
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+"""An API's base URL (``https://api.example.com``), without a trailing slash."""
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)
@@ -153,151 +176,6 @@ class HttpConfig(Section):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with https:// (or http://)")
         return value.rstrip("/")
-
-
-class SmtpServerConfig(Section):
-    enabled: bool = True
-    listen: Listen = "127.0.0.1:8025"
-    hostname: str = ""
-    max_message_bytes: int = Field(default=26214400, ge=1024)
-    tls_cert: str = ""
-    tls_key: str = ""
-    require_starttls: bool = False
-    auth_username: str = ""
-    auth_password: SecretStr = SecretStr("")
-    auth_required: bool = False
-
-    @model_validator(mode="after")
-    def _pairs(self) -> SmtpServerConfig:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
-        if self.require_starttls and not self.tls_cert:
-            raise ValueError("require_starttls needs tls_cert and tls_key")
-        if self.auth_username and not self.tls_cert:
-            raise ValueError(
-                "auth_username needs tls_cert and tls_key: AUTH is only offered over TLS")
-        if self.auth_required and not self.auth_username:
-            raise ValueError("auth_required needs auth_username and auth_password")
-        return self
-
-
-class OutboundConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    from_: str = Field(default="Support <support@example.com>", alias="from")
-    tls: bool = False
-    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
-    verify_tls: bool = True
-    ca_file: str = ""
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    timeout: Duration = timedelta(seconds=30)
-
-    model_config = ConfigDict(populate_by_name=True)
-
-
-class ImapConfig(Section):
-    host: str = ""
-    port: int = Field(default=993, ge=1, le=65535)
-    tls: bool = True
-    starttls: Literal["off", "required"] = "off"
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    folder: str = "INBOX"
-    verify_tls: bool = True
-    ca_file: str = ""
-    move_to: str = ""
-    timeout: Duration = timedelta(seconds=30)
-    idle: bool = True
-    idle_interval: Duration = timedelta(minutes=5)
-    poll_interval: Duration = timedelta(seconds=60)
-    fetch_batch: int = Field(default=100, ge=1, le=1000)
-    reconnect_initial: Duration = timedelta(seconds=1)
-    reconnect_max: Duration = timedelta(minutes=5)
-
-    @model_validator(mode="after")
-    def _tls_choice(self) -> ImapConfig:
-        if self.tls and self.starttls == "required":
-            raise ValueError(
-                'starttls = "required" is for a plain connection upgraded to TLS (tls = false, '
-                "usually port 143); tls = true is already implicit TLS (port 993)")
-        return self
-
-
-class EmailConfig(Section):
-    inbox_addresses: list[EmailAddress] = Field(default_factory=list)
-    smtp_server: SmtpServerConfig = Field(default_factory=SmtpServerConfig)
-    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
-    imap: ImapConfig = Field(default_factory=ImapConfig)
-    reply_languages: list[str] = Field(default_factory=lambda: ["en"])
-
-    @field_validator("reply_languages")
-    @classmethod
-    def _languages(cls, value: list[str]) -> list[str]:
-        from mailparser_reply.constants import MAIL_LANGUAGES
-
-        known = sorted(k for k in MAIL_LANGUAGES if len(k) == 2)
-        out = []
-        for language in value:
-            code = language.strip().lower()
-            if code not in known:
-                raise ValueError(f"{language!r} is not a language the quoted-reply parser knows "
-                                 f"({', '.join(known)})")
-            out.append(code)
-        return out
-
-
-class TwilioConfig(Section):
-    account_sid: str = ""
-    auth_token: SecretStr = SecretStr("")
-    sms_from: str = ""
-    whatsapp_from: str = ""
-    api_base_url: str = "https://api.twilio.com"
-    webhook_signing_key: SecretStr = SecretStr("")
-    help_text: str = ("You are writing to our support team: send your question and a person "
-                      "will answer here. Reply STOP to stop messages, START to receive them again.")
-    voice_greeting_open: str = ("Thank you for calling. Please leave a message after the tone "
-                                "and we will get back to you shortly.")
-    voice_greeting_closed: str = ("Thank you for calling. We are closed right now. Please leave "
-                                  "a message after the tone and we will get back to you when "
-                                  "we open.")
-    voice_max_length: Duration = timedelta(minutes=2)
-    request_timeout: Duration = timedelta(seconds=15)
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _twilio_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with https:// (or http://)")
-        return value.rstrip("/")
-
-
-class TelegramConfig(Section):
-    bot_token: SecretStr = SecretStr("")
-    api_base_url: str = "https://api.telegram.org"
-    mode: Literal["polling", "webhook"] = "polling"
-    webhook_secret: SecretStr = SecretStr("")
-    greeting: str = ("Hello! Write your question here and our support team will answer you in "
-                     "this chat.")
-    poll_timeout: Duration = timedelta(seconds=30)
-    request_timeout: Duration = timedelta(seconds=15)
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _telegram_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with https:// (or http://)")
-        return value.rstrip("/")
-
-    @field_validator("webhook_secret")
-    @classmethod
-    def _secret_token(cls, value: SecretStr) -> SecretStr:
-        # Telegram's secret_token: 1-256 characters, A-Z, a-z, 0-9, _ and -.
-        if value.get_secret_value() and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}",
-                                                         value.get_secret_value()):
-            raise ValueError("use 1 to 256 characters of A-Z, a-z, 0-9, _ and - "
-                             "(Telegram's rule for secret_token)")
-        return value
 
 
 class SlackRoute(Section):
@@ -373,7 +251,6 @@ class MessageTemplate(Section):
     text: str
 
 
-_TEMPLATE_CHANNELS = (*CUSTOMER_CHANNELS, "chat")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
 
 TemplateTable = dict[str, dict[str, MessageTemplate]]
@@ -392,9 +269,8 @@ def _check_templates(kind: str, value: TemplateTable, info: ValidationInfo) -> T
     check: TemplateCheck | None = (info.context or {}).get("check_template")
     out: TemplateTable = {}
     for channel, languages in value.items():
-        if channel not in _TEMPLATE_CHANNELS:
-            raise ValueError(f"templates.{channel}: not a channel "
-                             f"({', '.join(_TEMPLATE_CHANNELS)})")
+        if not _CHANNEL_NAME.match(channel):
+            raise ValueError(f"templates.{channel}: not a channel")
         out[channel] = {}
         for language, template in languages.items():
             code = language.strip().lower().replace("_", "-")
@@ -521,7 +397,7 @@ class SlaPolicy(Section):
     """
 
     name: str
-    channels: list[CustomerChannel] = Field(default_factory=list)
+    channels: list[ChannelName] = Field(default_factory=list)
     priorities: list[_PRIORITY_NAMES] = Field(default_factory=list)
     contact_tags: list[str] = Field(default_factory=list)
     first_response: Duration | None = None
@@ -653,14 +529,12 @@ def _reply_name(value: str) -> str:
     return value.lower()
 
 
-class Settings(Section):
-    """The whole configuration."""
+class CoreSettings(Section):
+    """The configuration of the core: everything but the customer channels' own sections (which
+    their packages own; :mod:`frontdesk.daemon.process.registry` puts the whole together)."""
 
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
-    email: EmailConfig = Field(default_factory=EmailConfig)
-    twilio: TwilioConfig = Field(default_factory=TwilioConfig)
-    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     acknowledgement: AcknowledgementConfig = Field(default_factory=AcknowledgementConfig)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)

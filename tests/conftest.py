@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from frontdesk.config.schema import Settings
+from frontdesk.daemon.process.registry import Settings
 from tests.support.helpers import FakeClock, settings_for
 
 POSTGRES_ENV = "FRONTDESK_TEST_POSTGRES_URL"

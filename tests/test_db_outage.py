@@ -28,7 +28,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from frontdesk.config.schema import DatabaseConfig, Settings
+from frontdesk.config.schema import DatabaseConfig
+from frontdesk.daemon.process.registry import Settings
 from frontdesk.storage.db import Store, store_unavailable
 from frontdesk.storage.models import Conversation, InboundJournal, Message
 from tests.fakes.slack import BOT_TOKEN as SLACK_TOKEN

@@ -17,7 +17,7 @@ import trustme
 
 from frontdesk.channels.base import PermanentFailure, TemporaryFailure
 from frontdesk.channels.email.sender import EmailSender
-from frontdesk.config.schema import OutboundConfig
+from frontdesk.channels.email.settings import OutboundConfig
 from frontdesk.daemon.domain.messages import OutboundMessage
 from tests.fakes.smtp_sink import SmtpSink
 

@@ -1,4 +1,4 @@
-"""The IMAP mailbox reader against a real Dovecot on loopback (tests/dovecot.py).
+"""The IMAP mailbox reader against a real Dovecot on loopback (tests/support/dovecot.py).
 
 Mail is put into the user's Maildir as an MDA would; the daemon reads it over IMAP (implicit
 TLS, STARTTLS or plain) into the real store, and the tests look at both sides: the
@@ -15,23 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.storage.models import ChannelCheckpoint, InboundJournal, Message
-from tests.support.helpers import conversations, detail, eventually, mail
-
-
-def raw_mail(n: int, *, subject: str | None = None, frm: str = "Ada Lovelace <ada@example.org>",
-             body: str | None = None) -> bytes:
-    msg = mail(frm=frm, subject=subject or f"Question {n}", body=body or f"Message number {n}.",
-               msgid=f"<imap-{n}@example.org>")
-    return msg.as_bytes()
-
-
-def imap_settings(make_settings: Any, dovecot: Any, box: Any, *, database_url: str | None = None,
-                  **imap: Any) -> Any:
-    config = {"host": "127.0.0.1", "port": dovecot.imaps_port, "tls": True,
-              "ca_file": str(dovecot.ca_file), "username": box.user, "password": box.password,
-              "idle_interval": "5m", "poll_interval": "60s", "timeout": "10s",
-              "reconnect_initial": "1s", "reconnect_max": "2s", **imap}
-    return make_settings(database_url=database_url, email={"imap": config})
+from tests.support.helpers import conversations, detail, eventually
+from tests.support.imap import imap_settings, raw_mail, reader
 
 
 async def stored(daemon: Any) -> int:
@@ -55,10 +40,6 @@ def metric(daemon: Any, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no metric {name}")
-
-
-def reader(daemon: Any) -> Any:
-    return next(c for c in daemon.channels if c.name == "imap")
 
 
 async def ready(daemon: Any) -> bool:
@@ -352,7 +333,7 @@ async def test_a_2000_message_backlog_is_read_in_batches(
         dovecot: Any, make_settings: Any, tmp_path: Any, clock: Any) -> None:
     """The reader and the journal alone (no processor competing for the store), so this
     measures reading: every message journaled once, 100 UIDs per FETCH."""
-    from frontdesk.channels.email.imap import ImapChannel
+    from frontdesk.channels.email.imap import ImapChannel, ImapMetrics
     from frontdesk.daemon.process.journal import Journal
     from frontdesk.daemon.process.metrics import Metrics
     from frontdesk.storage.checkpoints import Checkpoints
@@ -366,7 +347,8 @@ async def test_a_2000_message_backlog_is_read_in_batches(
     metrics = Metrics()
     journal = Journal(store, clock=clock, metrics=metrics)
     imap = ImapChannel(settings.email)
-    imap.bind(checkpoints=Checkpoints(store, clock=clock), metrics=metrics)
+    imap.connect_store(checkpoints=Checkpoints(store, clock=clock),
+                       metrics=ImapMetrics(metrics.registry))
     batches: list[int] = []
     read = imap._journal
 

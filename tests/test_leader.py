@@ -30,9 +30,9 @@ from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from frontdesk.config.schema import Settings
 from frontdesk.daemon.process.leader import Leadership, lock_key
 from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.daemon.process.registry import Settings
 from frontdesk.storage.models import InboundJournal, Message, TelegramOffset
 from tests.fakes import serve
 from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
@@ -679,7 +679,7 @@ async def _journaled_at_least(d: Any, n: int) -> bool:
 
 async def test_two_daemons_one_reads_the_mailbox_and_the_other_takes_over(
         dovecot: Any, postgres_url: str, make_settings: Any, daemon_factory: Any) -> None:
-    from test_imap import imap_settings, raw_mail, reader
+    from tests.support.imap import imap_settings, raw_mail, reader
 
     box = dovecot.add_user()
     box.deliver_many([raw_mail(n) for n in range(3)])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from frontdesk.config.schema import Settings, SlaConfig
+from frontdesk.config.schema import SlaConfig
 from frontdesk.daemon.domain.business_hours import calendar_from_settings
 from frontdesk.daemon.domain.notices import (
     check_template,
@@ -21,6 +21,7 @@ from frontdesk.daemon.domain.notices import (
     sms_segments,
 )
 from frontdesk.daemon.domain.sla import SlaEngine, SlaPolicies, SlaState
+from frontdesk.daemon.process.registry import Settings
 from frontdesk.daemon.process.scheduler import parse_rate_limits, parse_rating, slack_mention
 
 LONDON_HOURS = "Mon-Fri 09:00-12:30,13:30-17:30"
@@ -221,6 +222,8 @@ def test_configured_templates_win_by_channel_then_chat_then_language() -> None:
     ({"acknowledgement": {"templates": {"sms": {"en": {"text": "x" * 320}}}}},
      "SMS segments"),
     ({"acknowledgement": {"templates": {"fax": {"en": {"text": "x"}}}}}, "not a channel"),
+    ({"sla": {"policies": [{"name": "x", "channels": ["fax"], "first_response": "1h"}]}},
+     "sla.policies[0].channels: 'fax' is not a channel (email, sms, whatsapp, voice, telegram)"),
     ({"escalation": [{"after": "1h"}, {"after": "30m"}]}, "level 2 comes before level 1"),
     ({"escalation": [{"notify": ["email"]}]}, 'notify includes "email" but email is not set'),
     ({"escalation": [{"mention": "bob"}]}, "not a Slack mention"),

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from frontdesk.config.schema import Settings, SlackRoute
+from frontdesk.config.schema import SlackRoute
 from frontdesk.daemon.desk.blocks import cut, escape, quote, slack_to_plain
-from frontdesk.daemon.desk.queue import contact_tags, route
+from frontdesk.daemon.desk.queue import route
 from frontdesk.daemon.domain.business_hours import calendar_from_settings
 from frontdesk.daemon.domain.conversations import (
     InvalidAction,
@@ -20,7 +20,9 @@ from frontdesk.daemon.domain.conversations import (
     render_saved_reply,
     snooze_until,
 )
-from frontdesk.daemon.process.app import disabled_channels
+from frontdesk.daemon.domain.sla import contact_tags
+from frontdesk.daemon.process.app import build_channels
+from frontdesk.daemon.process.registry import Settings
 
 
 def test_customer_text_is_escaped_and_cut_between_characters() -> None:
@@ -85,7 +87,7 @@ def _slack(**keys: Any) -> Settings:
 
 def test_slack_settings_say_what_is_missing() -> None:
     def line(**keys: Any) -> str:
-        [found] = [x for x in disabled_channels(_slack(**keys)) if x.startswith("slack")]
+        [found] = [x for x in build_channels(_slack(**keys))[1] if x.startswith("slack")]
         return found
 
     assert line() == "slack desk disabled: slack.bot_token is not set"
@@ -104,7 +106,7 @@ def test_slack_settings_say_what_is_missing() -> None:
     assert "xoxb-1" not in repr(ok) and "xapp-1" not in repr(ok)
     with pytest.raises(ValidationError, match="saved reply's name"):
         Settings.model_validate({"saved_replies": {"no spaces": "x"}})
-    assert not any("slack" in x for x in disabled_channels(ok))
+    assert not any("slack" in x for x in build_channels(ok)[1])
 
 
 def test_snooze_times_follow_the_business_calendar() -> None:

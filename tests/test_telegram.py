@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select
 
-from frontdesk.channels.telegram import from_settings
 from frontdesk.channels.telegram.channel import TelegramChannel
 from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import InboundJournal, Message, Outbox, TelegramOffset
@@ -320,14 +319,16 @@ async def test_webhook_mode_checks_the_secret(database_url: str, make_settings: 
 # -- configuration ----------------------------------------------------------------------------
 
 def test_missing_token_or_webhook_settings_disable_the_channel(make_settings: Any) -> None:
-    assert from_settings(make_settings()) == "telegram channel disabled: telegram.bot_token " \
-                                             "is not set"
-    no_secret = from_settings(make_settings(http={"public_url": PUBLIC_URL},
-                                            telegram={"bot_token": BOT_TOKEN,
-                                                      "mode": "webhook"}))
+    def built(**sections: Any) -> Any:
+        settings = make_settings(**sections)
+        [result] = settings.telegram.build(settings)
+        return result
+
+    assert built() == "telegram channel disabled: telegram.bot_token is not set"
+    no_secret = built(http={"public_url": PUBLIC_URL},
+                      telegram={"bot_token": BOT_TOKEN, "mode": "webhook"})
     assert isinstance(no_secret, str) and "telegram.webhook_secret" in no_secret
-    no_url = from_settings(make_settings(telegram={"bot_token": BOT_TOKEN, "mode": "webhook",
-                                                   "webhook_secret": SECRET}))
+    no_url = built(telegram={"bot_token": BOT_TOKEN, "mode": "webhook", "webhook_secret": SECRET})
     assert isinstance(no_url, str) and "http.public_url" in no_url
 
 

@@ -12,7 +12,6 @@ from xml.etree import ElementTree
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.channels.twilio import from_settings
 from frontdesk.channels.twilio.voice import DONE_PATH, RECORDING_PATH, TRANSCRIPTION_PATH
 from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, InboundJournal, Message, Outbox, PhoneOptOut
@@ -526,6 +525,10 @@ async def test_voicemail_caller_texting_later_is_the_same_contact(make_settings:
 # -- configuration ----------------------------------------------------------------------------
 
 def test_missing_credentials_disable_the_channel(make_settings: Any) -> None:
+    def from_settings(settings: Any) -> Any:
+        [result] = settings.twilio.build(settings)
+        return result
+
     line = from_settings(make_settings())
     assert line == ("twilio channel (sms, whatsapp, voice) disabled: twilio.account_sid and "
                     "twilio.auth_token are not set")

@@ -12,24 +12,21 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from frontdesk.channels.base import Accept
+from frontdesk.channels.base import Accept, ChannelContext, ChannelParts
 from frontdesk.channels.email.parse import parse_email
 from frontdesk.channels.email.sender import EmailSender
+from frontdesk.channels.email.settings import EmailConfig
 from frontdesk.channels.email.smtp import InboxAddresses, SmtpServer
-from frontdesk.config.schema import EmailConfig, Settings
 from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
 
-def from_settings(settings: Settings) -> EmailChannel:
-    """Email is always on: replies go out through the relay even when the SMTP server is off
-    (mail then comes in only through the IMAP mailbox)."""
-    return EmailChannel(settings.email)
-
 
 class EmailChannel:
     name = "email"
+    journal_names = ("email",)
+    channel_names = ("email",)
 
     def __init__(self, config: EmailConfig) -> None:
         self._config = config
@@ -60,13 +57,13 @@ class EmailChannel:
         return parse_email(raw, meta, self._inboxes, own_domains=self._own_domains,
                            reply_languages=self._languages)
 
-    def attach(self, daemon: Any) -> None:
+    def bind(self, context: ChannelContext) -> ChannelParts:
         """The store-side half: bounce handling and verified identity links."""
         from frontdesk.channels.email.records import apply_delivery_report
         from frontdesk.daemon.domain.contacts import LinkVerifier
 
-        daemon.inbound_filters.append(apply_delivery_report)
-        daemon.inbound_hooks.append(LinkVerifier(daemon.replies))
+        return ChannelParts(inbound_filters=(apply_delivery_report,),
+                            inbound_hooks=(LinkVerifier(context.replies),))
 
     async def send(self, outbound: OutboundMessage) -> Receipt:
         return await self._sender.send(outbound)

@@ -51,9 +51,11 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any, Protocol
 
-from frontdesk.channels.base import Accept, PermanentFailure
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from frontdesk.channels.base import Accept, ChannelContext, ChannelParts, Leader, PermanentFailure
 from frontdesk.channels.email.parse import parse_email, remote_id_for
-from frontdesk.config.schema import EmailConfig, ImapConfig, Settings
+from frontdesk.channels.email.settings import EmailConfig, ImapConfig
 from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,20 @@ class Checkpoints(Protocol):
     async def save(self, name: str, value: dict[str, Any]) -> None: ...
 
 
-class ImapMetrics(Protocol):
-    imap_connected: Any
-    imap_reconnects: Any
-    imap_fetched: Any
+class ImapMetrics:
+    """The reader's own metrics, in the daemon's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.imap_connected = Gauge(
+            "frontdesk_imap_connected",
+            "1 while the IMAP reader is logged in with its folder selected", registry=registry)
+        self.imap_reconnects = Counter(
+            "frontdesk_imap_reconnects",
+            "IMAP sessions that failed (connection lost, timeout, refused login) and were "
+            "retried after a backoff", registry=registry)
+        self.imap_fetched = Counter(
+            "frontdesk_imap_fetched", "Messages read from the IMAP mailbox into the journal",
+            registry=registry)
 
 
 class ImapError(Exception):
@@ -355,16 +367,6 @@ class _Session:
 
 # --- the reader --------------------------------------------------------------------------------
 
-def from_settings(settings: Settings) -> ImapChannel | str:
-    """The reader, or the reason it cannot run. Only called when ``email.imap.host`` is set."""
-    c = settings.email.imap
-    if not c.username:
-        return "imap mailbox disabled: email.imap.username is not set"
-    if not c.password.get_secret_value():
-        return ("imap mailbox disabled: email.imap.password is not set "
-                "(FRONTDESK_EMAIL__IMAP__PASSWORD)")
-    return ImapChannel(settings.email)
-
 
 class ImapChannel:
     """Reads one IMAP folder into the journal (as channel ``email``).
@@ -394,23 +396,24 @@ class ImapChannel:
         self._uidvalidity: int | None = None
         self._last_uid = 0
         self._move_to: str | None = self.config.move_to or None
-        self._leadership: Any = None  # frontdesk.daemon.process.leader.Leadership when composed
+        self._leadership: Leader | None = None
         self.sessions = 0
         """How many sessions got as far as selecting the folder (tests and logs)."""
 
     # -- composition -----------------------------------------------------------------------------
 
-    def attach(self, daemon: Any) -> None:
-        """Called by the daemon before start: the store's checkpoints and the daemon's metrics."""
+    def bind(self, context: ChannelContext) -> ChannelParts:
+        """Its checkpoints in the store, its metrics, and leadership of the mailbox."""
         from frontdesk.storage.checkpoints import Checkpoints as StoreCheckpoints
 
-        self.bind(checkpoints=StoreCheckpoints(daemon.store, clock=daemon.clock),
-                  metrics=daemon.metrics, leadership=daemon.leadership(self.checkpoint_name))
+        self.connect_store(checkpoints=StoreCheckpoints(context.store, clock=context.clock),
+                           metrics=ImapMetrics(context.metrics),
+                           leadership=context.leadership(self.checkpoint_name))
+        return ChannelParts()
 
-    def bind(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None,
-             leadership: Any = None) -> None:
-        """``leadership``: a :class:`frontdesk.daemon.process.leader.Leadership`; without one the
-        reader runs unelected (a single instance)."""
+    def connect_store(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None,
+                      leadership: Leader | None = None) -> None:
+        """Without ``leadership`` the reader runs unelected (a single instance)."""
         self._checkpoints = checkpoints
         self._metrics = metrics
         self._leadership = leadership

@@ -32,7 +32,7 @@ import aiosmtplib
 
 from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.config.schema import OutboundConfig
+from frontdesk.channels.email.settings import OutboundConfig
 from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from frontdesk.channels.base import Accept
 from frontdesk.channels.email.parse import remote_id_for
-from frontdesk.config.schema import SmtpServerConfig, split_listen
+from frontdesk.channels.email.settings import SmtpServerConfig
+from frontdesk.config.schema import split_listen
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from email.utils import parseaddr
 
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.config.schema import EmailConfig
+from frontdesk.channels.email.settings import EmailConfig
 from frontdesk.daemon.domain.messages import OutboundMessage
 from frontdesk.daemon.domain.replies import ReplyContext
 

@@ -31,7 +31,6 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -48,12 +47,20 @@ from telegram.error import (
 )
 from telegram.request import HTTPXRequest
 
-from frontdesk.channels.base import Accept, DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.base import (
+    Accept,
+    ChannelContext,
+    ChannelParts,
+    DeliveryError,
+    Leader,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
 from frontdesk.channels.telegram.parse import journal_key, parse_update
 from frontdesk.channels.telegram.records import FILE_JOB, TelegramRecords
-from frontdesk.config.schema import TelegramConfig
+from frontdesk.channels.telegram.settings import TelegramConfig
 from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
@@ -89,10 +96,9 @@ class TelegramChannel:
     backoff_initial = 1.0
     backoff_max = 60.0
 
-    def __init__(self, config: TelegramConfig, *, public_url: str, data_dir: str = "") -> None:
+    def __init__(self, config: TelegramConfig, *, public_url: str) -> None:
         self._config = config
         self._public_url = public_url.rstrip("/")
-        self._data_dir = data_dir
         self._token = config.bot_token.get_secret_value()
         self.bot_id = self._token.split(":", 1)[0]
         self._secret = config.webhook_secret.get_secret_value().encode()
@@ -104,28 +110,25 @@ class TelegramChannel:
         self._task: asyncio.Task[None] | None = None
         self._ready = False
         self._stopping = False
-        self._leadership: Any = None  # frontdesk.daemon.process.leader.Leadership, polling only
+        self._leadership: Leader | None = None  # polling only
 
     # -- composition ----------------------------------------------------------------------------
 
-    def attach(self, daemon: Any) -> None:
-        from frontdesk.storage.attachments import AttachmentStore
-
-        store = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
-        files = AttachmentJob(FILE_JOB, daemon.store, store, self._fetch_file,
-                              clock=daemon.clock)
-        records = TelegramRecords(daemon.store, clock=daemon.clock,
+    def bind(self, context: ChannelContext) -> ChannelParts:
+        """The store-side half: filters, hooks, the file job, the webhook (webhook mode) or
+        leadership of the getUpdates poll (polling mode)."""
+        files = AttachmentJob(FILE_JOB, context.store, context.attachments, self._fetch_file,
+                              clock=context.clock)
+        records = TelegramRecords(context.store, clock=context.clock,
                                   greeting=self._config.greeting, files=files,
-                                  kick=daemon.outbox.kick)
+                                  kick=context.kick_outbox)
         self._records = records
-        daemon.inbound_filters.append(records.before_store)
-        daemon.inbound_hooks.append(records.after_store)
-        daemon.outbox_handlers[FILE_JOB] = files
         if self.mode == "polling":
-            self._leadership = daemon.leadership(f"telegram:{self.bot_id}")
-
-    def http_routes(self) -> list[web.RouteDef]:
-        return [web.post(WEBHOOK_PATH, self._on_update)] if self.mode == "webhook" else []
+            self._leadership = context.leadership(f"telegram:{self.bot_id}")
+        return ChannelParts(
+            routes=[web.post(WEBHOOK_PATH, self._on_update)] if self.mode == "webhook" else [],
+            inbound_filters=(records.before_store,), inbound_hooks=(records.after_store,),
+            outbox_handlers={FILE_JOB: files})
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -26,12 +26,12 @@ from frontdesk.channels.chat_records import (
 )
 from frontdesk.channels.telegram.parse import COMMAND, file_items
 from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, Event, Message, TelegramOffset, core_table
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 FILE_JOB = "telegram_file"
 
 

@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,12 +44,20 @@ from twilio.request_validator import (
 )
 from twilio.rest import Client
 
-from frontdesk.channels.base import Accept, DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.base import (
+    Accept,
+    ChannelContext,
+    ChannelParts,
+    DeliveryError,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
 from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
 from frontdesk.channels.twilio.records import MEDIA_JOB, STATUS, TwilioRecords
 from frontdesk.channels.twilio.records import rank as status_rank
+from frontdesk.channels.twilio.settings import TwilioConfig
 from frontdesk.channels.twilio.voice import (
     DONE_PATH,
     EMPTY_TWIML,
@@ -59,7 +66,6 @@ from frontdesk.channels.twilio.voice import (
     hangup_twiml,
     voicemail_twiml,
 )
-from frontdesk.config.schema import TwilioConfig
 from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
@@ -174,10 +180,9 @@ class TwilioChannel:
     journal_names = ("sms", "whatsapp", "voice")
     channel_names = ("sms", "whatsapp", "voice")  # a reply to a voicemail goes out as an SMS
 
-    def __init__(self, config: TwilioConfig, *, public_url: str, data_dir: str = "") -> None:
+    def __init__(self, config: TwilioConfig, *, public_url: str) -> None:
         self._config = config
         self._public_url = public_url.rstrip("/")
-        self._data_dir = data_dir
         self._token = config.auth_token.get_secret_value()
         self._signer = _Signer(self._token)
         key = config.webhook_signing_key.get_secret_value()
@@ -198,34 +203,28 @@ class TwilioChannel:
 
     # -- composition ----------------------------------------------------------------------------
 
-    def attach(self, daemon: Any) -> None:
-        """Plug the store-side half into the daemon: filters, hooks, the media job, the clock
-        and the business calendar (for the voice greeting)."""
-        from frontdesk.storage.attachments import AttachmentStore
-
-        files = AttachmentStore(Path(self._data_dir or daemon.settings.daemon.data_dir))
-        media = AttachmentJob(MEDIA_JOB, daemon.store, files, self._fetch_media,
-                              clock=daemon.clock)
-        records = TwilioRecords(daemon.store, clock=daemon.clock, parse=self.parse,
+    def bind(self, context: ChannelContext) -> ChannelParts:
+        """The store-side half: filters, hooks, the media job, the webhooks, and the business
+        calendar (for the voice greeting)."""
+        media = AttachmentJob(MEDIA_JOB, context.store, context.attachments, self._fetch_media,
+                              clock=context.clock)
+        records = TwilioRecords(context.store, clock=context.clock, parse=self.parse,
                                 help_text=self._config.help_text, media=media,
-                                kick=daemon.outbox.kick)
+                                kick=context.kick_outbox)
         self._records = records
-        daemon.inbound_filters.append(records.before_store)
-        daemon.inbound_hooks.append(records.after_store)
-        daemon.delivery_hooks.append(records.after_delivery)
-        daemon.outbox_handlers[MEDIA_JOB] = media
-        calendar, clock = daemon.sla.calendar, daemon.clock
+        calendar, clock = context.calendar, context.clock
         self._is_open = lambda: bool(calendar.is_open(clock()))
-
-    def http_routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(SMS_PATH, self._on_message),
-            web.post(STATUS_PATH, self._on_status),
-            web.post(VOICE_PATH, self._on_voice),
-            web.post(RECORDING_PATH, self._on_recording),
-            web.post(TRANSCRIPTION_PATH, self._on_transcription),
-            web.post(DONE_PATH, self._on_voice_done),
-        ]
+        return ChannelParts(
+            routes=[
+                web.post(SMS_PATH, self._on_message),
+                web.post(STATUS_PATH, self._on_status),
+                web.post(VOICE_PATH, self._on_voice),
+                web.post(RECORDING_PATH, self._on_recording),
+                web.post(TRANSCRIPTION_PATH, self._on_transcription),
+                web.post(DONE_PATH, self._on_voice_done),
+            ],
+            inbound_filters=(records.before_store,), inbound_hooks=(records.after_store,),
+            delivery_hooks=(records.after_delivery,), outbox_handlers={MEDIA_JOB: media})
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from frontdesk.channels.twilio.parse import (
 )
 from frontdesk.config.schema import PHONE_CHANNELS
 from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Conversation,
@@ -59,7 +60,6 @@ from frontdesk.storage.models import (
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Parser = Callable[[bytes, Mapping[str, Any]], InboundMessage]
 
 MEDIA_JOB = "twilio_media"

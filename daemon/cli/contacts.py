@@ -14,6 +14,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
+from frontdesk.storage.clock import utcnow
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser,
                 parser_class: type[argparse.ArgumentParser]) -> None:
@@ -47,8 +50,6 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
-    from frontdesk.channels.registry import reply_composer
-    from frontdesk.daemon.cli.main import Failure, _now, _print_json, _settings, _with_store
     from frontdesk.daemon.domain.contacts import (
         ContactError,
         contact_detail,
@@ -58,26 +59,29 @@ def cmd_contact(args: argparse.Namespace) -> int:
         request_link,
     )
     from frontdesk.daemon.domain.conversations import get_conversation
+    from frontdesk.daemon.process.registry import reply_composer
 
-    settings = _settings(args)
+    settings = settings_of(args)
+    replies = reply_composer(settings)
+    known = replies.channels
 
     async def show(store: Any) -> int:
         async with store.reader() as s:
-            detail = await contact_detail(s, await find_contact(s, args.contact))
+            detail = await contact_detail(s, await find_contact(s, args.contact, known=known))
         if args.json:
-            _print_json(detail)
+            print_json(detail)
         else:
             print(format_contact(detail), end="")
         return 0
 
     async def merge(store: Any) -> int:
         async with store.session() as s:
-            keep = await find_contact(s, args.keep)
-            other = await find_contact(s, args.other)
-            result = await merge_contacts(s, keep, other, actor=_actor(args), now=_now())
+            keep = await find_contact(s, args.keep, known=known)
+            other = await find_contact(s, args.other, known=known)
+            result = await merge_contacts(s, keep, other, actor=_actor(args), now=utcnow())
             detail = await contact_detail(s, keep)
         if args.json:
-            _print_json(detail)
+            print_json(detail)
         else:
             moved = ", ".join(f"{i['channel']}:{i['address']}" for i in result.identities)
             print(f"contact {result.merged_id} merged into contact {result.contact_id}"
@@ -87,12 +91,12 @@ def cmd_contact(args: argparse.Namespace) -> int:
 
     async def link(store: Any) -> int:
         async with store.session() as s:
-            contact = await find_contact(s, args.contact)
+            contact = await find_contact(s, args.contact, known=known)
             conversation = await get_conversation(s, args.ref) if args.ref else None
             if conversation is not None and conversation.contact_id != contact.id:
                 raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
             made = await request_link(s, contact, args.address,
-                                      replies=reply_composer(settings), now=_now(),
+                                      replies=replies, now=utcnow(),
                                       requested_by=_actor(args), conversation=conversation)
         where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
         print(f"a code is on its way to {made.address}; it links the address to contact "
@@ -107,7 +111,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         except ContactError as exc:
             raise Failure(str(exc)) from None
 
-    return asyncio.run(_with_store(settings, guarded))
+    return asyncio.run(with_store(settings, guarded))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"contact": cmd_contact}

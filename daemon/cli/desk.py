@@ -13,6 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
+from frontdesk.daemon.domain.business_hours import calendar_from_settings
+from frontdesk.storage.clock import utcnow
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser,
                 parser_class: type[argparse.ArgumentParser]) -> None:
@@ -38,10 +42,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.cli.main import Failure, _print_json, _settings, _with_store
     from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.limit < 1:
         raise Failure("--limit must be at least 1")
     query = " ".join(args.text)
@@ -53,7 +56,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             except InvalidQuery as exc:
                 raise Failure(str(exc)) from None
         if args.json:
-            _print_json([h.view() for h in hits])
+            print_json([h.view() for h in hits])
         elif not hits:
             print(f"no conversation mentions {query!r}")
         else:
@@ -63,24 +66,22 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"          {marked(h.snippet, '[', ']')}")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def _action(describe: Callable[[Any, argparse.Namespace], str],
             apply: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from frontdesk.daemon.cli.main import Failure, _now, _settings, _with_store
-        from frontdesk.daemon.domain.business_hours import calendar_from_settings
         from frontdesk.daemon.domain.conversations import InvalidAction, get_conversation
 
-        settings = _settings(args)
+        settings = settings_of(args)
         actor = args.actor or os.environ.get("USER") or "staff"
 
         async def work(store: Any) -> int:
             async with store.session() as s:
                 conversation = await get_conversation(s, args.ref)
                 try:
-                    changed = await apply(s, conversation, args, actor=actor, now=_now(),
+                    changed = await apply(s, conversation, args, actor=actor, now=utcnow(),
                                           calendar=calendar_from_settings(settings.sla))
                 except InvalidAction as exc:
                     raise Failure(str(exc)) from None
@@ -88,7 +89,7 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
                   f"{conversation.reference} unchanged (already {conversation.status})")
             return 0
 
-        return asyncio.run(_with_store(settings, work))
+        return asyncio.run(with_store(settings, work))
 
     return command
 

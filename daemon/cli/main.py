@@ -13,41 +13,37 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import select
 
+from frontdesk import __version__
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
-from frontdesk.config.schema import Settings, parse_duration
+from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
+from frontdesk.daemon.cli.common import Failure, Parser, print_json, settings_of, with_store
+from frontdesk.daemon.domain.business_hours import calendar_from_settings
 from frontdesk.daemon.domain.notices import check_template
+from frontdesk.daemon.process.registry import Settings
+from frontdesk.storage.clock import utcnow
 
 log = logging.getLogger("frontdesk")
 
 
-class Failure(Exception):
-    """A problem to report in one line, exit 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n(see `{self.prog} --help`)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="config file (default: $FRONTDESK_CONFIG, then ./frontdesk.toml)")
-    as_json = _Parser(add_help=False)
+    as_json = Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _Parser(prog="frontdesk", description="Omnichannel support inbox daemon.",
+    p = Parser(prog="frontdesk", description="Omnichannel support inbox daemon.",
                 parents=[common])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"frontdesk {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     sub.add_parser("init", parents=[common],
                    help="write a starter config (never overwrites) and migrate the store")
@@ -55,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--show", action="store_true",
                        help="print the effective config (secrets masked)")
     db = sub.add_parser("db", parents=[common], help="store maintenance")
-    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser,
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=Parser,
                                metavar="COMMAND")
     db_sub.add_parser("upgrade", parents=[common], help="apply the store's migrations")
     conv = sub.add_parser("conversations", parents=[common, as_json],
@@ -77,39 +73,14 @@ def _parser() -> argparse.ArgumentParser:
                              help="inbound messages that failed to process")
     journal.add_argument("--failed", action="store_true", help="only failed ones")
     journal.add_argument("--limit", type=int, default=50, metavar="N")
-    journal_sub = journal.add_subparsers(dest="journal_command", parser_class=_Parser,
+    journal_sub = journal.add_subparsers(dest="journal_command", parser_class=Parser,
                                          metavar="retry")
     retry = journal_sub.add_parser("retry", parents=[common, as_json],
                                    help="process failed messages again")
     retry.add_argument("id", nargs="?", type=int, metavar="ID")
-    cli_desk.add_parsers(sub, common, as_json, _Parser)
-    cli_contacts.add_parsers(sub, common, as_json, _Parser)
+    cli_desk.add_parsers(sub, common, as_json, Parser)
+    cli_contacts.add_parsers(sub, common, as_json, Parser)
     return p
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(resolve_path(getattr(args, "config", None)),
-                         check_template=check_template)
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def _with_store(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
-    from frontdesk.storage.db import Store
-
-    store = Store.from_settings(settings.database)
-    try:
-        await store.ensure_schema()
-        return await work(store)
-    finally:
-        await store.dispose()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -117,7 +88,7 @@ async def _with_store(settings: Settings, work: Callable[[Any], Awaitable[int]])
 def cmd_run(args: argparse.Namespace) -> int:
     from frontdesk.daemon.process.app import Daemon
 
-    settings = _settings(args)
+    settings = settings_of(args)
     _logging(settings.daemon.log_level)
     daemon = Daemon(settings)
     try:
@@ -138,20 +109,20 @@ def cmd_init(args: argparse.Namespace) -> int:
             shutil.copyfileobj(src, dst)
         os.chmod(path, 0o640)
         print(f"wrote {path}")
-    settings = load_settings(path, check_template=check_template)
+    settings = load_settings(path, Settings, check_template=check_template)
 
     async def work(store: Any) -> int:
         print(f"store ready: {_safe_url(settings.database.url)}")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from frontdesk.daemon.process.app import build_channels
 
     path = resolve_path(getattr(args, "config", None))
-    settings = load_settings(path, check_template=check_template)
+    settings = load_settings(path, Settings, check_template=check_template)
     print(f"{path}: OK")
     for line in build_channels(settings)[1]:
         print(f"  {line}")
@@ -176,7 +147,7 @@ def _safe_url(url: str) -> str:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     from frontdesk.storage.db import Store
 
     async def work() -> int:
@@ -196,7 +167,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
     from frontdesk.daemon.domain.conversations import conversation_view
     from frontdesk.storage.models import Conversation
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.limit is not None and args.limit < 1:
         raise Failure("--limit must be at least 1")
 
@@ -210,7 +181,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
         async with store.reader() as s:
             rows = [conversation_view(c) for c in (await s.execute(query)).unique().scalars()]
         if args.json:
-            _print_json(rows)
+            print_json(rows)
         elif not rows:
             print("no conversations")
         else:
@@ -222,7 +193,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
                       f"{c['subject']}")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -233,7 +204,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         messages_of,
     )
 
-    settings = _settings(args)
+    settings = settings_of(args)
 
     async def work(store: Any) -> int:
         async with store.reader() as s:
@@ -241,12 +212,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             detail = conversation_detail(conversation, await messages_of(s, conversation.id),
                                          await other_conversations(s, conversation))
         if args.json:
-            _print_json(detail)
+            print_json(detail)
         else:
             print(_format_detail(detail))
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def _format_detail(d: dict[str, Any]) -> str:
@@ -294,28 +265,27 @@ def _other_lines(others: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
-    from frontdesk.channels.registry import reply_composer
     from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
+    from frontdesk.daemon.process.registry import reply_composer
 
-    settings = _settings(args)
+    settings = settings_of(args)
     author = args.author or os.environ.get("USER") or "staff"
 
     async def work(store: Any) -> int:
         async with store.session() as s:
             conversation = await get_conversation(s, args.ref)
             message = await add_staff_reply(s, conversation, args.text, author=author,
-                                            replies=reply_composer(settings), now=_now())
+                                            replies=reply_composer(settings), now=utcnow())
         print(f"queued reply #{message.id} to {message.address} on {conversation.reference}")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.business_hours import calendar_from_settings
     from frontdesk.daemon.domain.report import build_report, format_report, report_csv
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.json and args.csv:
         raise Failure("choose one of --json and --csv")
     try:
@@ -325,24 +295,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         async with store.reader() as s:
-            report = await build_report(s, since=since, now=_now(),
+            report = await build_report(s, since=since, now=utcnow(),
                                         calendar=calendar_from_settings(settings.sla))
         if args.json:
-            _print_json(report)
+            print_json(report)
         elif args.csv:
             sys.stdout.write(report_csv(report))
         else:
             print(format_report(report))
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
     from frontdesk.daemon.domain.conversations import iso
     from frontdesk.storage.models import InboundJournal, core_table
 
-    settings = _settings(args)
+    settings = settings_of(args)
 
     def view(row: Any) -> dict[str, Any]:
         return {"id": row.id, "channel": row.channel, "remote_id": row.remote_id,
@@ -362,7 +332,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         async with store.reader() as s:
             rows = [view(r) for r in (await s.execute(query.limit(args.limit))).all()]
         if args.json:
-            _print_json(rows)
+            print_json(rows)
         elif not rows:
             print("no failed messages" if args.failed else "the journal is empty")
         else:
@@ -374,7 +344,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
     async def retry(store: Any) -> int:
         return await _retry(store, settings, args)
 
-    return asyncio.run(_with_store(settings, retry if args.journal_command else listing))
+    return asyncio.run(with_store(settings, retry if args.journal_command else listing))
 
 
 async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> int:
@@ -403,7 +373,7 @@ async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> in
         elif o.conversation_id:
             print(f"#{o.journal_id}: stored in FD-{o.conversation_id}")
     if args.json:
-        _print_json([{"id": o.journal_id, "conversation_id": o.conversation_id,
+        print_json([{"id": o.journal_id, "conversation_id": o.conversation_id,
                       "error": o.error.splitlines()[0] if o.error else None} for o in outcomes])
     return 1 if failed else 0
 

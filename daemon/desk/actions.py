@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
 
-import aiohttp
-from slack_sdk.errors import SlackApiError
-
+from frontdesk.config.schema import CoreSettings, SlackConfig
 from frontdesk.daemon.desk import blocks
+from frontdesk.daemon.desk.api import SlackApi, SlackUser
+from frontdesk.daemon.desk.cards import RootCards
+from frontdesk.daemon.desk.queue import SlackQueue
+from frontdesk.daemon.domain.business_hours import BusinessCalendar
 from frontdesk.daemon.domain.conversations import (
     PRIORITIES,
     CannotReply,
@@ -42,10 +46,9 @@ from frontdesk.daemon.domain.conversations import (
     snooze,
     snooze_until,
 )
+from frontdesk.daemon.domain.replies import ReplyComposer
 from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
-
-if TYPE_CHECKING:
-    from frontdesk.daemon.desk.desk import SlackDesk, SlackUser
+from frontdesk.storage.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,26 @@ def _raise_priority(current: str) -> str:
     return PRIORITIES[min(index + 1, len(PRIORITIES) - 1)]
 
 
+class DeskParts(Protocol):
+    """What the actions (and the events, :mod:`.events`) use of the desk service."""
+
+    settings: CoreSettings
+    config: SlackConfig
+    store: Store
+    clock: Callable[[], datetime]
+    calendar: BusinessCalendar
+    replies: ReplyComposer
+    queue: SlackQueue
+    api: SlackApi
+    cards: RootCards
+
+    def kick(self) -> None:
+        """Wake the outbox worker and the root refresh after a commit that queued desk work or
+        changed a conversation."""
+
+
 class DeskActions:
-    def __init__(self, desk: SlackDesk) -> None:
+    def __init__(self, desk: DeskParts) -> None:
         self.desk = desk
 
     # -- buttons ------------------------------------------------------------------------------
@@ -81,7 +102,7 @@ class DeskActions:
         kind = _BUTTONS.get(str(action.get("action_id")))
         value = action.get("value") or (action.get("selected_option") or {}).get("value") or ""
         reference, _, choice = str(value).strip().partition(" ")
-        user = await self.desk.users.get(str((body.get("user") or {}).get("id") or ""))
+        user = await self.desk.api.users.get(str((body.get("user") or {}).get("id") or ""))
         if kind is None:
             return
         ok, text = await self.change(kind, reference, choice.strip(), user)
@@ -92,12 +113,8 @@ class DeskActions:
         """A note only the clicking person sees (not a conversation post: not in the outbox)."""
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
             "channel_id")
-        if not channel:
-            return
-        try:
-            await self.desk.client.chat_postEphemeral(channel=channel, user=user.id, text=text)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("could not tell %s %r: %s", user.id, text, exc)
+        if channel:
+            await self.desk.api.tell(channel, user.id, text)
 
     # -- state changes (buttons and the slash command) --------------------------------------------
 
@@ -106,7 +123,7 @@ class DeskActions:
         """Apply one action; (True, what happened) or (False, why not)."""
         desk = self.desk
         now = desk.clock()
-        data = {"via": "slack", "slack_user": user.id}
+        data = user.audit_data()
         changed = False
         try:
             async with desk.store.session() as s:
@@ -141,8 +158,7 @@ class DeskActions:
             return False, str(exc)
         if not changed:
             return True, f"{reference} unchanged (it is {status})."
-        desk.kick_outbox()
-        desk.kick_refresh()
+        desk.kick()
         log.info("%s: %s by %s", reference, what, user.actor)
         return True, f"{reference}: {what}."
 
@@ -150,7 +166,7 @@ class DeskActions:
 
     async def on_command(self, command: dict[str, Any]) -> str:
         words = str(command.get("text") or "").split()
-        user = await self.desk.users.get(str(command.get("user_id") or ""))
+        user = await self.desk.api.users.get(str(command.get("user_id") or ""))
         if not words or words[0].lower() in ("help", "?", "-h", "--help"):
             return self._usage()
         sub, rest = words[0].lower(), words[1:]
@@ -190,7 +206,7 @@ class DeskActions:
             return me.name
         mention = _USER_MENTION.match(spec)
         if mention:
-            return (await self.desk.users.get(mention.group(1))).name
+            return (await self.desk.api.users.get(mention.group(1))).name
         return spec.lstrip("@") or None
 
     def _saved_names(self) -> str:
@@ -208,7 +224,7 @@ class DeskActions:
             async with desk.store.reader() as s:
                 c = await get_conversation(s, reference)
                 messages = await messages_of(s, c.id)
-                card = await desk.card(s, c.id)
+                card = await desk.cards.card(s, c.id)
         except UnknownConversation as exc:
             return f":warning: {exc}"
         ids = ", ".join(f"{ch} {blocks.escape(a)}" for ch, a in card.identities)
@@ -262,13 +278,11 @@ class DeskActions:
                 reply = await add_staff_reply(
                     s, c, text, author=user.name[:256], replies=desk.replies, now=now,
                     actor=user.actor,
-                    event_data={"via": "slack", "slack_user": user.id,
-                                "saved_reply": name.lower()})
+                    event_data=user.audit_data(saved_reply=name.lower()))
                 reference = c.reference
         except (UnknownConversation, InvalidAction, CannotReply) as exc:
             return f":warning: {exc}"
-        desk.kick_outbox()
-        desk.kick_refresh()
+        desk.kick()
         log.info("%s: saved reply %s queued as #%d by %s", reference, name, reply.id, user.actor)
         return (f"Queued the saved reply `{blocks.escape(name.lower())}` to {reference}; it "
                 f"shows in the thread once it is sent:\n{blocks.quote(text, 2500)}")

@@ -45,6 +45,11 @@ _CHANNEL = {"email": "Email", "sms": "SMS", "whatsapp": "WhatsApp", "voice": "Vo
 _CUT_NOTE = " … (cut; the whole message is in `frontdesk show {ref}`)"
 
 
+def _channel_name(channel: str) -> str:
+    """A customer channel as people call it (``sms`` → ``SMS``)."""
+    return _CHANNEL.get(channel, channel)
+
+
 def escape(text: str) -> str:
     """Slack's three control characters as entities."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -227,13 +232,13 @@ def root_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
     """The fallback text and the blocks of a conversation's root message."""
     ref = card.reference
     who = card.contact_name or (card.identities[0][1] if card.identities else "unknown")
-    channel = _CHANNEL.get(card.channel, card.channel)
+    channel = _channel_name(card.channel)
     subject = card.subject.strip() or "(no subject)"
     text = cut(f"{ref} · {who} ({channel}): {subject}", FALLBACK_LIMIT)
     header = f"{ref} · {subject}"
     if len(header) > HEADER_LIMIT:
         header = header[:HEADER_LIMIT - 1].rstrip() + "…"
-    ids = ", ".join(f"{_CHANNEL.get(c, c)} {escape(a)}" for c, a in card.identities)
+    ids = ", ".join(f"{_channel_name(c)} {escape(a)}" for c, a in card.identities)
     fields = [
         f"*Status*\n{_status_line(card)}",
         f"*Priority*\n{_PRIORITY.get(card.priority, escape(card.priority))}",
@@ -278,7 +283,7 @@ def fingerprint(text: str, blocks: list[dict[str, Any]]) -> str:
 def customer_line(name: str, channel: str, text: str, *, reference: str,
                   automated: str | None = None, attachments: tuple[str, ...] = ()) -> str:
     """A later customer message, for the thread."""
-    head = f":speech_balloon: *{cut(name, 200)}* ({_CHANNEL.get(channel, channel)})"
+    head = f":speech_balloon: *{cut(name, 200)}* ({_channel_name(channel)})"
     if automated:
         head += f" · :robot_face: automated ({escape(automated)})"
     tail = ""
@@ -293,8 +298,8 @@ def outbound_line(author: str, kind: str, channel: str, text: str, *, reference:
     """A message frontdesk sent to the customer that was not typed in this thread (a reply from
     the command line or a saved reply; an acknowledgement or other automatic message), once it
     was sent."""
-    where = f"{_CHANNEL.get(channel, channel)} to {escape(address)}" if address else \
-        _CHANNEL.get(channel, channel)
+    where = f"{_channel_name(channel)} to {escape(address)}" if address else \
+        _channel_name(channel)
     if kind == "system":
         head = f":envelope_with_arrow: Automatic message sent ({where})"
     else:
@@ -306,8 +311,8 @@ def outbound_line(author: str, kind: str, channel: str, text: str, *, reference:
 def failure_line(reason: str, *, address: str, channel: str, author: str = "",
                  text: str = "", reference: str = "", what: str = "reply") -> str:
     """A reply (or an automatic message) that could not be delivered, said plainly."""
-    to = f"{escape(address)} ({_CHANNEL.get(channel, channel)})" if address else \
-        _CHANNEL.get(channel, channel)
+    to = f"{escape(address)} ({_channel_name(channel)})" if address else \
+        _channel_name(channel)
     who = f"The {what} by *{cut(author, 200)}*" if author else f"The {what}"
     line = f":warning: {who} could not be delivered to {to}: {cut(reason, 1500)}"
     if text:

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.response import BoltResponse
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.daemon.desk import blocks
-from frontdesk.daemon.desk.actions import DeskActions
-from frontdesk.daemon.desk.desk import quiet_logger
+from frontdesk.daemon.desk.actions import DeskActions, DeskParts
+from frontdesk.daemon.desk.api import SlackUser, quiet_logger
 from frontdesk.daemon.domain.conversations import CannotReply, add_staff_reply
 from frontdesk.storage.models import (
     Conversation,
@@ -41,9 +43,6 @@ from frontdesk.storage.models import (
     SlackThread,
 )
 
-if TYPE_CHECKING:
-    from frontdesk.daemon.desk.desk import SlackDesk, SlackUser
-
 log = logging.getLogger(__name__)
 
 _NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
@@ -52,6 +51,7 @@ ALERTS_ONLY_NOTICE = (
     ":no_entry_sign: This desk is alerts-only (`slack.replies_enabled = false`): messages in "
     "this thread are *not* sent to the customer. They are kept as internal notes on {ref}.")
 _HUMAN_SUBTYPES = (None, "thread_broadcast")
+_SEEN_EVENTS_KEPT = timedelta(days=7)
 
 
 def is_human_thread_reply(event: dict[str, Any], bot_user_id: str | None,
@@ -74,12 +74,12 @@ def is_human_thread_reply(event: dict[str, Any], bot_user_id: str | None,
 class DeskEvents:
     """The bolt app and its listeners."""
 
-    def __init__(self, desk: SlackDesk) -> None:
+    def __init__(self, desk: DeskParts) -> None:
         self.desk = desk
         self.actions = DeskActions(desk)
         config = desk.config
         self.app = AsyncApp(
-            client=desk.client, name="frontdesk",
+            client=desk.api.client, name="frontdesk",
             signing_secret=config.signing_secret.get_secret_value(),
             request_verification_enabled=config.mode == "http",
             process_before_response=True,
@@ -97,10 +97,17 @@ class DeskEvents:
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
+    async def forget_old_events(self) -> None:
+        """Forget the ``event_id`` of events seen more than a week ago (Slack retries an event
+        for minutes, not days)."""
+        async with self.desk.store.session() as s:
+            await s.execute(delete(SlackEvent).where(
+                SlackEvent.received_at < self.desk.clock() - _SEEN_EVENTS_KEPT))
+
     # -- listeners -----------------------------------------------------------------------------
 
     async def _message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if not is_human_thread_reply(event, self.desk.bot_user_id, self.desk.bot_id):
+        if not is_human_thread_reply(event, self.desk.api.bot_user_id, self.desk.api.bot_id):
             return
         outcome = await self.take_thread_message(
             event_id=str(body.get("event_id") or ""), channel=str(event.get("channel") or ""),
@@ -126,10 +133,10 @@ class DeskEvents:
                                   user_id: str, text: str) -> str:
         """Store a thread message as a staff reply or a note; returns what happened."""
         desk = self.desk
-        user = await desk.users.get(user_id)
+        user = await desk.api.users.get(user_id)
         names: dict[str, str] = {}
         for mentioned in dict.fromkeys(_MENTIONED.findall(text[:4000])[:5]):
-            names[mentioned] = (await desk.users.get(mentioned)).name
+            names[mentioned] = (await desk.api.users.get(mentioned)).name
         now = desk.clock()
         plain = blocks.slack_to_plain(text, names)
         try:
@@ -157,15 +164,14 @@ class DeskEvents:
                                    created_at=now))
         except IntegrityError:  # the same event or message, committed a moment ago
             return "already handled (at the same time)"
-        desk.kick_outbox()
-        desk.kick_refresh()
+        desk.kick()
         return outcome
 
-    async def _store(self, s: Any, conversation: Conversation, thread: SlackThread,
+    async def _store(self, s: AsyncSession, conversation: Conversation, thread: SlackThread,
                      user: SlackUser, plain: str, *, channel: str, ts: str,
-                     now: Any) -> tuple[str, int | None]:
+                     now: datetime) -> tuple[str, int | None]:
         desk = self.desk
-        data = {"via": "slack", "slack_user": user.id, "slack_ts": ts}
+        data = user.audit_data(slack_ts=ts)
         note = _NOTE.match(plain)
         if note or not desk.config.replies_enabled:
             body = plain[note.end():].strip() if note else plain

@@ -28,23 +28,31 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.config.schema import Settings, SlackRoute
-from frontdesk.storage.models import Contact, Conversation, Message, Outbox, SlackThread, core_table
+from frontdesk.config.schema import CoreSettings, SlackRoute
+from frontdesk.daemon.domain.sla import contact_tags
+from frontdesk.storage.models import (
+    Base,
+    Contact,
+    Conversation,
+    Message,
+    Outbox,
+    SlackThread,
+    core_table,
+)
 
 log = logging.getLogger(__name__)
 
 KIND = "slack"
 
 
-def contact_tags(contact: Contact | None) -> set[str]:
-    """A contact's tags: keys of ``contacts.tags`` with a true value, and a ``"tags"`` list."""
-    if contact is None or not contact.tags:
-        return set()
-    tags = {str(k).lower() for k, v in contact.tags.items() if v is True}
-    listed = contact.tags.get("tags")
-    if isinstance(listed, list):
-        tags |= {str(t).lower() for t in listed}
-    return tags
+async def insert_once(session: AsyncSession, model: type[Base], key: str,
+                      **values: Any) -> None:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING``, on SQLite and PostgreSQL alike."""
+    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    await session.execute(insert(core_table(model)).values(**values).on_conflict_do_nothing(
+        index_elements=[key]))
+
+
 
 
 def _has_keyword(keyword: str, text: str) -> bool:
@@ -74,7 +82,7 @@ def route(routes: list[SlackRoute], default: str, *, channel: str, inbox_address
 class SlackQueue:
     """Writes the Slack desk's outbox rows; knows the routes, so it can open a thread anywhere."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CoreSettings) -> None:
         self._slack = settings.slack
 
     async def thread(self, session: AsyncSession, conversation: Conversation,
@@ -92,14 +100,10 @@ class SlackQueue:
         channel_id = route(self._slack.routes, self._slack.channel_id,
                            channel=conversation.channel, inbox_address=conversation.inbox_address,
                            text=text, tags=contact_tags(contact))
-        table = core_table(SlackThread)
-        sqlite_store = session.get_bind().dialect.name == "sqlite"
-        insert = sqlite.insert if sqlite_store else postgresql.insert
-        await session.execute(insert(table).values(
-            conversation_id=conversation.id, channel_id=channel_id, ts=None,
-            root_attempted_at=None, rendered_hash=None, alerts_only_notice=False,
-            created_at=now, updated_at=now).on_conflict_do_nothing(
-            index_elements=["conversation_id"]))
+        await insert_once(session, SlackThread, "conversation_id",
+                          conversation_id=conversation.id, channel_id=channel_id, ts=None,
+                          root_attempted_at=None, rendered_hash=None, alerts_only_notice=False,
+                          created_at=now, updated_at=now)
         return await session.get_one(SlackThread, conversation.id)
 
     async def _add(self, session: AsyncSession, conversation: Conversation, now: datetime,

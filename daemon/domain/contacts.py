@@ -22,6 +22,7 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -30,7 +31,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.config.schema import CUSTOMER_CHANNELS, PHONE_CHANNELS
+from frontdesk.config.schema import PHONE_CHANNELS
 from frontdesk.daemon.domain.messages import OutboundMessage
 from frontdesk.daemon.domain.replies import ReplyComposer, ReplyContext
 from frontdesk.storage.models import (
@@ -77,16 +78,16 @@ def normalise_phone(value: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def parse_address(value: str) -> tuple[tuple[str, ...], str]:
+def parse_address(value: str, channels: Collection[str]) -> tuple[tuple[str, ...], str]:
     """Which identity channels an address given by a person can be, and its normal form:
     ``ada@example.org`` (email), ``+15550001111`` (sms, whatsapp or voice), ``telegram:12345``,
-    ``whatsapp:+15550001111``."""
+    ``whatsapp:+15550001111``; ``channels`` are the channel names an address may start with."""
     text = value.strip()
     prefix, colon, rest = text.partition(":")
-    if colon and prefix.lower() in CUSTOMER_CHANNELS and not text.lower().startswith("mailto:"):
+    if colon and prefix.lower() in channels and not text.lower().startswith("mailto:"):
         channel = prefix.lower()
         if channel == "email":
-            return parse_address(rest)
+            return parse_address(rest, channels)
         if channel in PHONE_CHANNELS:
             phone = normalise_phone(rest)
             if phone is None:
@@ -121,16 +122,17 @@ async def root_contact(session: AsyncSession, contact: Contact) -> Contact:
     return contact
 
 
-async def find_contact(session: AsyncSession, key: str | int) -> Contact:
-    """A contact by id (``7``) or by one of its addresses; a merged contact gives the one it was
-    merged into."""
+async def find_contact(session: AsyncSession, key: str | int, *,
+                       known: Collection[str]) -> Contact:
+    """A contact by id (``7``) or by one of its addresses (``known``: the channel names an
+    address may start with); a merged contact gives the one it was merged into."""
     text = str(key).strip()
     if text.isdigit():
         contact = await session.get(Contact, int(text))
         if contact is None:
             raise ContactError(f"no contact {text}")
         return await root_contact(session, contact)
-    channels, address = parse_address(text)
+    channels, address = parse_address(text, known)
     rows = (await session.execute(
         select(Identity).where(Identity.channel.in_(channels), Identity.address == address)
     )).scalars().all()
@@ -280,7 +282,7 @@ async def request_link(session: AsyncSession, contact: Contact, address: str, *,
     """Send a code to ``address``; once it comes back in one of the contact's conversations the
     address is the contact's (see :class:`LinkVerifier`)."""
     contact = await root_contact(session, contact)
-    channels, normal = parse_address(address)
+    channels, normal = parse_address(address, replies.channels)
     channel = channels[0] if channels != PHONE_CHANNELS else "sms"
     if channel not in ("email", "sms", "whatsapp"):
         raise ContactError(f"a code cannot be sent to a {channel} address; merge the contacts "

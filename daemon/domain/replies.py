@@ -50,6 +50,8 @@ class ReplyComposer:
     """Composes and queues messages to customers; ``threading`` by customer channel name."""
 
     threading: Mapping[str, Threading] = field(default_factory=dict)
+    channels: frozenset[str] = frozenset()
+    """The customer channels this installation has (an address may name one: ``sms:+1...``)."""
     signature: str = "our support team"
     """Who the team is, in words for a customer ("Example Support")."""
 

@@ -53,7 +53,7 @@ class Targets:
 
 def contact_tags(contact: Contact | None) -> set[str]:
     """A contact's tags, lower-cased: keys of ``contacts.tags`` whose value is true, and the
-    items of a ``"tags"`` list (the same rule as the Slack desk's routes)."""
+    items of a ``"tags"`` list (SLA policies and the Slack desk's routes)."""
     if contact is None or not contact.tags:
         return set()
     tags = {str(k).lower() for k, v in contact.tags.items() if v is True}

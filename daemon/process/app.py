@@ -13,41 +13,45 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import func, select
 
-from frontdesk.channels.base import Channel
-from frontdesk.channels.registry import reply_composer
-from frontdesk.config.schema import Settings
+from frontdesk.channels.base import Channel, ChannelContext
+from frontdesk.channels.email.channel import EmailChannel
 from frontdesk.daemon.domain.business_hours import BusinessCalendar, calendar_from_settings
+from frontdesk.daemon.process import registry
 from frontdesk.daemon.process.http import HttpServer
 from frontdesk.daemon.process.journal import Journal, StepAside
 from frontdesk.daemon.process.leader import Leadership
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import JOURNAL_CHANNEL, OUTBOX_CHANNEL, Listener, instance_id
-from frontdesk.daemon.process.outbox import DeliveryHook, Handler, OutboxWorker, RetryPolicy
+from frontdesk.daemon.process.outbox import (
+    DeliveryHook,
+    OutboxHandler,
+    OutboxWorker,
+    RetryPolicy,
+    Sender,
+)
 from frontdesk.daemon.process.processor import (
     InboundFilter,
     InboundHook,
+    Parser,
     Processor,
     ThreadingRules,
 )
+from frontdesk.daemon.process.registry import Settings, reply_composer
 from frontdesk.daemon.process.systemd import Notifier
 from frontdesk.storage.attachments import AttachmentStore
+from frontdesk.storage.clock import Clock, utcnow
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal, Outbox
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Service(Protocol):
@@ -75,42 +79,13 @@ class SlaClock:
 
 
 def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
-    """The enabled customer channels, and one line per disabled one saying why.
-
-    Each channel module has ``from_settings(settings) -> Channel | str``: the channel when it can
-    run, else the reason it cannot (missing credentials). Its SDK is imported only when enabled.
-    """
-    from frontdesk.channels.email.channel import from_settings as email
-    from frontdesk.channels.telegram import from_settings as telegram
-    from frontdesk.channels.twilio import from_settings as twilio
-
-    channels: list[Channel] = []
-    disabled = disabled_channels(settings)
-    factories: list[Callable[[Settings], Any]] = [email, twilio, telegram]
-    if settings.email.imap.host:  # without a host it is one of the disabled_channels lines
-        from frontdesk.channels.email.imap import from_settings as imap
-
-        factories.append(imap)
-    for factory in factories:
-        built = factory(settings)
-        if isinstance(built, str):
-            disabled.append(built)
-        else:
-            channels.append(built)
-    return channels, disabled
-
-
-def disabled_channels(settings: Settings) -> list[str]:
-    """Channels this version does not have yet: one line each, saying why (no secrets)."""
-    lines = []
+    """The customer channels that can run, and one line per part that cannot (the Slack desk
+    included) saying why, without secrets."""
+    channels, disabled = registry.build_channels(settings)
     slack_missing = settings.slack.missing()
     if slack_missing:
-        lines.append(f"slack desk disabled: {slack_missing}")
-    if not settings.email.imap.host:
-        lines.append("imap mailbox disabled: email.imap.host is not set")
-    if not settings.email.smtp_server.enabled:
-        lines.append("smtp server disabled: email.smtp_server.enabled is false")
-    return lines
+        disabled.insert(0, f"slack desk disabled: {slack_missing}")
+    return channels, disabled
 
 
 class Daemon:
@@ -130,19 +105,20 @@ class Daemon:
         # hooks on delivery results, and start/stop with the daemon.
         self.inbound_hooks: list[InboundHook] = []
         self.inbound_filters: list[InboundFilter] = []
-        self.outbox_handlers: dict[str, Handler] = {}
+        self.outbox_handlers: dict[str, OutboxHandler] = {}
         self.delivery_hooks: list[DeliveryHook] = []
         self.services: list[Service] = []
         # Single consumers (IMAP polling, Telegram getUpdates) ask for a leader elector here.
         self.leaders: list[Leadership] = []
         self.channels, self.disabled = build_channels(settings)
-        by_name = {c.name: c for c in self.channels}
-        self.email: Any = by_name.get("email")
+        self.email = next((c for c in self.channels if isinstance(c, EmailChannel)), None)
+        """The email channel (tools and tests reach its SMTP server's port through it)."""
+        attachments = AttachmentStore(Path(settings.daemon.data_dir))
         step_aside = self.step_aside = StepAside(lambda: not self.journal.idle())
         self.processor = Processor(
             self.store,
             parsers=_parsers(self.channels),
-            attachments=AttachmentStore(Path(settings.daemon.data_dir)),
+            attachments=attachments,
             due=self.sla,
             rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
             clock=clock, metrics=self.metrics, hooks=self.inbound_hooks,
@@ -167,16 +143,19 @@ class Daemon:
                 OUTBOX_CHANNEL: self.outbox.kick, JOURNAL_CHANNEL: self.processor.kick})
         self.http = HttpServer(settings.http.listen, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
+        context = ChannelContext(
+            store=self.store, clock=clock, attachments=attachments, replies=self.replies,
+            calendar=self.sla.calendar, metrics=self.metrics.registry,
+            leadership=self.leadership, kick_outbox=self.outbox.kick)
         for channel in self.channels:
-            routes = getattr(channel, "http_routes", None)
-            if routes is not None:  # webhooks (Twilio, Telegram) on the daemon's HTTP server
-                self.http.app.router.add_routes(routes())
-        for channel in self.channels:
-            attach = getattr(channel, "attach", None)
-            if attach is not None:  # store-side parts: filters, hooks, outbox handlers, clock
-                attach(self)
+            parts = channel.bind(context)
+            self.http.app.router.add_routes(parts.routes)
+            self.inbound_filters.extend(parts.inbound_filters)
+            self.inbound_hooks.extend(parts.inbound_hooks)
+            self.delivery_hooks.extend(parts.delivery_hooks)
+            self.outbox_handlers.update(parts.outbox_handlers)
         if settings.slack.missing() is None:
-            from frontdesk.daemon.desk.desk import SlackDesk
+            from frontdesk.daemon.desk.service import SlackDesk
 
             self.services.append(SlackDesk(self))  # registers its hooks, handler and route
         from frontdesk.daemon.process.scheduler import Scheduler
@@ -325,12 +304,11 @@ async def _finish(task: asyncio.Task[None], seconds: float) -> bool | None:
     return True
 
 
-def _parsers(channels: list[Channel]) -> dict[str, Callable[..., Any]]:
-    """Journal rows are parsed by the channel that journaled them (its ``journal_names``, when it
-    journals under several names, like Twilio's sms/whatsapp/voice)."""
-    return {name: c.parse for c in channels for name in getattr(c, "journal_names", (c.name,))}
+def _parsers(channels: list[Channel]) -> dict[str, Parser]:
+    """Journal rows are parsed by the channel that journaled them under that name."""
+    return {name: c.parse for c in channels for name in c.journal_names}
 
 
-def _senders(channels: list[Channel]) -> dict[str, Callable[..., Any]]:
+def _senders(channels: list[Channel]) -> dict[str, Sender]:
     """Outbound messages go to the channel that owns the customer channel name."""
-    return {name: c.send for c in channels for name in getattr(c, "channel_names", (c.name,))}
+    return {name: c.send for c in channels for name in c.channel_names}

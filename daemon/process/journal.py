@@ -14,13 +14,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.sqlite_writer import Outcomes, Pending, SqliteJournalWriter
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     InboundJournal,
@@ -29,7 +29,6 @@ from frontdesk.storage.models import (
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 
 class Journal:

@@ -40,14 +40,14 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 from sqlalchemy.engine import make_url
 
+from frontdesk.channels.base import Consumer
+
 log = logging.getLogger(__name__)
 
-Consumer = Callable[[], Coroutine[Any, Any, None]]
 State = Literal["electing", "leader", "follower", "unreachable", "stopped"]
 
 

@@ -61,16 +61,6 @@ class Metrics:
         self.channel_up = Gauge(
             "frontdesk_channel_up", "1 when the channel is enabled and running", ["channel"],
             registry=r)
-        self.imap_connected = Gauge(
-            "frontdesk_imap_connected",
-            "1 while the IMAP reader is logged in with its folder selected", registry=r)
-        self.imap_reconnects = Counter(
-            "frontdesk_imap_reconnects",
-            "IMAP sessions that failed (connection lost, timeout, refused login) and were "
-            "retried after a backoff", registry=r)
-        self.imap_fetched = Counter(
-            "frontdesk_imap_fetched", "Messages read from the IMAP mailbox into the journal",
-            registry=r)
         self.leader = Gauge(
             "frontdesk_leader",
             "1 while this instance runs the single consumer (it holds the consumer's leader "

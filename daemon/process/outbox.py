@@ -35,10 +35,18 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from frontdesk.channels.base import Deferred, DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.base import (
+    Deferred,
+    DeliveryError,
+    DeliveryHook,
+    OutboxHandler,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import OUTBOX_CHANNEL, instance_id
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store, store_unavailable
 from frontdesk.storage.models import Event, Message, Outbox
 
@@ -49,12 +57,6 @@ log = logging.getLogger(__name__)
 
 Sender = Callable[[OutboundMessage], Awaitable[Receipt]]
 """A customer channel's send: rows of kind ``deliver`` go to ``senders[payload.channel]``."""
-Handler = Callable[[Outbox], Awaitable[Receipt]]
-"""Any other kind of row (a Slack post, a reaction): ``handlers[row.kind](row)``."""
-DeliveryHook = Callable[[AsyncSession, Outbox, "DeliveryError | None"], Awaitable[None]]
-"""Runs in the transaction that marks a row sent (error None) or failed for good, e.g. so the
-Slack desk can queue a reaction or a thread message about it."""
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class OutboxWorker:
 
     def __init__(self, store: Store, *, senders: Mapping[str, Sender], clock: Clock,
                  metrics: Metrics, policy: RetryPolicy, poll: timedelta,
-                 handlers: Mapping[str, Handler] | None = None,
+                 handlers: Mapping[str, OutboxHandler] | None = None,
                  hooks: Sequence[DeliveryHook] = (),
                  step_aside: StepAside | None = None,
                  lease: timedelta = DEFAULT_LEASE, instance: str | None = None) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -22,11 +22,13 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.channels.base import InboundFilter, InboundHook
 from frontdesk.daemon.domain.messages import Attachment as InboundAttachment
 from frontdesk.daemon.domain.messages import InboundMessage
 from frontdesk.daemon.process.journal import StepAside
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.storage.attachments import AttachmentStore
+from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store
 from frontdesk.storage.models import (
     Attachment,
@@ -41,7 +43,6 @@ from frontdesk.storage.models import (
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Parser = Callable[[bytes, Mapping[str, Any]], InboundMessage]
 
 
@@ -65,14 +66,6 @@ class ThreadingRules:
     reopen_window: timedelta
 
 
-InboundHook = Callable[[AsyncSession, Conversation, Message, bool], Any]
-"""Called inside the processing transaction for every new customer message (e.g. to write
-outbox rows for the Slack desk or an acknowledgement); the bool says the conversation is new."""
-
-InboundFilter = Callable[[AsyncSession, InboundMessage, int, datetime], Awaitable[bool]]
-"""``filter(session, message, journal_id, now)`` runs inside the processing transaction before a
-new message is stored; True means it took the message whole and nothing more is stored (an SMS
-opt-out keyword, a bot's /start, a voicemail transcript that updates an earlier message)."""
 
 
 class Processor:

@@ -23,7 +23,6 @@ from frontdesk.storage.db import Store
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,222 @@
+"""The root card of each conversation's thread, built from the store and kept current.
+
+A conversation's thread starts with its root message: the card (:class:`blocks.Card`) of the
+conversation, its contact and their history, with the buttons. :meth:`RootCards.ensure_root`
+posts it the first time the conversation needs its thread; a root post that may have gone out
+before a crash is looked up by its message metadata before it is posted again.
+:meth:`RootCards.refresh_roots` follows the events audit and queues a ``chat.update`` of the
+root of every conversation that changed, whoever changed it (Slack, the command line, the
+scheduler); :meth:`RootCards.update` sends it only when the card looks different.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frontdesk.config.schema import SlackConfig
+from frontdesk.daemon.desk import blocks
+from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, describe
+from frontdesk.daemon.desk.queue import SlackQueue, insert_once
+from frontdesk.daemon.domain.messages import Receipt
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import (
+    Conversation,
+    Event,
+    Message,
+    SlackState,
+    SlackThread,
+)
+
+log = logging.getLogger(__name__)
+
+ROOT_METADATA = "frontdesk_conversation"
+_CURSOR = "events_cursor"
+_QUIET_EVENTS = ("message_sent", "delivery_failed")  # they never change the root card
+
+
+@dataclass(frozen=True)
+class Thread:
+    """A conversation's thread in Slack, its root posted."""
+
+    conversation_id: int
+    reference: str
+    channel_id: str
+    ts: str
+    rendered_hash: str | None
+
+
+def _shown_text(m: Message) -> str:
+    """The new part of a customer's reply when the parser found one, else the whole text."""
+    return str(getattr(m, "text_new", None) or m.text or "")
+
+
+def _attachment_names(m: Message) -> tuple[str, ...]:
+    return tuple(a.filename for a in m.attachments)
+
+
+class RootCards:
+    """Builds, posts and refreshes root cards; renders stored messages for the thread."""
+
+    def __init__(self, config: SlackConfig, store: Store, api: SlackApi, queue: SlackQueue,
+                 clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.store = store
+        self.api = api
+        self.queue = queue
+        self.clock = clock
+
+    # -- what the root and the thread show ---------------------------------------------------------
+
+    async def card(self, s: AsyncSession, conversation_id: int) -> blocks.Card:
+        c = await s.get_one(Conversation, conversation_id)
+        contact = c.contact
+        first = (await s.execute(
+            select(Message).where(Message.conversation_id == c.id, Message.direction == "in")
+            .order_by(Message.id).limit(1))).scalars().first()
+        earlier_query = select(Conversation).where(Conversation.contact_id == c.contact_id,
+                                                   Conversation.id < c.id)
+        earlier = (await s.execute(select(func.count()).select_from(
+            earlier_query.subquery()))).scalar_one()
+        last = (await s.execute(earlier_query.order_by(Conversation.id.desc()).limit(1))
+                ).unique().scalars().first()
+        return blocks.Card(
+            conversation_id=c.id, reference=c.reference, channel=c.channel, subject=c.subject,
+            status=c.status, priority=c.priority, assignee=c.assignee,
+            created_at=c.created_at, first_response_due_at=c.first_response_due_at,
+            first_responded_at=c.first_responded_at, snoozed_until=c.snoozed_until,
+            escalation_level=c.escalation_level, contact_name=contact.name,
+            identities=tuple((i.channel, i.address) for i in contact.identities),
+            earlier=earlier,
+            last_earlier=(last.reference, last.status, last.subject) if last else None,
+            first_text=_shown_text(first) if first else "",
+            first_automated="automated" if first is not None and first.automated else None,
+            attachments=_attachment_names(first) if first else (),
+            inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled)
+
+    async def render_root(self, conversation_id: int) -> tuple[str, list[dict[str, Any]]]:
+        async with self.store.reader() as s:
+            card = await self.card(s, conversation_id)
+        return blocks.root_message(card)
+
+    async def thread_line(self, message_id: int) -> str | None:
+        """A stored message as a thread post; None for a note (or a message that is gone)."""
+        async with self.store.reader() as s:
+            m = await s.get(Message, message_id)
+            if m is None or m.is_note:
+                return None
+            conversation = await s.get_one(Conversation, m.conversation_id)
+            reference = conversation.reference
+            if m.direction == "in":
+                return blocks.customer_line(
+                    m.author_name or m.address, m.channel, _shown_text(m), reference=reference,
+                    automated="automated" if m.automated else None,
+                    attachments=_attachment_names(m))
+            return blocks.outbound_line(m.author_name, m.author, m.channel, m.text,
+                                        reference=reference, address=m.address)
+
+    # -- the root message in Slack ----------------------------------------------------------------
+
+    async def ensure_root(self, conversation_id: int) -> tuple[Thread, bool]:
+        """The conversation's root message, posted now if it is not there yet (True)."""
+        async with self.store.session() as s:
+            conversation = await s.get_one(Conversation, conversation_id)
+            record = await self.queue.thread(s, conversation, self.clock())
+            reference = conversation.reference
+        if record.ts:
+            return Thread(conversation_id, reference, record.channel_id, record.ts,
+                          record.rendered_hash), False
+        text, root_blocks = await self.render_root(conversation_id)
+        if record.root_attempted_at is not None:  # an earlier try may have posted it
+            found = await self._find_root(record.channel_id, reference)
+            if found is not None:
+                log.info("%s: found the root message an earlier attempt posted", reference)
+                return await self._save_root(conversation_id, reference, record.channel_id,
+                                             found, None), False
+        self.api.pace(record.channel_id)
+        async with self.store.session() as s:
+            current = await s.get_one(SlackThread, conversation_id)
+            current.root_attempted_at = current.updated_at = self.clock()
+        ts, channel = await self.api.post(
+            record.channel_id, text=text, blocks=root_blocks, paced=True,
+            metadata={"event_type": ROOT_METADATA,
+                      "event_payload": {"reference": reference,
+                                        "conversation_id": conversation_id}})
+        thread = await self._save_root(conversation_id, reference, channel, ts,
+                                       blocks.fingerprint(text, root_blocks))
+        return thread, True
+
+    async def _find_root(self, channel: str, reference: str) -> str | None:
+        try:
+            return await self.api.find_posted(channel, ROOT_METADATA, {"reference": reference})
+        except CALL_ERRORS as exc:
+            log.warning("cannot check %s for an earlier root of %s (%s); posting it",
+                        channel, reference, describe(exc))
+            return None
+
+    async def _save_root(self, conversation_id: int, reference: str, channel: str, ts: str,
+                         rendered: str | None) -> Thread:
+        async with self.store.session() as s:
+            record = await s.get_one(SlackThread, conversation_id)
+            record.channel_id, record.ts = channel, ts
+            record.rendered_hash = rendered
+            record.updated_at = self.clock()
+        return Thread(conversation_id, reference, channel, ts, rendered)
+
+    async def update(self, thread: Thread) -> Receipt:
+        """chat.update of the root with the current card, unless it shows that already."""
+        text, root_blocks = await self.render_root(thread.conversation_id)
+        rendered = blocks.fingerprint(text, root_blocks)
+        if rendered == thread.rendered_hash:
+            return Receipt(remote_id=thread.ts, detail="unchanged")
+        await self.api.update(thread.channel_id, thread.ts, text=text, blocks=root_blocks)
+        async with self.store.session() as s:
+            record = await s.get_one(SlackThread, thread.conversation_id)
+            record.rendered_hash, record.updated_at = rendered, self.clock()
+        return Receipt(remote_id=thread.ts, detail="updated")
+
+    # -- keeping root messages current ------------------------------------------------------------
+
+    async def refresh_roots(self) -> int:
+        """Queue a root refresh for every conversation with a thread that has new audit events;
+        returns how many were queued."""
+        now = self.clock()
+        queued = 0
+        async with self.store.session() as s:
+            query = select(SlackState).where(SlackState.name == _CURSOR)
+            if s.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update()
+            state = (await s.execute(query)).scalars().first()
+            if state is None:
+                top = (await s.execute(select(func.max(Event.id)))).scalar() or 0
+                await insert_once(s, SlackState, "name", name=_CURSOR, value=str(top),
+                                  updated_at=now)
+                return 0
+            cursor = int(state.value or 0)
+            rows = (await s.execute(
+                select(Event.id, Event.conversation_id, Event.kind).where(Event.id > cursor)
+                .order_by(Event.id).limit(1000))).all()
+            if not rows:
+                return 0
+            latest: dict[int, int] = {}
+            for event_id, conversation_id, kind in rows:
+                if conversation_id is not None and kind not in _QUIET_EVENTS:
+                    latest[conversation_id] = event_id
+            if latest:
+                with_thread = (await s.execute(
+                    select(SlackThread.conversation_id)
+                    .where(SlackThread.conversation_id.in_(list(latest))))).scalars().all()
+                for conversation_id in with_thread:
+                    conversation = await s.get_one(Conversation, conversation_id)
+                    await self.queue.update(
+                        s, conversation, now,
+                        key=f"slack-update-{conversation_id}-{latest[conversation_id]}")
+                    queued += 1
+            state.value, state.updated_at = str(rows[-1][0]), now
+        return queued

@@ -1,0 +1,145 @@
+"""Acknowledgements: the honest first answer to a new conversation ("got it, reference FD-12,
+expect a reply by 14:30").
+
+A new conversation from a customer is acknowledged ``acknowledgement.delay`` after it arrives,
+once, unless by then staff answered, it was resolved, the first message was automated, the
+channel cannot take it (not enabled, an opted-out number) or one of the recipient's rate limits
+(``acknowledgement.rate_limits``, "10/10m") is reached: a mail loop is what the limits are for.
+The promised time is the due time of the response clock.
+
+On PostgreSQL the decision is taken under the recipient's transaction advisory lock
+(:data:`ACK_LOCK_KEYS`), so the limits hold when several instances acknowledge one customer at
+once; an instance that finds the lock taken tries again a moment later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frontdesk.config.schema import AcknowledgementConfig, parse_duration
+from frontdesk.daemon.domain import notices
+from frontdesk.daemon.domain.conversations import iso
+from frontdesk.daemon.domain.sla import SlaEngine, SlaState
+from frontdesk.daemon.process.scheduler.audit import audit
+from frontdesk.daemon.process.scheduler.customers import CustomerNotices
+from frontdesk.storage.models import Acknowledgement, Contact, Conversation, Message
+
+log = logging.getLogger(__name__)
+
+ACK_LOCK_KEYS = "hashtext('frontdesk.acknowledgement'), hashtext(:recipient)"
+"""The two keys of a recipient's transaction advisory lock (PostgreSQL), held while an
+acknowledgement to them is decided and written (``:recipient`` lower-cased)."""
+_BUSY_RETRY = timedelta(seconds=1)
+
+
+class RateLimit(NamedTuple):
+    """At most ``most`` acknowledgements to one recipient within ``window``."""
+
+    most: int
+    window: timedelta
+    spec: str
+
+
+def parse_rate_limits(specs: Iterable[str]) -> list[RateLimit]:
+    """``["10/10m", ...]`` → ``[(10, 10 minutes, "10/10m"), ...]``."""
+    out = []
+    for spec in specs:
+        count, _, window = spec.partition("/")
+        out.append(RateLimit(int(count), parse_duration(window), spec))
+    return out
+
+
+class Acknowledgements:
+    """Plans and sends acknowledgements; see the module docstring."""
+
+    def __init__(self, config: AcknowledgementConfig, *, engine: SlaEngine,
+                 customers: CustomerNotices, dialect: str) -> None:
+        self.config = config
+        self.engine = engine
+        self.customers = customers
+        self.dialect = dialect
+        self.rate_limits = parse_rate_limits(config.rate_limits)
+
+    def plan(self, c: Conversation, now: datetime) -> None:
+        """A new conversation from a customer: acknowledge it after ``acknowledgement.delay``."""
+        if self.config.enabled:
+            c.ack_due_at = now + self.config.delay
+
+    async def acknowledge(self, s: AsyncSession, c: Conversation, contact: Contact | None,
+                          state: SlaState, now: datetime) -> bool:
+        """Send the acknowledgement now, or audit why not; True if it was sent. When another
+        instance holds the recipient's lock, ``ack_due_at`` is set a moment later instead."""
+        first = (await s.execute(
+            select(Message).where(Message.conversation_id == c.id, Message.direction == "in",
+                                  Message.author == "customer")
+            .order_by(Message.id).limit(1))).scalars().first()
+        reason = None
+        if not self.config.enabled:
+            reason = "acknowledgements are disabled"
+        elif first is None:
+            reason = "there is no customer message"
+        elif first.automated:
+            reason = "the message was automated"
+        elif c.first_responded_at is not None or c.last_staff_message_at is not None:
+            reason = "staff already answered"
+        elif c.status == "resolved":
+            reason = "the conversation is already resolved"
+        elif (await s.execute(select(Acknowledgement.id)
+                              .where(Acknowledgement.conversation_id == c.id))).first():
+            reason = "it was already acknowledged"
+        else:
+            reason = await self.customers.refusal(s, c.channel, first.address)
+            if reason is None:
+                if not await self._recipient_lock(s, first.address):
+                    c.ack_due_at = now + _BUSY_RETRY  # another instance acknowledges them
+                    log.debug("%s: acknowledgement postponed: another instance is "
+                              "acknowledging %s", c.reference, first.address)
+                    return False
+                reason = await self._rate_limited(s, first.address, now)
+        if reason is not None or first is None:
+            audit(s, "acknowledgement_skipped", c, now, {"reason": reason})
+            log.info("%s: no acknowledgement: %s", c.reference, reason)
+            return False
+        response = state.clocks.get("response")
+        due = (response.due if response is not None else None) or c.first_response_due_at \
+            or self.engine.calendar.add(now, self.engine.policies.default.first_response)
+        language = self.customers.language(contact, first)
+        sentence, when = notices.expectation(due, now, self.engine.calendar, language)
+        message = await self.customers.send(
+            s, c, contact, first, kind="acknowledgement", author_name="Automatic reply",
+            templates=self.config.templates, now=now, language=language,
+            values={"due": when, "expectation": sentence},
+            data={"due": iso(due), "language": language})
+        s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
+                              recipient=first.address.lower(), created_at=now))
+        return True
+
+    async def _recipient_lock(self, s: AsyncSession, address: str) -> bool:
+        """PostgreSQL: take the recipient's acknowledgement lock until the transaction ends;
+        False when another instance holds it. Two instances acknowledging two conversations of
+        one recipient at once would each count only the acknowledgements committed before, and
+        together pass a rate limit."""
+        if self.dialect != "postgresql" or not self.rate_limits:
+            return True
+        taken = (await s.execute(text(f"SELECT pg_try_advisory_xact_lock({ACK_LOCK_KEYS})"),
+                                 {"recipient": address.lower()})).scalar()
+        return bool(taken)
+
+    async def _rate_limited(self, s: AsyncSession, address: str, now: datetime) -> str | None:
+        if not self.rate_limits:
+            return None
+        longest = max(limit.window for limit in self.rate_limits)
+        sent = list((await s.execute(
+            select(Acknowledgement.created_at)
+            .where(Acknowledgement.recipient == address.lower(),
+                   Acknowledgement.created_at > now - longest))).scalars())
+        for most, window, spec in self.rate_limits:
+            if sum(1 for t in sent if t > now - window) >= most:
+                return f"the rate limit {spec} for {address} is reached"
+        return None
