@@ -35,9 +35,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import CoreSettings, Section
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
-from frontdesk.daemon.domain.replies import ReplyComposer, Threading
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.replies import ReplyComposer, Threading
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store

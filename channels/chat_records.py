@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
-from frontdesk.daemon.domain.messages import Attachment as FileData
-from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
+from frontdesk.domain.messages import Attachment as FileData
+from frontdesk.domain.messages import OutboundMessage, Receipt
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Attachment, Event, Message, OutboundPart, Outbox

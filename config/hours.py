@@ -2,7 +2,7 @@
 
 ``"Mon-Fri 09:00-12:30,13:30-17:30; Sat 10:00-14:00"`` or ``"always"`` becomes a
 :class:`WeeklyHours`; the business-time arithmetic on top of it is the domain's
-(:mod:`frontdesk.daemon.domain.business_hours`). Pure: no I/O, no clock.
+(:mod:`frontdesk.domain.business_hours`). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

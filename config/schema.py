@@ -547,7 +547,7 @@ class CoreSettings(Section):
     saved_replies: dict[Annotated[str, AfterValidator(_reply_name)], str] = Field(
         default_factory=dict)
     """Answers a team gives every day, by name: ``refund = "Hi {name}, ..."`` (see
-    :func:`frontdesk.daemon.domain.conversations.render_saved_reply` for the placeholders)."""
+    :func:`frontdesk.domain.conversations.render_saved_reply` for the placeholders)."""
 
     @field_validator("escalation")
     @classmethod

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation, resolve
+from frontdesk.domain.conversations import add_staff_reply, get_conversation, resolve
 from frontdesk.storage.models import Event, Message, Outbox
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send

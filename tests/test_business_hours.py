@@ -1,4 +1,4 @@
-"""Tests for frontdesk.daemon.domain.business_hours: parsing opening hours and SLA business time.
+"""Tests for frontdesk.domain.business_hours: parsing opening hours and SLA business time.
 
 Dates used below (Europe/London):
 - 2025-01-10 is a Friday in winter (GMT, UTC+0); 2025-06-13 a Friday in summer (BST, UTC+1).
@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from frontdesk.daemon.domain.business_hours import (
+from frontdesk.domain.business_hours import (
     BusinessCalendar,
     WeeklyHours,
     calendar_from_settings,

@@ -21,12 +21,12 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import TemporaryFailure
-from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
 from frontdesk.daemon.process.app import Daemon
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import JOURNAL_CHANNEL, OUTBOX_CHANNEL, Listener
 from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
 from frontdesk.daemon.process.scheduler import ACK_LOCK_KEYS
+from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Acknowledgement,

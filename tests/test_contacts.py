@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.daemon.cli.main import main
-from frontdesk.daemon.domain.contacts import LinkVerifier, offered_address
+from frontdesk.domain.contacts import LinkVerifier, offered_address
 from frontdesk.storage.models import Contact, Conversation, Event, Identity, IdentityLink, Message
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send

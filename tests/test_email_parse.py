@@ -20,7 +20,7 @@ import pytest
 
 from frontdesk.channels.base import ParseError
 from frontdesk.channels.email.parse import html_to_text, parse_email, remote_id_for
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 
 INBOXES = ["support@example.org", "billing@example.org"]
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"

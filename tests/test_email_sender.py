@@ -16,9 +16,9 @@ import pytest
 import trustme
 
 from frontdesk.channels.base import PermanentFailure, TemporaryFailure
+from frontdesk.channels.email import OutboundConfig
 from frontdesk.channels.email.sender import EmailSender
-from frontdesk.channels.email.settings import OutboundConfig
-from frontdesk.daemon.domain.messages import OutboundMessage
+from frontdesk.domain.messages import OutboundMessage
 from tests.fakes.smtp_sink import SmtpSink
 
 PASSWORD = "s3cret-Pa55word"

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
+from frontdesk.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, Outbox
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send

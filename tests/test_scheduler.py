@@ -15,14 +15,14 @@ from sqlalchemy import func, select
 
 from frontdesk.config.schema import EscalationLevel
 from frontdesk.daemon.cli.main import main as cli
-from frontdesk.daemon.domain.conversations import (
+from frontdesk.domain.conversations import (
     add_staff_reply,
     get_conversation,
     resolve,
     set_priority,
     snooze,
 )
-from frontdesk.daemon.domain.report import build_report, format_report, report_csv
+from frontdesk.domain.report import build_report, format_report, report_csv
 from frontdesk.storage.models import Contact, Event, Outbox
 from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.fakes.smtp_sink import SmtpSink

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from frontdesk.daemon.cli.main import main
-from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
+from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 from frontdesk.storage.models import Event
 from tests.support.helpers import detail, eventually, mail, processed, send
 

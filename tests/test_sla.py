@@ -12,17 +12,17 @@ import pytest
 from pydantic import ValidationError
 
 from frontdesk.config.schema import SlaConfig
-from frontdesk.daemon.domain.business_hours import calendar_from_settings
-from frontdesk.daemon.domain.notices import (
+from frontdesk.daemon.process.registry import Settings
+from frontdesk.daemon.process.scheduler import parse_rate_limits, parse_rating, slack_mention
+from frontdesk.domain.business_hours import calendar_from_settings
+from frontdesk.domain.notices import (
     check_template,
     choose,
     expectation,
     render,
     sms_segments,
 )
-from frontdesk.daemon.domain.sla import SlaEngine, SlaPolicies, SlaState
-from frontdesk.daemon.process.registry import Settings
-from frontdesk.daemon.process.scheduler import parse_rate_limits, parse_rating, slack_mention
+from frontdesk.domain.sla import SlaEngine, SlaPolicies, SlaState
 
 LONDON_HOURS = "Mon-Fri 09:00-12:30,13:30-17:30"
 

@@ -13,16 +13,16 @@ from pydantic import ValidationError
 from frontdesk.config.schema import SlackRoute
 from frontdesk.daemon.desk.blocks import cut, escape, quote, slack_to_plain
 from frontdesk.daemon.desk.queue import route
-from frontdesk.daemon.domain.business_hours import calendar_from_settings
-from frontdesk.daemon.domain.conversations import (
+from frontdesk.daemon.process.app import build_channels
+from frontdesk.daemon.process.registry import Settings
+from frontdesk.domain.business_hours import calendar_from_settings
+from frontdesk.domain.conversations import (
     InvalidAction,
     next_business_morning,
     render_saved_reply,
     snooze_until,
 )
-from frontdesk.daemon.domain.sla import contact_tags
-from frontdesk.daemon.process.app import build_channels
-from frontdesk.daemon.process.registry import Settings
+from frontdesk.domain.sla import contact_tags
 
 
 def test_customer_text_is_escaped_and_cut_between_characters() -> None:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
+from frontdesk.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import (
     Contact,
     Event,
@@ -155,7 +155,7 @@ async def test_a_second_conversation_counts_the_earlier_one(
     first = await root_of(slack)
     await eventually(lambda: _thread_record(d, 1))
     async with d.store.session() as s:  # as `frontdesk resolve FD-1` does, from another process
-        from frontdesk.daemon.domain.conversations import resolve
+        from frontdesk.domain.conversations import resolve
 
         await resolve(s, await get_conversation(s, 1), actor="cli", now=clock())
     await eventually(lambda: _updated(slack, first, ":white_check_mark: Resolved"))

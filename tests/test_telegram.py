@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from frontdesk.channels.telegram.channel import TelegramChannel
-from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
+from frontdesk.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import InboundJournal, Message, Outbox, TelegramOffset
 from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
 from tests.support.helpers import conversations, detail, eventually, processed

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.channels.twilio.voice import DONE_PATH, RECORDING_PATH, TRANSCRIPTION_PATH
-from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
+from frontdesk.domain.conversations import add_staff_reply, get_conversation
 from frontdesk.storage.models import Event, InboundJournal, Message, Outbox, PhoneOptOut
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio, sid
 from tests.support.helpers import conversations, detail, eventually, processed

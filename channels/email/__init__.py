@@ -1,4 +1,141 @@
 """Email: an SMTP server of our own, an IMAP mailbox, replies through a relay.
 
-:class:`~frontdesk.channels.email.settings.EmailConfig` (``[email]``) builds the channels.
+This module declares the channel: its config section ``[email]`` (:class:`EmailConfig`), which
+builds the channels (the SMTP server, the IMAP reader) and gives the email threading of replies.
+The modules beside it do the work; the SDKs they need are imported only when a channel runs.
 """
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from frontdesk.channels.base import Channel, ChannelSection
+from frontdesk.config.schema import CoreSettings, Duration, EmailAddress, Listen, Section
+from frontdesk.domain.replies import Threading
+
+
+class SmtpServerConfig(Section):
+    enabled: bool = True
+    listen: Listen = "127.0.0.1:8025"
+    hostname: str = ""
+    max_message_bytes: int = Field(default=26214400, ge=1024)
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_starttls: bool = False
+    auth_username: str = ""
+    auth_password: SecretStr = SecretStr("")
+    auth_required: bool = False
+
+    @model_validator(mode="after")
+    def _pairs(self) -> SmtpServerConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.require_starttls and not self.tls_cert:
+            raise ValueError("require_starttls needs tls_cert and tls_key")
+        if self.auth_username and not self.tls_cert:
+            raise ValueError(
+                "auth_username needs tls_cert and tls_key: AUTH is only offered over TLS")
+        if self.auth_required and not self.auth_username:
+            raise ValueError("auth_required needs auth_username and auth_password")
+        return self
+
+
+class OutboundConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    from_: str = Field(default="Support <support@example.com>", alias="from")
+    tls: bool = False
+    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    verify_tls: bool = True
+    ca_file: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    timeout: Duration = timedelta(seconds=30)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ImapConfig(Section):
+    host: str = ""
+    port: int = Field(default=993, ge=1, le=65535)
+    tls: bool = True
+    starttls: Literal["off", "required"] = "off"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    folder: str = "INBOX"
+    verify_tls: bool = True
+    ca_file: str = ""
+    move_to: str = ""
+    timeout: Duration = timedelta(seconds=30)
+    idle: bool = True
+    idle_interval: Duration = timedelta(minutes=5)
+    poll_interval: Duration = timedelta(seconds=60)
+    fetch_batch: int = Field(default=100, ge=1, le=1000)
+    reconnect_initial: Duration = timedelta(seconds=1)
+    reconnect_max: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> ImapConfig:
+        if self.tls and self.starttls == "required":
+            raise ValueError(
+                'starttls = "required" is for a plain connection upgraded to TLS (tls = false, '
+                "usually port 143); tls = true is already implicit TLS (port 993)")
+        return self
+
+
+class EmailConfig(ChannelSection):
+    """``[email]``: the SMTP server of our own, the relay for replies, an IMAP mailbox."""
+
+    channel_names = ("email",)
+
+    inbox_addresses: list[EmailAddress] = Field(default_factory=list)
+    smtp_server: SmtpServerConfig = Field(default_factory=SmtpServerConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    imap: ImapConfig = Field(default_factory=ImapConfig)
+    reply_languages: list[str] = Field(default_factory=lambda: ["en"])
+
+    @field_validator("reply_languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        from mailparser_reply.constants import MAIL_LANGUAGES
+
+        known = sorted(k for k in MAIL_LANGUAGES if len(k) == 2)
+        out = []
+        for language in value:
+            code = language.strip().lower()
+            if code not in known:
+                raise ValueError(f"{language!r} is not a language the quoted-reply parser knows "
+                                 f"({', '.join(known)})")
+            out.append(code)
+        return out
+
+    def build(self, core: CoreSettings) -> list[Channel | str]:
+        """Email is always on: replies go out through the relay even when the SMTP server is
+        off (mail then comes in only through the IMAP mailbox). The IMAP reader runs when
+        ``email.imap.host`` is set."""
+        from frontdesk.channels.email.channel import EmailChannel
+
+        built: list[Channel | str] = [EmailChannel(self)]
+        if not self.smtp_server.enabled:
+            built.append("smtp server disabled: email.smtp_server.enabled is false")
+        imap = self.imap
+        if not imap.host:
+            built.append("imap mailbox disabled: email.imap.host is not set")
+        elif not imap.username:
+            built.append("imap mailbox disabled: email.imap.username is not set")
+        elif not imap.password.get_secret_value():
+            built.append("imap mailbox disabled: email.imap.password is not set "
+                         "(FRONTDESK_EMAIL__IMAP__PASSWORD)")
+        else:
+            from frontdesk.channels.email.imap import ImapChannel
+
+            built.append(ImapChannel(self))
+        return built
+
+    def threading(self) -> Threading:
+        from frontdesk.channels.email.threading import EmailThreading
+
+        return EmailThreading(self)

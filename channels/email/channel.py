@@ -3,7 +3,7 @@
 (The IMAP mailbox reader is a channel object of its own, :mod:`.imap`, whose journal rows this
 channel parses.) Through :meth:`EmailChannel.attach` it also plugs into the ingest transaction:
 bounces mark the reply they are about as failed (:mod:`.records`), and verification codes for
-identity links are checked (:class:`frontdesk.daemon.domain.contacts.LinkVerifier`).
+identity links are checked (:class:`frontdesk.domain.contacts.LinkVerifier`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from frontdesk.channels.base import Accept, ChannelContext, ChannelParts
+from frontdesk.channels.email import EmailConfig
 from frontdesk.channels.email.parse import parse_email
 from frontdesk.channels.email.sender import EmailSender
-from frontdesk.channels.email.settings import EmailConfig
 from frontdesk.channels.email.smtp import InboxAddresses, SmtpServer
-from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class EmailChannel:
     def bind(self, context: ChannelContext) -> ChannelParts:
         """The store-side half: bounce handling and verified identity links."""
         from frontdesk.channels.email.records import apply_delivery_report
-        from frontdesk.daemon.domain.contacts import LinkVerifier
+        from frontdesk.domain.contacts import LinkVerifier
 
         return ChannelParts(inbound_filters=(apply_delivery_report,),
                             inbound_hooks=(LinkVerifier(context.replies),))

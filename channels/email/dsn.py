@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from email.message import Message
 from email.parser import HeaderParser
 
-from frontdesk.daemon.domain.messages import DeliveryReport
+from frontdesk.domain.messages import DeliveryReport
 
 _STATUS_WORDS = {
     "1.0": "the address was refused",

@@ -54,9 +54,9 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from frontdesk.channels.base import Accept, ChannelContext, ChannelParts, Leader, PermanentFailure
+from frontdesk.channels.email import EmailConfig, ImapConfig
 from frontdesk.channels.email.parse import parse_email, remote_id_for
-from frontdesk.channels.email.settings import EmailConfig, ImapConfig
-from frontdesk.daemon.domain.messages import InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from frontdesk.channels.base import ParseError
 from frontdesk.channels.email.dsn import read_report
 from frontdesk.channels.email.ids import is_own_message_id
 from frontdesk.channels.email.quotes import new_part
-from frontdesk.daemon.domain.messages import Attachment, InboundMessage
+from frontdesk.domain.messages import Attachment, InboundMessage
 
 __all__ = ["html_to_text", "parse_email", "remote_id_for"]
 

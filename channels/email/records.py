@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 from frontdesk.storage.models import Event, Message
 
 log = logging.getLogger(__name__)

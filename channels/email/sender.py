@@ -31,9 +31,9 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.email import OutboundConfig
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.channels.email.settings import OutboundConfig
-from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
+from frontdesk.domain.messages import OutboundMessage, Receipt
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from frontdesk.channels.base import Accept
+from frontdesk.channels.email import SmtpServerConfig
 from frontdesk.channels.email.parse import remote_id_for
-from frontdesk.channels.email.settings import SmtpServerConfig
 from frontdesk.config.schema import split_listen
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import replace
 from email.utils import parseaddr
 
+from frontdesk.channels.email import EmailConfig
 from frontdesk.channels.email.ids import new_message_id
-from frontdesk.channels.email.settings import EmailConfig
-from frontdesk.daemon.domain.messages import OutboundMessage
-from frontdesk.daemon.domain.replies import ReplyContext
+from frontdesk.domain.messages import OutboundMessage
+from frontdesk.domain.replies import ReplyContext
 
 MAX_REFERENCES = 20
 
@@ -32,7 +32,7 @@ def reply_subject(subject: str, reference: str) -> str:
 
 
 class EmailThreading:
-    """:class:`~frontdesk.daemon.domain.replies.Threading` for the ``email`` channel."""
+    """:class:`~frontdesk.domain.replies.Threading` for the ``email`` channel."""
 
     def __init__(self, email: EmailConfig) -> None:
         self._domain = parseaddr(email.outbound.from_)[1].rpartition("@")[2] or None

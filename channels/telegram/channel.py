@@ -58,10 +58,10 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.telegram import TelegramConfig
 from frontdesk.channels.telegram.parse import journal_key, parse_update
 from frontdesk.channels.telegram.records import FILE_JOB, TelegramRecords
-from frontdesk.channels.telegram.settings import TelegramConfig
-from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from frontdesk.channels.base import ParseError
 from frontdesk.channels.chat import preview
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 
 COMMAND = "Telegram-Command"
 

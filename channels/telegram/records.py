@@ -25,7 +25,7 @@ from frontdesk.channels.chat_records import (
     kick_after_commit,
 )
 from frontdesk.channels.telegram.parse import COMMAND, file_items
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, Event, Message, TelegramOffset, core_table

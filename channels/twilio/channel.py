@@ -54,10 +54,10 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
 from frontdesk.channels.twilio.records import MEDIA_JOB, STATUS, TwilioRecords
 from frontdesk.channels.twilio.records import rank as status_rank
-from frontdesk.channels.twilio.settings import TwilioConfig
 from frontdesk.channels.twilio.voice import (
     DONE_PATH,
     EMPTY_TWIML,
@@ -66,7 +66,7 @@ from frontdesk.channels.twilio.voice import (
     hangup_twiml,
     voicemail_twiml,
 )
-from frontdesk.daemon.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 

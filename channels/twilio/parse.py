@@ -23,7 +23,7 @@ from multidict import MultiDict
 
 from frontdesk.channels.base import ParseError
 from frontdesk.channels.chat import preview
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 
 KIND = "Twilio-Kind"
 """The header naming what a stored Twilio message is: message, recording or transcription."""

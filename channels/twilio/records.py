@@ -44,7 +44,7 @@ from frontdesk.channels.twilio.parse import (
     voicemail_text,
 )
 from frontdesk.config.schema import PHONE_CHANNELS
-from frontdesk.daemon.domain.messages import InboundMessage
+from frontdesk.domain.messages import InboundMessage
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from frontdesk.config.loader import load_settings, resolve_path
-from frontdesk.daemon.domain.notices import check_template
 from frontdesk.daemon.process.registry import Settings
+from frontdesk.domain.notices import check_template
 from frontdesk.storage.db import Store
 
 

@@ -50,7 +50,8 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.contacts import (
+    from frontdesk.daemon.process.registry import reply_composer
+    from frontdesk.domain.contacts import (
         ContactError,
         contact_detail,
         find_contact,
@@ -58,8 +59,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         merge_contacts,
         request_link,
     )
-    from frontdesk.daemon.domain.conversations import get_conversation
-    from frontdesk.daemon.process.registry import reply_composer
+    from frontdesk.domain.conversations import get_conversation
 
     settings = settings_of(args)
     replies = reply_composer(settings)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
-from frontdesk.daemon.domain.business_hours import calendar_from_settings
+from frontdesk.domain.business_hours import calendar_from_settings
 from frontdesk.storage.clock import utcnow
 
 
@@ -42,7 +42,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
+    from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 
     settings = settings_of(args)
     if args.limit < 1:
@@ -72,7 +72,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _action(describe: Callable[[Any, argparse.Namespace], str],
             apply: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from frontdesk.daemon.domain.conversations import InvalidAction, get_conversation
+        from frontdesk.domain.conversations import InvalidAction, get_conversation
 
         settings = settings_of(args)
         actor = args.actor or os.environ.get("USER") or "staff"
@@ -95,26 +95,26 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
 
 
 async def _resolve(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from frontdesk.daemon.domain.conversations import resolve
+    from frontdesk.domain.conversations import resolve
 
     return await resolve(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _reopen(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from frontdesk.daemon.domain.conversations import reopen
+    from frontdesk.domain.conversations import reopen
 
     return await reopen(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _assign(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from frontdesk.daemon.domain.conversations import assign
+    from frontdesk.domain.conversations import assign
 
     who = None if args.assignee.strip() in ("", "-") else args.assignee
     return await assign(s, c, who, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
 
 
 async def _snooze(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
-    from frontdesk.daemon.domain.conversations import snooze, snooze_until
+    from frontdesk.domain.conversations import snooze, snooze_until
 
     until = snooze_until(args.until, kw["now"], kw["calendar"])
     return await snooze(s, c, until, actor=kw["actor"], now=kw["now"], data={"via": "cli"})

@@ -25,9 +25,9 @@ from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
 from frontdesk.daemon.cli.common import Failure, Parser, print_json, settings_of, with_store
-from frontdesk.daemon.domain.business_hours import calendar_from_settings
-from frontdesk.daemon.domain.notices import check_template
 from frontdesk.daemon.process.registry import Settings
+from frontdesk.domain.business_hours import calendar_from_settings
+from frontdesk.domain.notices import check_template
 from frontdesk.storage.clock import utcnow
 
 log = logging.getLogger("frontdesk")
@@ -164,7 +164,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_conversations(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.conversations import conversation_view
+    from frontdesk.domain.conversations import conversation_view
     from frontdesk.storage.models import Conversation
 
     settings = settings_of(args)
@@ -197,8 +197,8 @@ def cmd_conversations(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.contacts import other_conversations
-    from frontdesk.daemon.domain.conversations import (
+    from frontdesk.domain.contacts import other_conversations
+    from frontdesk.domain.conversations import (
         conversation_detail,
         get_conversation,
         messages_of,
@@ -222,7 +222,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _format_detail(d: dict[str, Any]) -> str:
     from frontdesk.channels.email.quotes import folded
-    from frontdesk.daemon.domain.sla import sla_lines
+    from frontdesk.domain.sla import sla_lines
 
     contact = d["contact"]
     ids = ", ".join(f"{i['channel']}:{i['address']}" for i in contact["identities"])
@@ -265,8 +265,8 @@ def _other_lines(others: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.conversations import add_staff_reply, get_conversation
     from frontdesk.daemon.process.registry import reply_composer
+    from frontdesk.domain.conversations import add_staff_reply, get_conversation
 
     settings = settings_of(args)
     author = args.author or os.environ.get("USER") or "staff"
@@ -283,7 +283,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.report import build_report, format_report, report_csv
+    from frontdesk.domain.report import build_report, format_report, report_csv
 
     settings = settings_of(args)
     if args.json and args.csv:
@@ -309,7 +309,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.domain.conversations import iso
+    from frontdesk.domain.conversations import iso
     from frontdesk.storage.models import InboundJournal, core_table
 
     settings = settings_of(args)
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from frontdesk.daemon.domain.conversations import CannotReply, UnknownConversation
+        from frontdesk.domain.conversations import CannotReply, UnknownConversation
 
         if isinstance(exc, Failure | UnknownConversation | CannotReply):
             print(f"frontdesk: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ raises the priority one step.
 ``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``; the answer
 is shown only to the person who typed it.
 
-Every change goes through :mod:`frontdesk.daemon.domain.conversations` (the same functions as the
+Every change goes through :mod:`frontdesk.domain.conversations` (the same functions as the
 command line), is written to the events audit with the Slack user as actor, is said in the
 conversation's thread, and refreshes the root message.
 """
@@ -29,8 +29,8 @@ from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import SlackApi, SlackUser
 from frontdesk.daemon.desk.cards import RootCards
 from frontdesk.daemon.desk.queue import SlackQueue
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.conversations import (
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.conversations import (
     PRIORITIES,
     CannotReply,
     InvalidAction,
@@ -46,8 +46,8 @@ from frontdesk.daemon.domain.conversations import (
     snooze,
     snooze_until,
 )
-from frontdesk.daemon.domain.replies import ReplyComposer
-from frontdesk.daemon.domain.search import InvalidQuery, marked, search_conversations
+from frontdesk.domain.replies import ReplyComposer
+from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 from frontdesk.storage.db import Store
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from frontdesk.channels.base import Deferred, DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.config.schema import SlackConfig
-from frontdesk.daemon.domain.messages import Receipt
+from frontdesk.domain.messages import Receipt
 
 log = logging.getLogger(__name__)
 

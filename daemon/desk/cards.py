@@ -24,7 +24,7 @@ from frontdesk.config.schema import SlackConfig
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, describe
 from frontdesk.daemon.desk.queue import SlackQueue, insert_once
-from frontdesk.daemon.domain.messages import Receipt
+from frontdesk.domain.messages import Receipt
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Conversation,

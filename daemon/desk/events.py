@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.actions import DeskActions, DeskParts
 from frontdesk.daemon.desk.api import SlackUser, quiet_logger
-from frontdesk.daemon.domain.conversations import CannotReply, add_staff_reply
+from frontdesk.domain.conversations import CannotReply, add_staff_reply
 from frontdesk.storage.models import (
     Conversation,
     Event,

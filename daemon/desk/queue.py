@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import CoreSettings, SlackRoute
-from frontdesk.daemon.domain.sla import contact_tags
+from frontdesk.domain.sla import contact_tags
 from frontdesk.storage.models import (
     Base,
     Contact,

@@ -56,9 +56,9 @@ from frontdesk.daemon.desk.api import (
 from frontdesk.daemon.desk.cards import RootCards
 from frontdesk.daemon.desk.events import DeskEvents
 from frontdesk.daemon.desk.queue import KIND, SlackQueue
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.messages import Receipt
-from frontdesk.daemon.domain.replies import ReplyComposer
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.messages import Receipt
+from frontdesk.domain.replies import ReplyComposer
 from frontdesk.storage.db import Backoff, Store
 from frontdesk.storage.models import Conversation, Message, Outbox, SlackMessage
 

@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 
 from frontdesk.channels.base import Channel, ChannelContext
 from frontdesk.channels.email.channel import EmailChannel
-from frontdesk.daemon.domain.business_hours import BusinessCalendar, calendar_from_settings
 from frontdesk.daemon.process import registry
 from frontdesk.daemon.process.http import HttpServer
 from frontdesk.daemon.process.journal import Journal, StepAside
@@ -44,6 +43,7 @@ from frontdesk.daemon.process.processor import (
 )
 from frontdesk.daemon.process.registry import Settings, reply_composer
 from frontdesk.daemon.process.systemd import Notifier
+from frontdesk.domain.business_hours import BusinessCalendar, calendar_from_settings
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock, utcnow
 from frontdesk.storage.db import Store

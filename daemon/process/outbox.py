@@ -43,9 +43,9 @@ from frontdesk.channels.base import (
     PermanentFailure,
     TemporaryFailure,
 )
-from frontdesk.daemon.domain.messages import OutboundMessage, Receipt
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import OUTBOX_CHANNEL, instance_id
+from frontdesk.domain.messages import OutboundMessage, Receipt
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store, store_unavailable
 from frontdesk.storage.models import Event, Message, Outbox

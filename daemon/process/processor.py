@@ -23,10 +23,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import InboundFilter, InboundHook
-from frontdesk.daemon.domain.messages import Attachment as InboundAttachment
-from frontdesk.daemon.domain.messages import InboundMessage
 from frontdesk.daemon.process.journal import StepAside
 from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.domain.messages import Attachment as InboundAttachment
+from frontdesk.domain.messages import InboundMessage
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store

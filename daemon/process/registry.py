@@ -13,11 +13,11 @@ from email.utils import parseaddr
 from pydantic import Field, model_validator
 
 from frontdesk.channels.base import Channel, ChannelSection
-from frontdesk.channels.email.settings import EmailConfig
-from frontdesk.channels.telegram.settings import TelegramConfig
-from frontdesk.channels.twilio.settings import TwilioConfig
+from frontdesk.channels.email import EmailConfig
+from frontdesk.channels.telegram import TelegramConfig
+from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.config.schema import CHAT_TEMPLATES, CoreSettings
-from frontdesk.daemon.domain.replies import ReplyComposer, Threading
+from frontdesk.domain.replies import ReplyComposer, Threading
 
 
 class Settings(CoreSettings):

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
-from frontdesk.daemon.domain.conversations import conversation_detail, get_conversation, messages_of
 from frontdesk.daemon.process.registry import Settings
+from frontdesk.domain.conversations import conversation_detail, get_conversation, messages_of
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation, InboundJournal
 

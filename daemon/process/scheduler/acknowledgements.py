@@ -23,11 +23,11 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import AcknowledgementConfig, parse_duration
-from frontdesk.daemon.domain import notices
-from frontdesk.daemon.domain.conversations import iso
-from frontdesk.daemon.domain.sla import SlaEngine, SlaState
 from frontdesk.daemon.process.scheduler.audit import audit
 from frontdesk.daemon.process.scheduler.customers import CustomerNotices
+from frontdesk.domain import notices
+from frontdesk.domain.conversations import iso
+from frontdesk.domain.sla import SlaEngine, SlaState
 from frontdesk.storage.models import Acknowledgement, Contact, Conversation, Message
 
 log = logging.getLogger(__name__)

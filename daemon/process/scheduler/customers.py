@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import PHONE_CHANNELS
-from frontdesk.daemon.domain import notices
-from frontdesk.daemon.domain.replies import ReplyComposer
 from frontdesk.daemon.process.scheduler.audit import audit
+from frontdesk.domain import notices
+from frontdesk.domain.replies import ReplyComposer
 from frontdesk.storage.models import Contact, Conversation, Message, PhoneOptOut
 
 Templates = Mapping[str, Mapping[str, notices.TemplateLike]]

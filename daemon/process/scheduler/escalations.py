@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import EscalationLevel, SlaConfig
 from frontdesk.daemon.desk.blocks import escape
-from frontdesk.daemon.domain.conversations import PRIORITIES, iso, set_priority
-from frontdesk.daemon.domain.messages import OutboundMessage
-from frontdesk.daemon.domain.sla import KIND_WORDS, SlaClock, SlaEngine, SlaState, next_stage
 from frontdesk.daemon.process.scheduler.audit import ACTOR, audit
 from frontdesk.daemon.process.scheduler.rows import OutboxRows
 from frontdesk.daemon.process.scheduler.staff import StaffNotices
 from frontdesk.daemon.process.scheduler.wording import slack_mention, span, with_mention
+from frontdesk.domain.conversations import PRIORITIES, iso, set_priority
+from frontdesk.domain.messages import OutboundMessage
+from frontdesk.domain.sla import KIND_WORDS, SlaClock, SlaEngine, SlaState, next_stage
 from frontdesk.storage.models import Contact, Conversation
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from frontdesk.channels.base import InboundHook, OutboxHandler
 from frontdesk.config.schema import CoreSettings
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.replies import ReplyComposer
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.replies import ReplyComposer
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 

@@ -25,8 +25,6 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from frontdesk.daemon.domain.conversations import iso, reopen
-from frontdesk.daemon.domain.sla import SlaEngine, contact_tags
 from frontdesk.daemon.process.scheduler import claims
 from frontdesk.daemon.process.scheduler.acknowledgements import Acknowledgements
 from frontdesk.daemon.process.scheduler.audit import ACTOR
@@ -37,6 +35,8 @@ from frontdesk.daemon.process.scheduler.rows import OutboxRows
 from frontdesk.daemon.process.scheduler.staff import CHANNEL_POST, StaffNotices
 from frontdesk.daemon.process.scheduler.surveys import FollowUps
 from frontdesk.daemon.process.scheduler.wording import span
+from frontdesk.domain.conversations import iso, reopen
+from frontdesk.domain.sla import SlaEngine, contact_tags
 from frontdesk.storage.db import Backoff, store_unavailable
 from frontdesk.storage.models import Contact, Conversation, Message
 

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import PermanentFailure
-from frontdesk.daemon.domain.messages import Receipt
 from frontdesk.daemon.process.scheduler.rows import OutboxRows
+from frontdesk.domain.messages import Receipt
 from frontdesk.storage.models import Conversation, Outbox
 
 CHANNEL_POST = "escalation_post"

@@ -22,8 +22,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import ReminderConfig, SurveyConfig
-from frontdesk.daemon.domain.conversations import iso
-from frontdesk.daemon.domain.sla import SlaEngine, SlaState
 from frontdesk.daemon.process.scheduler.audit import audit
 from frontdesk.daemon.process.scheduler.customers import (
     CustomerNotices,
@@ -31,6 +29,8 @@ from frontdesk.daemon.process.scheduler.customers import (
     last_from_customer,
 )
 from frontdesk.daemon.process.scheduler.staff import StaffNotices
+from frontdesk.domain.conversations import iso
+from frontdesk.domain.sla import SlaEngine, SlaState
 from frontdesk.storage.models import Contact, Conversation, Event, Message
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ Create Date: 2026-11-23
 
 Full-text search over messages (subject and text) is an FTS5 table kept in step by triggers on
 SQLite, and a GIN index on ``to_tsvector('simple', ...)`` on PostgreSQL (queried with the same
-expression in :mod:`frontdesk.daemon.domain.search`). A later SQLite migration that rebuilds the
+expression in :mod:`frontdesk.domain.search`). A later SQLite migration that rebuilds the
 ``messages`` table (batch mode "move and copy") drops the triggers with it and must create them
 again (:func:`sqlite_fts_triggers`).
 """

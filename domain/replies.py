@@ -1,7 +1,7 @@
 """The one reply composer: every message frontdesk writes to a customer goes through here.
 
 Staff replies (Slack, the command line), the scheduler's acknowledgements, surveys and reminders,
-and verification codes all become an :class:`~frontdesk.daemon.domain.messages.OutboundMessage`
+and verification codes all become an :class:`~frontdesk.domain.messages.OutboundMessage`
 the same way. What a channel adds so that the customer's side threads the message (an email's
 Message-ID, In-Reply-To, References, Reply-To and "Re:" subject) is the channel's own
 :class:`Threading`, handed in by whoever composes the daemon; the domain knows no channel's
@@ -18,7 +18,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.daemon.domain.messages import OutboundMessage
+from frontdesk.domain.messages import OutboundMessage
 from frontdesk.storage.models import Conversation, Message, Outbox
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.conversations import iso
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.conversations import iso
 from frontdesk.storage.models import Conversation, Event, Message
 
 

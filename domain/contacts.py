@@ -32,8 +32,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import PHONE_CHANNELS
-from frontdesk.daemon.domain.messages import OutboundMessage
-from frontdesk.daemon.domain.replies import ReplyComposer, ReplyContext
+from frontdesk.domain.messages import OutboundMessage
+from frontdesk.domain.replies import ReplyComposer, ReplyContext
 from frontdesk.storage.models import (
     Contact,
     Conversation,
@@ -205,7 +205,7 @@ async def merge_contacts(session: AsyncSession, keep: Contact, other: Contact, *
 # --- views ---------------------------------------------------------------------------------------
 
 def conversation_summary(c: Conversation) -> dict[str, Any]:
-    from frontdesk.daemon.domain.conversations import iso
+    from frontdesk.domain.conversations import iso
 
     return {"id": c.id, "reference": c.reference, "channel": c.channel, "status": c.status,
             "subject": c.subject, "created_at": iso(c.created_at),
@@ -233,7 +233,7 @@ async def other_conversations(session: AsyncSession, conversation: Conversation,
 
 async def contact_detail(session: AsyncSession, contact: Contact) -> dict[str, Any]:
     """A contact with its identities, the contacts merged into it and all its conversations."""
-    from frontdesk.daemon.domain.conversations import contact_view, iso
+    from frontdesk.domain.conversations import contact_view, iso
 
     contact = await root_contact(session, contact)
     await session.refresh(contact, attribute_names=["identities"])

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
-from frontdesk.daemon.domain.replies import ReplyComposer
-from frontdesk.daemon.domain.sla import sla_view
+from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.replies import ReplyComposer
+from frontdesk.domain.sla import sla_view
 from frontdesk.storage.models import Contact, Conversation, Event, Message
 
 _REF = re.compile(r"^\s*(?:FD-?)?(\d+)\s*$", re.IGNORECASE)

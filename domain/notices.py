@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
+from frontdesk.domain.business_hours import BusinessCalendar
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from frontdesk.config.schema import EscalationLevel, SlaConfig
-from frontdesk.daemon.domain.business_hours import BusinessCalendar
+from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.storage.models import Contact, Conversation
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def remaining(clock: SlaClock, now: datetime, calendar: BusinessCalendar) -> tim
 
 
 def _iso_z(value: datetime | None) -> str | None:
-    """As :func:`frontdesk.daemon.domain.conversations.iso` (UTC, milliseconds, "Z")."""
+    """As :func:`frontdesk.domain.conversations.iso` (UTC, milliseconds, "Z")."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

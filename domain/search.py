@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frontdesk.daemon.domain.conversations import iso
+from frontdesk.domain.conversations import iso
 from frontdesk.storage.models import Conversation
 
 log = logging.getLogger(__name__)
