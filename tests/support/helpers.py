@@ -21,6 +21,9 @@ from frontdesk.storage.models import Conversation, InboundJournal
 
 T = TypeVar("T")
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The repository's root (config/, systemd/ and the rest beside tests/)."""
+
 
 def mail(frm: str = "Ada Lovelace <ada@example.org>", to: str = "support@example.com",
          subject: str = "Order 1234 never arrived", body: str = "Hello, where is my order?",

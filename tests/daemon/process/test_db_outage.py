@@ -38,7 +38,7 @@ from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
-from tests.support.helpers import eventually, mail, send, settings_for, smtp_send
+from tests.support.helpers import REPO_ROOT, eventually, mail, send, settings_for, smtp_send
 from tests.support.tcp_proxy import TcpProxy
 
 SUPPORT = "C0SUPPORT"
@@ -335,7 +335,7 @@ def test_sqlite_ignores_the_pool_settings(tmp_path: Path) -> None:
 
 
 def test_the_example_file_documents_the_defaults() -> None:
-    example = (Path(__file__).parent.parent / "config" / "frontdesk.example.toml").read_text()
+    example = (REPO_ROOT / "config" / "frontdesk.example.toml").read_text()
     section = example.split("[database]", 1)[1].split("\n[", 1)[0]
     keys = {}
     for line in section.splitlines():

@@ -23,8 +23,9 @@ from frontdesk.daemon.process.systemd import (
     Notifier,
     status,
 )
+from tests.support.helpers import REPO_ROOT
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "frontdesk.service"
+UNIT = REPO_ROOT / "systemd" / "frontdesk.service"
 INSTALLED_BINARY = "/opt/frontdesk/.venv/bin/frontdesk"
 MAX_EXPOSURE = 2.0
 

@@ -36,7 +36,7 @@ from frontdesk.daemon.process.registry import Settings
 from frontdesk.storage.models import InboundJournal, Message, TelegramOffset
 from tests.fakes import serve
 from tests.fakes.telegram import BOT_TOKEN, FakeTelegram
-from tests.support.helpers import eventually
+from tests.support.helpers import REPO_ROOT, eventually
 
 QUICK = {"heartbeat": 1.0, "retry": 1.0}
 """The shortest durations the config allows ("1s"), so hand-overs take a second or two."""
@@ -288,7 +288,7 @@ def test_config_keys_defaults_and_validation(tmp_path: Path) -> None:
     text = str(error.value)
     assert "database.leader_heartbeat" in text and 'at least "1s"' in text
     assert "database.leader_retry" in text and "not a duration" in text
-    example = Path(__file__).parent.parent / "config" / "frontdesk.example.toml"
+    example = REPO_ROOT / "config" / "frontdesk.example.toml"
     database = tomllib.loads(example.read_text())["database"]
     assert database["leader_heartbeat"] == "2s" and database["leader_retry"] == "2s"
 
