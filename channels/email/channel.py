@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class EmailChannel:
     name = "email"
     journal_names = ("email",)
-    channel_names = ("email",)
+    channel_names = EmailConfig.channel_names
 
     def __init__(self, config: EmailConfig) -> None:
         self._config = config

@@ -91,7 +91,7 @@ def _quiet_url_loggers() -> None:
 class TelegramChannel:
     name = "telegram"
     journal_names = ("telegram",)
-    channel_names = ("telegram",)
+    channel_names = TelegramConfig.channel_names
 
     backoff_initial = 1.0
     backoff_max = 60.0

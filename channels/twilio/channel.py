@@ -178,7 +178,7 @@ class _Signer:
 class TwilioChannel:
     name = "twilio"
     journal_names = ("sms", "whatsapp", "voice")
-    channel_names = ("sms", "whatsapp", "voice")  # a reply to a voicemail goes out as an SMS
+    channel_names = TwilioConfig.channel_names  # a reply to a voicemail goes out as an SMS
 
     def __init__(self, config: TwilioConfig, *, public_url: str) -> None:
         self._config = config
