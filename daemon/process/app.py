@@ -15,7 +15,7 @@ import logging
 import signal
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select
 
@@ -48,6 +48,9 @@ from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock, utcnow
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal, Outbox
+
+if TYPE_CHECKING:
+    from frontdesk.daemon.desk.service import SlackDesk
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +157,13 @@ class Daemon:
             self.inbound_hooks.extend(parts.inbound_hooks)
             self.delivery_hooks.extend(parts.delivery_hooks)
             self.outbox_handlers.update(parts.outbox_handlers)
+        self.desk: SlackDesk | None = None
+        """The Slack staff desk, when configured (slack-bolt is imported only then)."""
         if settings.slack.missing() is None:
             from frontdesk.daemon.desk.service import SlackDesk
 
-            self.services.append(SlackDesk(self))  # registers its hooks, handler and route
+            self.desk = SlackDesk(self)  # registers its hooks, handler and route
+            self.services.append(self.desk)
         from frontdesk.daemon.process.scheduler import Scheduler
 
         # SLA due times are kept at ingest even when the sweeps do not run (scheduler.enabled).
@@ -200,10 +206,8 @@ class Daemon:
             )).all())
         self.metrics.journal_pending.set(counts.get("pending", 0))
         self.metrics.journal_failed_now.set(counts.get("failed", 0))
-        for service in self.services:
-            refresh = getattr(service, "refresh_gauges", None)
-            if refresh is not None:  # a service's own gauges (the Slack desk's backlog)
-                await refresh()
+        if self.desk is not None:  # the desk's own gauge: its Slack backlog
+            await self.desk.refresh_gauges()
 
     async def start(self) -> None:
         self.notifier.notify("STATUS=starting")

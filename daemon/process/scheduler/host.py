@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from frontdesk.channels.base import InboundHook, OutboxHandler
 from frontdesk.config.schema import CoreSettings
+from frontdesk.daemon.process.scheduler.staff import Desk
 from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.storage.clock import Clock
@@ -52,8 +53,8 @@ class StepAside(Protocol):
 
 class SchedulerHost(Protocol):
     """The parts of the daemon the scheduler uses; it registers its ingest hook and its outbox
-    handler in ``inbound_hooks`` and ``outbox_handlers``, and finds the Slack desk among
-    ``services``."""
+    handler in ``inbound_hooks`` and ``outbox_handlers``, and posts notices through ``desk``
+    (None without Slack)."""
 
     @property
     def settings(self) -> CoreSettings: ...
@@ -77,7 +78,7 @@ class SchedulerHost(Protocol):
     def channels(self) -> Sequence[SendingChannel]: ...
 
     @property
-    def services(self) -> Sequence[object]: ...
+    def desk(self) -> Desk | None: ...
 
     @property
     def outbox(self) -> OutboxWorker: ...

@@ -64,7 +64,7 @@ class Scheduler:
         self.engine = SlaEngine(settings.sla, self.calendar, list(settings.escalation))
         self.channel_names = frozenset(name for c in daemon.channels for name in c.channel_names)
         self.kick_outbox: Callable[[], None] = daemon.outbox.kick
-        staff = StaffNotices(daemon.services)
+        staff = StaffNotices(daemon.desk)
         customers = CustomerNotices(daemon.replies, channel_names=self.channel_names,
                                     default_language=self.config.default_language)
         self.acknowledgements = Acknowledgements(settings.acknowledgement, engine=self.engine,

@@ -1,7 +1,7 @@
 """Notices to staff on the Slack desk: a line in a conversation's thread (an SLA warning, an
 escalation level, a rating) and a post in a Slack channel outside any thread (a managers' channel).
 
-The scheduler finds the desk among the daemon's services and reaches it only through the
+The scheduler is handed the desk by the daemon and reaches it only through the
 :class:`Desk` Protocol (:class:`frontdesk.daemon.desk.service.SlackDesk` satisfies it), so it
 depends on no Slack class. Both kinds of notice go through the outbox: a thread line as the desk's
 own row (:attr:`Desk.queue`'s ``text``, in order with the conversation's other Slack work), a
@@ -12,9 +12,8 @@ notice is written and the caller records why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,10 +26,6 @@ from frontdesk.storage.models import Conversation, Outbox
 CHANNEL_POST = "escalation_post"
 """Outbox kind of an escalation notice in a Slack channel outside the thread (managers)."""
 
-DESK_NAME = "slack"
-"""The Slack desk's service name among the daemon's services."""
-
-
 class ThreadPoster(Protocol):
     """The desk's queue (``SlackQueue.text``): post text in the conversation's thread, written as
     an outbox row in the caller's transaction; ``key`` makes it idempotent."""
@@ -39,7 +34,6 @@ class ThreadPoster(Protocol):
                    now: datetime, key: str | None = None) -> object: ...
 
 
-@runtime_checkable
 class Desk(Protocol):
     """What the scheduler needs of the Slack desk."""
 
@@ -58,17 +52,12 @@ class Desk(Protocol):
 class StaffNotices:
     """Slack notices, through whichever desk the daemon runs."""
 
-    def __init__(self, services: Sequence[object]) -> None:
-        self._services = services
+    def __init__(self, desk: Desk | None) -> None:
+        self._desk = desk
 
     def desk(self) -> Desk | None:
-        """The Slack desk among the daemon's services; None when it is not configured."""
-        found = next((svc for svc in self._services
-                      if getattr(svc, "name", None) == DESK_NAME), None)
-        if found is None or isinstance(found, Desk):
-            return found
-        raise TypeError(f"the {DESK_NAME} service {type(found).__qualname__} lacks what the "
-                        "scheduler needs of the Slack desk (queue, post_to_channel)")
+        """The Slack desk; None when it is not configured."""
+        return self._desk
 
     async def in_thread(self, s: AsyncSession, c: Conversation, text: str, now: datetime, *,
                         key: str) -> bool:
