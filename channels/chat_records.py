@@ -90,8 +90,8 @@ class AttachmentJob:
             try:
                 got.append(await self._fetch(item))
             except DeliveryError as exc:
-                log.info("fetching %s for message %d failed: %s", item.get("filename"),
-                         row.message_id, exc.reason)
+                log.warning("fetching %s for message %d failed: %s", item.get("filename"),
+                            row.message_id, exc.reason)
                 problems.append(exc)
         if got:
             await asyncio.to_thread(lambda: [self._files.put(f.data) for f in got])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,7 +29,8 @@ from pydantic import (
 
 from frontdesk.config.hours import parse_business_hours
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$")
+_DURATION_PART = re.compile(r"(\d+)\s*([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -37,15 +39,15 @@ PHONE_CHANNELS = ("sms", "whatsapp", "voice")
 
 
 def parse_duration(value: Any) -> timedelta:
-    """``"90s"`` → 90 seconds. Accepts a timedelta unchanged."""
+    """``"90s"`` → 90 seconds, ``"1h30m"`` → 90 minutes. Accepts a timedelta unchanged."""
     if isinstance(value, timedelta):
         return value
     if not isinstance(value, str):
-        raise ValueError('a duration is a string like "90s", "15m", "4h" or "2d"')
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f'{value!r} is not a duration like "90s", "15m", "4h" or "2d"')
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        raise ValueError('a duration is a string like "90s", "15m", "1h30m" or "2d"')
+    if not _DURATION.match(value):
+        raise ValueError(f'{value!r} is not a duration like "90s", "15m", "1h30m" or "2d"')
+    return timedelta(seconds=sum(int(n) * _UNITS[unit]
+                                 for n, unit in _DURATION_PART.findall(value)))
 
 
 def format_duration(value: timedelta) -> str:
@@ -99,6 +101,20 @@ def _email_address(value: str) -> str:
 
 
 EmailAddress = Annotated[str, AfterValidator(_email_address)]
+
+
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    """A relative path is taken from the config file's folder (the validation context's
+    ``base_dir``, given by the loader), never from wherever a command happens to run."""
+    base = (info.context or {}).get("base_dir")
+    if not value or base is None:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(base) / path)
+
+
+ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
+"""A file or folder named in the config: a relative one is relative to the config file's folder."""
 
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
 
@@ -158,11 +174,17 @@ class DatabaseConfig(Section):
 
     @field_validator("url")
     @classmethod
-    def _known_driver(cls, value: str) -> str:
+    def _known_driver(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError(
                 "use sqlite+aiosqlite:///path/to/frontdesk.db or postgresql+asyncpg://user@host/db"
             )
+        prefix = "sqlite+aiosqlite:///"
+        if value.startswith(prefix):  # a file: relative to the config file's folder
+            path, query = value[len(prefix):].partition("?")[::2]
+            if path and path != ":memory:":
+                path = _relative_to_config(path, info)
+                value = prefix + path + (f"?{query}" if query else "")
         return value
 
 
@@ -354,8 +376,11 @@ OUTBOX_LEASE_MIN = timedelta(seconds=30)
 
 class DaemonConfig(Section):
     shutdown_timeout: Duration = timedelta(seconds=25)
-    data_dir: str = "./frontdesk-data"
+    data_dir: ConfigPath = "./frontdesk-data"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one object per line (time, level, logger, message, extra fields) for log
+    shippers."""
     outbox_poll: Duration = timedelta(seconds=1)
     outbox_retry_initial: Duration = timedelta(seconds=30)
     outbox_retry_max: Duration = timedelta(hours=1)

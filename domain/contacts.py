@@ -22,7 +22,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -278,9 +278,12 @@ def _code_hash(link: IdentityLink, code: str) -> str:
 
 async def request_link(session: AsyncSession, contact: Contact, address: str, *,
                        replies: ReplyComposer, now: datetime, requested_by: str,
-                       conversation: Conversation | None = None) -> IdentityLink:
+                       conversation: Conversation | None = None,
+                       unavailable: Mapping[str, str] | None = None) -> IdentityLink:
     """Send a code to ``address``; once it comes back in one of the contact's conversations the
-    address is the contact's (see :class:`LinkVerifier`)."""
+    address is the contact's (see :class:`LinkVerifier`). ``unavailable``: the channels that
+    cannot send here, each with the reason why; a code for one of them is refused at once
+    (nothing is queued that could never go)."""
     contact = await root_contact(session, contact)
     channels, normal = parse_address(address, replies.channels)
     channel = channels[0] if channels != PHONE_CHANNELS else "sms"
@@ -293,6 +296,8 @@ async def request_link(session: AsyncSession, contact: Contact, address: str, *,
     if owner is not None and (await root_contact(
             session, await session.get_one(Contact, owner))).id == contact.id:
         raise ContactError(f"{normal} is already contact {contact.id}'s address")
+    if unavailable and channel in unavailable:
+        raise ContactError(f"a code cannot be sent to {normal}: {unavailable[channel]}")
     recent = (await session.execute(
         select(func.count()).select_from(IdentityLink).where(
             IdentityLink.contact_id == contact.id,

@@ -2,10 +2,16 @@
 
 Messages (subject and text, internal notes included) are indexed by the store: an FTS5 table kept
 in step by triggers on SQLite, a GIN index on ``to_tsvector('simple', ...)`` on PostgreSQL (both
-made by migration 0002_slack). Words are matched as prefixes ("refund" finds "refunded") and
-all words must occur in one message. Results are conversations, best match first, each with a
-snippet of its best-matching message; matched words are marked :data:`MARK_START` ...
-:data:`MARK_END` for the caller to show as it likes (:func:`marked`).
+made by migration 0002_slack). Only what people wrote is searched: customers' and staff's
+messages and notes, never frontdesk's own acknowledgements, surveys and reminders (author
+``system``), which would otherwise match every conversation.
+
+The query: words are matched as prefixes ("refund" finds "refunded") and all of them must occur in
+one message; ``"left the warehouse"`` in double quotes is a phrase (those words in that order);
+``OR`` between two terms takes either (``refund OR return damaged``: refund or return, and
+damaged). Results are conversations, best match first, each with a snippet of its best-matching
+message; matched words are marked :data:`MARK_START` ... :data:`MARK_END` for the caller to show as
+it likes (:func:`marked`).
 """
 
 from __future__ import annotations
@@ -66,10 +72,46 @@ def words(query: str) -> list[str]:
     return [w for w in found if w.strip("_")][:16]
 
 
+@dataclass(frozen=True)
+class Term:
+    """A word (matched as a prefix) or a phrase (its words in order, the last as a prefix)."""
+
+    words: tuple[str, ...]
+
+
+Clause = tuple[Term, ...]
+"""Terms of which any may match (joined by ``OR``)."""
+
+_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
+MAX_TERMS = 16
+
+
+def parse_query(query: str) -> list[Clause]:
+    """The query as clauses that must all match, each a choice of terms (see the module doc)."""
+    clauses: list[list[Term]] = []
+    join_next = False
+    count = 0
+    for phrase, bare in _TOKEN.findall(query):
+        if bare == "OR":  # between two terms; a leading or trailing one joins nothing
+            join_next = bool(clauses)
+            continue
+        found = tuple(words(phrase or bare))
+        if not found or count >= MAX_TERMS:
+            continue
+        count += 1
+        term = Term(found)
+        if join_next:
+            clauses[-1].append(term)
+        else:
+            clauses.append([term])
+        join_next = False
+    return [tuple(c) for c in clauses]
+
+
 async def search_conversations(session: AsyncSession, query: str, *,
                                limit: int = 20) -> list[SearchHit]:
-    """Conversations whose messages contain every word of ``query``, best first."""
-    terms = words(query)
+    """Conversations with a message people wrote that matches ``query``, best first."""
+    terms = parse_query(query)
     if not terms:
         raise InvalidQuery("search for at least one word")
     dialect = session.get_bind().dialect.name
@@ -104,12 +146,31 @@ def _best_per_conversation(rows: list[Any], limit: int) -> list[tuple[int, int]]
     return list(seen.items())
 
 
-async def _sqlite(session: AsyncSession, terms: list[str],
+def _fts5(clauses: list[Clause]) -> str:
+    """FTS5 syntax: ``"refund"*``, a phrase ``"left the warehouse"*``, ``(a OR b) AND c``."""
+    def term(t: Term) -> str:
+        return '"' + " ".join(t.words) + '"*'
+
+    return " AND ".join(term(c[0]) if len(c) == 1 else "(" + " OR ".join(map(term, c)) + ")"
+                        for c in clauses)
+
+
+def _tsquery(clauses: list[Clause]) -> str:
+    """PostgreSQL tsquery syntax: ``refund:*``, a phrase ``(left <-> the <-> warehouse:*)``."""
+    def term(t: Term) -> str:
+        parts = [*t.words[:-1], f"{t.words[-1]}:*"]
+        return parts[0] if len(parts) == 1 else "(" + " <-> ".join(parts) + ")"
+
+    return " & ".join(term(c[0]) if len(c) == 1 else "(" + " | ".join(map(term, c)) + ")"
+                      for c in clauses)
+
+
+async def _sqlite(session: AsyncSession, terms: list[Clause],
                   limit: int) -> list[tuple[int, int, str]]:
-    match = " ".join(f'"{t}"*' for t in terms)
+    match = _fts5(terms)
     rows = (await session.execute(text(
         "SELECT m.id, m.conversation_id FROM messages_fts JOIN messages m "
-        "ON m.id = messages_fts.rowid WHERE messages_fts MATCH :q "
+        "ON m.id = messages_fts.rowid WHERE messages_fts MATCH :q AND m.author != 'system' "
         "ORDER BY rank, m.id DESC LIMIT :n"), {"q": match, "n": _CANDIDATES})).all()
     chosen = _best_per_conversation(list(rows), limit)
     if not chosen:
@@ -122,12 +183,12 @@ async def _sqlite(session: AsyncSession, terms: list[str],
     return [(c, m, snippets.get(m, "")) for c, m in chosen]
 
 
-async def _postgresql(session: AsyncSession, terms: list[str],
+async def _postgresql(session: AsyncSession, terms: list[Clause],
                       limit: int) -> list[tuple[int, int, str]]:
-    tsquery = " & ".join(f"{t}:*" for t in terms)
+    tsquery = _tsquery(terms)
     rows = (await session.execute(text(
         f"SELECT m.id, m.conversation_id FROM messages m, to_tsquery('simple', :q) query "
-        f"WHERE {_PG_DOCUMENT} @@ query "
+        f"WHERE {_PG_DOCUMENT} @@ query AND m.author != 'system' "
         f"ORDER BY ts_rank({_PG_DOCUMENT}, query) DESC, m.id DESC LIMIT :n"),
         {"q": tsquery, "n": _CANDIDATES})).all()
     chosen = _best_per_conversation(list(rows), limit)

@@ -21,7 +21,7 @@ on the conversation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -342,14 +342,14 @@ def _left(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m"
 
 
-def sla_lines(d: Mapping[str, Any]) -> list[str]:
+def sla_lines(d: Mapping[str, Any], when: Callable[[str], str] = str) -> list[str]:
     """What ``frontdesk show`` prints about the SLA, escalations and the survey (from the JSON
-    view, so text and ``--json`` always agree)."""
+    view, so text and ``--json`` always agree); ``when`` shows a JSON time to a person."""
     parts = []
     if d.get("next_response_due_at"):
-        parts.append(f"next response due {d['next_response_due_at']}")
+        parts.append(f"next response due {when(d['next_response_due_at'])}")
     if d.get("resolution_due_at"):
-        parts.append(f"resolution due {d['resolution_due_at']}")
+        parts.append(f"resolution due {when(d['resolution_due_at'])}")
     paused = d.get("sla_paused_seconds_left") or {}
     if paused:
         parts.append("paused (" + ", ".join(f"{name} {_left(s)} left"
@@ -357,22 +357,22 @@ def sla_lines(d: Mapping[str, Any]) -> list[str]:
     if d.get("escalation_level"):
         parts.append(f"escalation level {d['escalation_level']}")
     if d.get("escalation_due_at"):
-        parts.append(f"next warning/escalation {d['escalation_due_at']}")
+        parts.append(f"next warning/escalation {when(d['escalation_due_at'])}")
     lines = []
     if parts or d.get("sla_policy"):
         lines.append(f"  SLA policy {d.get('sla_policy') or 'default'}"
                      + (": " + ", ".join(parts) if parts else ""))
     follow = []
     if d.get("acknowledgement_due_at"):
-        follow.append(f"acknowledgement due {d['acknowledgement_due_at']}")
+        follow.append(f"acknowledgement due {when(d['acknowledgement_due_at'])}")
     if d.get("snoozed_until") and d.get("status") == "snoozed":
-        follow.append(f"snoozed until {d['snoozed_until']}")
+        follow.append(f"snoozed until {when(d['snoozed_until'])}")
     if d.get("reminder_due_at"):
-        follow.append(f"reminder due {d['reminder_due_at']}")
+        follow.append(f"reminder due {when(d['reminder_due_at'])}")
     if d.get("survey_due_at"):
-        follow.append(f"survey due {d['survey_due_at']}")
+        follow.append(f"survey due {when(d['survey_due_at'])}")
     if d.get("survey_sent_at"):
-        follow.append(f"survey sent {d['survey_sent_at']}")
+        follow.append(f"survey sent {when(d['survey_sent_at'])}")
     if d.get("rating") is not None:
         follow.append(f"rating {d['rating']}/5")
     if follow:

@@ -79,7 +79,10 @@ def make_engine(url: str, *, synchronous: str = "full", **kwargs: Any) -> AsyncE
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            if not folder.is_dir():  # a typo, not a place to create folders in
+                raise StoreNotReady(f"the store's folder {folder} does not exist "
+                                    "(database.url); create it, or fix the path")
         engine = create_async_engine(url, **kwargs)
         _sqlite_events(engine, synchronous)
         return engine
@@ -172,7 +175,8 @@ class Backoff:
 
     The store being away (:func:`store_unavailable`) is logged once as a warning when the
     outage starts and once when the store answers again, never a traceback per try; any other
-    error is logged with its traceback each time (at the growing interval, so never a flood).
+    error is logged as one error line with its reason at each try (at the growing interval, so
+    never a flood), and its traceback once, at debug (again only when the error changes).
     """
 
     def __init__(self, what: str, logger: logging.Logger, *, initial: float = 0.5,
@@ -183,6 +187,7 @@ class Backoff:
         self.maximum = maximum
         self.failures = 0
         self.down_since: float | None = None
+        self._last_error: str | None = None
 
     def failed(self, exc: BaseException) -> float:
         """Log ``exc`` as described; return the seconds to wait before the next try."""
@@ -198,7 +203,12 @@ class Backoff:
                 self.log.debug("%s: the store is still unavailable (%s); next try in %.1f s",
                                self.what, _summary(exc), delay)
         else:
-            self.log.error("%s failed; retrying in %.1f s", self.what, delay, exc_info=exc)
+            lines = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            self.log.error("%s failed (%s); retrying in %.1f s", self.what, reason, delay)
+            if reason != self._last_error:
+                self.log.debug("%s failed", self.what, exc_info=exc)
+            self._last_error = reason
         return delay
 
     def succeeded(self) -> None:
@@ -208,6 +218,7 @@ class Backoff:
                           time.monotonic() - self.down_since)
         self.failures = 0
         self.down_since = None
+        self._last_error = None
 
 
 def _alembic_config(connection: Connection | None) -> Any:
@@ -217,6 +228,11 @@ def _alembic_config(connection: Connection | None) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
     return cfg
+
+
+class StoreNotReady(RuntimeError):
+    """The store cannot be used as it is (missing, its folder missing, an older schema); the text
+    says what to do, in one line."""
 
 
 class MigrationError(RuntimeError):
@@ -392,6 +408,19 @@ class Store:
         if await self.current_revisions() != heads:
             log.info("migrating the store to revision %s", ", ".join(sorted(heads)))
             await self.upgrade()
+
+    async def require_current(self) -> None:
+        """For commands that only read: the store must exist, at the newest schema. Never
+        creates, connects to create, or migrates anything."""
+        where = self.sqlite_path or make_url(self.url).render_as_string(hide_password=True)
+        if self.sqlite_path is not None and not Path(self.sqlite_path).is_file():
+            raise StoreNotReady(f"no store at {self.sqlite_path} (database.url); "
+                                "`frontdesk init` or `frontdesk db upgrade` creates it")
+        revisions = await self.current_revisions()
+        if revisions != head_revisions():
+            found = ", ".join(sorted(revisions)) or "no frontdesk schema"
+            raise StoreNotReady(f"the store at {where} has {found}, not the newest schema; "
+                                "run `frontdesk db upgrade` (or start the daemon) first")
 
     async def ping(self) -> bool:
         async def select_one() -> None:

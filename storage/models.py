@@ -6,6 +6,7 @@ hands them back timezone-aware, so the rest of the code only ever sees aware UTC
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -95,7 +96,8 @@ class InboundJournal(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
+    # pending | done | failed | discarded (a dead letter kept, no longer counted as failed)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None]
@@ -235,13 +237,38 @@ class Attachment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+def outbox_remote(kind: str, payload: Mapping[str, Any] | None) -> str:
+    """Where an outbox row goes, as ``outbox.channel`` names it: the customer channel of a message
+    or of a channel's own job (``payload["channel"]``), ``"slack"`` for the Slack desk's work
+    (``payload["slack_channel"]``), otherwise the row's kind."""
+    payload = payload or {}
+    channel = payload.get("channel")
+    if isinstance(channel, str) and channel:
+        return channel[:32]
+    if payload.get("slack_channel"):
+        return "slack"
+    return kind[:32]
+
+
+def _row_remote(context: Any) -> str | None:
+    """``outbox.channel``'s default: :func:`outbox_remote` of the row being inserted (ORM and Core
+    inserts alike, one row or many)."""
+    values = context.get_current_parameters()
+    kind = values.get("kind")
+    if not isinstance(kind, str):
+        return None
+    payload = values.get("payload")
+    return outbox_remote(kind, payload if isinstance(payload, Mapping) else None)
+
+
 class Outbox(Base):
     """Work to send, written in the same transaction as what caused it."""
 
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
-                      # the head-of-lane rule (daemon/outbox.py) probes this, migration 0007
-                      Index("ix_outbox_lane", "state", "kind", "conversation_id", "id"))
+                      # the head-of-lane rule (daemon/process/outbox.py) probes this; 0007, 0008
+                      Index("ix_outbox_lane", "state", "kind", "conversation_id", "channel",
+                            "id"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # e.g. "deliver"
@@ -258,6 +285,10 @@ class Outbox(Base):
     # PostgreSQL: the instance that claimed the row to send it (migration 0006); while it sends,
     # next_attempt_at is the claim's lease, after which another instance may take the row.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # Where the row goes (migration 0008): a customer channel, "slack", or the row's kind; filled
+    # in from the payload when a row is written (outbox_remote). NULL only on rows an older
+    # version wrote, which the outbox orders as before (one lane per kind and conversation).
+    channel: Mapped[str | None] = mapped_column(String(32), default=_row_remote)
 
 
 class Event(Base):

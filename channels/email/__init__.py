@@ -7,13 +7,21 @@ The modules beside it do the work; the SDKs they need are imported only when a c
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
 from typing import Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from frontdesk.channels.base import Channel, ChannelSection
-from frontdesk.config.schema import CoreSettings, Duration, EmailAddress, Listen, Section
+from frontdesk.config.schema import (
+    ConfigPath,
+    CoreSettings,
+    Duration,
+    EmailAddress,
+    Listen,
+    Section,
+)
 from frontdesk.domain.replies import Threading
 
 
@@ -22,8 +30,8 @@ class SmtpServerConfig(Section):
     listen: Listen = "127.0.0.1:8025"
     hostname: str = ""
     max_message_bytes: int = Field(default=26214400, ge=1024)
-    tls_cert: str = ""
-    tls_key: str = ""
+    tls_cert: ConfigPath = ""
+    tls_key: ConfigPath = ""
     require_starttls: bool = False
     auth_username: str = ""
     auth_password: SecretStr = SecretStr("")
@@ -50,7 +58,7 @@ class OutboundConfig(Section):
     tls: bool = False
     starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
     verify_tls: bool = True
-    ca_file: str = ""
+    ca_file: ConfigPath = ""
     username: str = ""
     password: SecretStr = SecretStr("")
     timeout: Duration = timedelta(seconds=30)
@@ -67,7 +75,7 @@ class ImapConfig(Section):
     password: SecretStr = SecretStr("")
     folder: str = "INBOX"
     verify_tls: bool = True
-    ca_file: str = ""
+    ca_file: ConfigPath = ""
     move_to: str = ""
     timeout: Duration = timedelta(seconds=30)
     idle: bool = True
@@ -115,7 +123,8 @@ class EmailConfig(ChannelSection):
     def build(self, core: CoreSettings) -> list[Channel | str]:
         """Email is always on: replies go out through the relay even when the SMTP server is
         off (mail then comes in only through the IMAP mailbox). The IMAP reader runs when
-        ``email.imap.host`` is set."""
+        ``email.imap.host`` and its login are set and aioimaplib (the ``frontdesk[imap]``
+        extra) is installed."""
         from frontdesk.channels.email.channel import EmailChannel
 
         built: list[Channel | str] = [EmailChannel(self)]
@@ -129,6 +138,9 @@ class EmailConfig(ChannelSection):
         elif not imap.password.get_secret_value():
             built.append("imap mailbox disabled: email.imap.password is not set "
                          "(FRONTDESK_EMAIL__IMAP__PASSWORD)")
+        elif importlib.util.find_spec("aioimaplib") is None:
+            built.append("imap mailbox disabled: aioimaplib is not installed "
+                         "(pip install 'frontdesk[imap]')")
         else:
             from frontdesk.channels.email.imap import ImapChannel
 

@@ -6,8 +6,10 @@ Two entry points with different budgets:
   block (up to the first blank line) for the Message-ID and, when there is none, hashes the
   mail minus the trace headers relays add, so a resend through another relay keeps its key.
 * :func:`parse_email` runs right after the journal commit, for every mail. It is pure (no I/O)
-  and never raises for a damaged mail that still names a sender: bad boundaries, truncated
-  base64, unknown charsets and 8-bit header bytes give a best-effort message.
+  and never raises for a damaged mail that is not empty: bad boundaries, truncated base64,
+  unknown charsets and 8-bit header bytes give a best-effort message, and a mail that names no
+  sender address (a bounce from ``Mail Delivery System <>``) is automated mail from the
+  placeholder ``mailer-daemon@<the inbox domain>``.
 
 The MIME tree is parsed with ``email.policy.compat32`` and the few headers we need are decoded
 here (RFC 2047 words, RFC 2231 parameters, 8-bit bytes), because ``policy.default`` costs
@@ -273,6 +275,39 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
 
 def _envelope_address(value: Any) -> str:
     return _addr(str(value)) if value else ""
+
+
+_BARE_LOCAL = re.compile(r"[a-z0-9][a-z0-9._+-]*")
+
+
+def _unaddressed_sender(values: Iterable[str]) -> tuple[str, str]:
+    """(display name, bare local part) of a From/Sender without an address: ``Mail Delivery
+    System <>`` gives the name, ``MAILER-DAEMON`` (no domain) the local part."""
+    for name, address in getaddresses(list(values)):
+        local = "".join(address.split()).strip("<>").lower()
+        if name.strip() or local:
+            return (_display(name, _MAX_NAME),
+                    local if _BARE_LOCAL.fullmatch(local) else "")
+    return "", ""
+
+
+_PLACEHOLDER_LOCAL = "mailer-daemon"
+"""The local part of the sender identity given to mail with no sender address at all."""
+_PLACEHOLDER_NAME = "Mail Delivery System"
+_PLACEHOLDER_FALLBACK_DOMAIN = "frontdesk.invalid"
+
+
+def _placeholder_address(inbox_address: str | None, inbox_addresses: Sequence[str],
+                         own_domains: Sequence[str]) -> str:
+    """``mailer-daemon@<the inbox domain>``: the domain of the inbox address the mail was sent
+    to, else of the first inbox address, else of our own mail, else ``frontdesk.invalid``."""
+    for address in (inbox_address, *inbox_addresses):
+        domain = (address or "").rpartition("@")[2].strip().lower()
+        if domain:
+            return f"{_PLACEHOLDER_LOCAL}@{domain}"
+    domain = next((d.strip().lower() for d in own_domains if d.strip()),
+                  _PLACEHOLDER_FALLBACK_DOMAIN)
+    return f"{_PLACEHOLDER_LOCAL}@{domain}"
 
 
 # --- the MIME tree ------------------------------------------------------------------------------
@@ -721,8 +756,14 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
     ``rcpt_tos``, ``received_at`` (ISO string) and ``journal_id``; mail read over IMAP has no
     envelope. ``own_domains`` are the domains of frontdesk's own Message-IDs (mail of ours that
     comes back is automated); ``reply_languages`` are the languages of the quote headers looked
-    for to split off a reply's new part. Raises :class:`ParseError` only for an empty mail or
-    one without any sender address.
+    for to split off a reply's new part. Raises :class:`ParseError` only for an empty mail.
+
+    The sender is the first address of From, else of Sender, else the envelope sender (over
+    IMAP, which has no envelope: the Return-Path). Mail with no sender address at all (a bounce
+    with the null sender and ``From: Mail Delivery System <>``, ``From: MAILER-DAEMON`` or no
+    From) is nobody's to answer: it gets the placeholder identity
+    ``mailer-daemon@<the inbox domain>`` (named "Mail Delivery System" unless its From gives a
+    name) and is automated.
     """
     if not raw or not raw.strip():
         raise ParseError("empty message")
@@ -743,9 +784,14 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
             sender_name, sender_address = found[0]
             break
     if not sender_address:
-        sender_address = _envelope_address(envelope_str)
-    if not sender_address:
-        raise ParseError("no sender address")
+        sender_address = _envelope_address(
+            envelope_str if envelope_str is not None else
+            next(iter(headers.get("return-path", [])), None))
+    unaddressed = not sender_address
+    robot_sender = sender_address  # what the automation and bounce checks look at
+    if unaddressed:
+        sender_name, robot_sender = _unaddressed_sender(
+            headers.get("from", []) + headers.get("sender", []))
 
     subject_raw = _display(headers["subject"][0]) if "subject" in headers else ""
     token = _TOKEN.search(subject_raw)
@@ -797,10 +843,14 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
             joined = ", ".join(values) if key in ("to", "cc") else values[0]
             kept[label] = _display(joined)
 
-    reason = _automated(headers, msg, envelope_str, sender_address, own_domains)
+    reason = _automated(headers, msg, envelope_str, robot_sender, own_domains)
+    if unaddressed:  # nobody to answer: a placeholder identity, and never acknowledged
+        reason = reason or "no sender address"
+        sender_address = _placeholder_address(inbox_address, inbox_addresses, own_domains)
+        sender_name = sender_name or _PLACEHOLDER_NAME
     null_sender = (envelope_str is not None and envelope_str.strip() in ("", "<>")) or (
         envelope_str is None and [v.strip() for v in headers.get("return-path", [])][:1] == ["<>"])
-    report = read_report(msg, headers, text, sender=sender_address, null_sender=null_sender,
+    report = read_report(msg, headers, text, sender=robot_sender, null_sender=null_sender,
                          subject=subject_raw)
     thread_refs = _message_ids(headers.get("in-reply-to", []) + headers.get("references", []))
     if report is not None:

@@ -59,7 +59,7 @@ class _Handler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if self._inboxes.base_of(address) is None:
-            log.info("refused mail for %s from %s", address, session.peer)
+            log.warning("refused mail for %s from %s", address, session.peer)
             return NO_SUCH_MAILBOX.format(address)
         envelope.rcpt_tos.append(address)
         return RCPT_OK

@@ -1,11 +1,13 @@
 """Telegram: a bot that customers message.
 
 This module declares the channel: its config section ``[telegram]`` (:class:`TelegramConfig`),
-which builds it; python-telegram-bot is imported only when it runs.
+which builds it; python-telegram-bot (the ``frontdesk[telegram]`` extra) is imported only when
+it runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from datetime import timedelta
 from typing import Literal
@@ -44,6 +46,9 @@ class TelegramConfig(ChannelSection):
         disabled = "telegram channel disabled: "
         if not self.bot_token.get_secret_value():
             return [disabled + "telegram.bot_token is not set"]
+        if importlib.util.find_spec("telegram") is None:
+            return [disabled + ("python-telegram-bot is not installed "
+                                "(pip install 'frontdesk[telegram]')")]
         if self.mode == "webhook":
             if not core.http.public_url:
                 return [disabled + 'telegram.mode is "webhook" but http.public_url is not set']

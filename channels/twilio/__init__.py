@@ -1,11 +1,13 @@
 """Twilio: SMS, MMS, WhatsApp and voicemail.
 
 This module declares the channel: its config section ``[twilio]`` (:class:`TwilioConfig`),
-which builds it; the twilio SDK is imported only when it runs.
+which builds it; the twilio SDK (the ``frontdesk[twilio]`` extra) is imported only when it
+runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
 
 from pydantic import SecretStr
@@ -39,6 +41,8 @@ class TwilioConfig(ChannelSection):
         disabled = "twilio channel (sms, whatsapp, voice) disabled: "
         if not (self.account_sid and self.auth_token.get_secret_value()):
             return [disabled + "twilio.account_sid and twilio.auth_token are not set"]
+        if importlib.util.find_spec("twilio") is None:
+            return [disabled + "the twilio SDK is not installed (pip install 'frontdesk[twilio]')"]
         if not core.http.public_url:
             return [disabled + ("http.public_url is not set (Twilio calls it, and its webhook "
                                 "signatures are checked against it)")]

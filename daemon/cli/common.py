@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 from frontdesk.config.loader import load_settings, resolve_path
+from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.process.registry import Settings
 from frontdesk.domain.notices import check_template
 from frontdesk.storage.db import Store
@@ -38,10 +41,50 @@ def print_json(value: Any) -> None:
 
 
 
-async def with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+async def with_store(settings: Settings, work: Callable[[Store], Awaitable[int]], *,
+                     read_only: bool = False) -> int:
+    """Run ``work`` on the store. A command that changes things migrates the store first (as
+    the daemon does); a ``read_only`` one never creates or migrates it: a missing or older store
+    is a one-line error naming it."""
     store = Store.from_settings(settings.database)
     try:
-        await store.ensure_schema()
+        if read_only:
+            await store.require_current()
+        else:
+            await store.ensure_schema()
         return await work(store)
     finally:
         await store.dispose()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a usage error, exit 2, otherwise)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is less than 1")
+    return number
+
+
+def duration(text: str) -> timedelta:
+    """An argparse type: ``"7d"``, ``"24h"``, ``"1h30m"`` (a usage error, exit 2, otherwise)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def local_times(timezone: str) -> Callable[[str | None], str]:
+    """Shows the JSON views' UTC times (``2026-11-23T10:00:00.000Z``) to a person in
+    ``sla.timezone``: ``2026-11-23 10:00 GMT``."""
+    zone = ZoneInfo(timezone)
+
+    def when(value: str | None) -> str:
+        if not value:
+            return "-"
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+    return when

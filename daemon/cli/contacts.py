@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
+from frontdesk.daemon.cli.outbox import unsendable
 from frontdesk.storage.clock import utcnow
 
 
@@ -39,7 +40,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
     link = actions.add_parser("link", parents=[common, who],
                               help="send a code to an address the customer gave; it is linked "
                                    "when they send the code back")
-    link.add_argument("contact", metavar="ID|ADDRESS")
+    link.add_argument("contact", metavar="ID|ADDRESS",
+                      help="the contact the address joins (id or one of its addresses)")
     link.add_argument("address", metavar="ADDRESS", help="ada@example.org or +15550001111")
     link.add_argument("--ref", metavar="REF",
                       help="the conversation to send the code back in (default: the latest)")
@@ -97,7 +99,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
                 raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
             made = await request_link(s, contact, args.address,
                                       replies=replies, now=utcnow(),
-                                      requested_by=_actor(args), conversation=conversation)
+                                      requested_by=_actor(args), conversation=conversation,
+                                      unavailable=unsendable(settings))
         where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
         print(f"a code is on its way to {made.address}; it links the address to contact "
               f"{made.contact_id} when the customer sends it back{where} within 24 hours")
@@ -111,7 +114,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
         except ContactError as exc:
             raise Failure(str(exc)) from None
 
-    return asyncio.run(with_store(settings, guarded))
+    return asyncio.run(with_store(settings, guarded,
+                                  read_only=args.contact_command == "show"))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"contact": cmd_contact}

@@ -13,7 +13,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
+from frontdesk.daemon.cli.common import (
+    Failure,
+    positive_int,
+    print_json,
+    settings_of,
+    with_store,
+)
 from frontdesk.domain.business_hours import calendar_from_settings
 from frontdesk.storage.clock import utcnow
 
@@ -25,28 +31,28 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                      help="who does it, for the audit (default: $USER)")
     search = sub.add_parser("search", parents=[common, as_json],
                             help="find conversations by the words in their messages")
-    search.add_argument("text", metavar="TEXT", nargs="+")
-    search.add_argument("--limit", type=int, default=20, metavar="N")
+    search.add_argument("text", metavar="TEXT", nargs="+",
+                        help='words (as prefixes), "a phrase", OR between two terms')
+    search.add_argument("--limit", type=positive_int, default=20, metavar="N")
     for name, help_text in (("resolve", "mark a conversation resolved"),
                             ("reopen", "open a conversation again")):
         p = sub.add_parser(name, parents=[common, who], help=help_text)
-        p.add_argument("ref", metavar="REF")
+        p.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
     assign = sub.add_parser("assign", parents=[common, who],
                             help="give a conversation to someone (\"-\" for nobody)")
-    assign.add_argument("ref", metavar="REF")
-    assign.add_argument("assignee", metavar="NAME")
+    assign.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
+    assign.add_argument("assignee", metavar="NAME", help="who takes it; - for nobody")
     snooze = sub.add_parser("snooze", parents=[common, who],
                             help='put a conversation aside ("2h", "1d" or "morning")')
-    snooze.add_argument("ref", metavar="REF")
-    snooze.add_argument("until", metavar="DURATION")
+    snooze.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
+    snooze.add_argument("until", metavar="DURATION",
+                        help='how long, like "2h" or "1d12h", or "morning" (next opening)')
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 
     settings = settings_of(args)
-    if args.limit < 1:
-        raise Failure("--limit must be at least 1")
     query = " ".join(args.text)
 
     async def work(store: Any) -> int:
@@ -66,7 +72,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"          {marked(h.snippet, '[', ']')}")
         return 0
 
-    return asyncio.run(with_store(settings, work))
+    return asyncio.run(with_store(settings, work, read_only=True))
 
 
 def _action(describe: Callable[[Any, argparse.Namespace], str],

@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from frontdesk import __version__
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
-from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
-from frontdesk.daemon.cli.common import Failure, Parser, print_json, settings_of, with_store
+from frontdesk.daemon.cli import outbox as cli_outbox
+from frontdesk.daemon.cli.common import (
+    Failure,
+    Parser,
+    duration,
+    local_times,
+    positive_int,
+    print_json,
+    settings_of,
+    with_store,
+)
 from frontdesk.daemon.process.registry import Settings
 from frontdesk.domain.business_hours import calendar_from_settings
 from frontdesk.domain.notices import check_template
@@ -45,9 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"frontdesk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
-    sub.add_parser("init", parents=[common],
-                   help="write a starter config (never overwrites) and migrate the store")
-    check = sub.add_parser("check", parents=[common], help="validate the config")
+    init = sub.add_parser("init", parents=[common],
+                          help="write a starter config (never overwrites) and migrate the store")
+    init.add_argument("--state-dir", metavar="DIR",
+                      help="put the SQLite store and attachments in DIR (e.g. /var/lib/frontdesk)")
+    init.add_argument("--no-store", action="store_true",
+                      help="only write the config; the store is made by `frontdesk db upgrade`, "
+                           "run as the user that owns it")
+    check = sub.add_parser("check", parents=[common, as_json], help="validate the config")
     check.add_argument("--show", action="store_true",
                        help="print the effective config (secrets masked)")
     db = sub.add_parser("db", parents=[common], help="store maintenance")
@@ -57,30 +70,84 @@ def _parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("conversations", parents=[common, as_json],
                           help="list conversations, newest first")
     conv.add_argument("--status", choices=["open", "pending", "snoozed", "resolved"])
-    conv.add_argument("--limit", type=int, metavar="N")
+    conv.add_argument("--limit", type=positive_int, metavar="N", help="at most N, newest first")
     show = sub.add_parser("show", parents=[common, as_json], help="one conversation")
     show.add_argument("ref", metavar="REF", help="FD-12 or 12")
     reply = sub.add_parser("reply", parents=[common], help="send a staff reply")
-    reply.add_argument("ref", metavar="REF")
-    reply.add_argument("text", metavar="TEXT")
+    reply.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
+    reply.add_argument("text", metavar="TEXT", help="the reply, sent on the customer's channel")
     reply.add_argument("--as", dest="author", metavar="NAME",
                        help="the staff member's name (default: $USER)")
-    report = sub.add_parser("report", parents=[common, as_json], help="service figures")
-    report.add_argument("--since", default="7d", help='the period, like "7d" or "24h"')
-    report.add_argument("--csv", action="store_true",
-                        help="one CSV row per channel and overall")
+    report = sub.add_parser("report", parents=[common], help="service figures")
+    report.add_argument("--since", type=duration, default="7d",
+                        help='the period up to now, like "7d", "24h" or "1d12h"')
+    report_format = report.add_mutually_exclusive_group()
+    report_format.add_argument("--json", action="store_true", help="machine-readable output")
+    report_format.add_argument("--csv", action="store_true",
+                               help="one CSV row per channel and overall")
     journal = sub.add_parser("journal", parents=[common, as_json],
                              help="inbound messages that failed to process")
     journal.add_argument("--failed", action="store_true", help="only failed ones")
-    journal.add_argument("--limit", type=int, default=50, metavar="N")
+    journal.add_argument("--limit", type=positive_int, default=50, metavar="N")
     journal_sub = journal.add_subparsers(dest="journal_command", parser_class=Parser,
-                                         metavar="retry")
+                                         metavar="retry|discard")
     retry = journal_sub.add_parser("retry", parents=[common, as_json],
                                    help="process failed messages again")
-    retry.add_argument("id", nargs="?", type=int, metavar="ID")
+    retry.add_argument("id", nargs="?", type=int, metavar="ID",
+                       help="one journal row (default: every failed one)")
+    discard = journal_sub.add_parser(
+        "discard", parents=[common],
+        help="keep a failed message that can never be processed, but stop counting it as "
+             "failed (audited)")
+    discard.add_argument("id", type=int, metavar="ID",
+                         help="the failed journal row (see `frontdesk journal --failed`)")
+    discard.add_argument("--as", dest="author", metavar="NAME",
+                         help="who discards it, for the audit (default: $USER)")
     cli_desk.add_parsers(sub, common, as_json, Parser)
     cli_contacts.add_parsers(sub, common, as_json, Parser)
+    cli_outbox.add_parsers(sub, common, as_json, Parser)
+    _with_examples(p)
     return p
+
+
+EXAMPLES = {
+    "run": "frontdesk run -c /etc/frontdesk/frontdesk.toml",
+    "init": "frontdesk init -c /etc/frontdesk/frontdesk.toml --state-dir /var/lib/frontdesk "
+            "--no-store",
+    "check": "frontdesk check --show\n  FRONTDESK_SLACK__BOT_TOKEN=xoxb-... frontdesk check --json",
+    "db upgrade": "frontdesk db upgrade -c /etc/frontdesk/frontdesk.toml",
+    "conversations": "frontdesk conversations --status open --limit 20",
+    "show": "frontdesk show FD-12\n  frontdesk show 12 --json",
+    "reply": 'frontdesk reply FD-12 "It left our warehouse today." --as Grace',
+    "report": "frontdesk report --since 30d\n  frontdesk report --since 1d12h --csv",
+    "journal": "frontdesk journal --failed",
+    "journal retry": "frontdesk journal retry 31",
+    "journal discard": "frontdesk journal discard 31 --as Grace",
+    "search": 'frontdesk search refund OR return "never arrived"',
+    "resolve": "frontdesk resolve FD-12 --as Grace",
+    "reopen": "frontdesk reopen FD-12",
+    "assign": "frontdesk assign FD-12 Grace\n  frontdesk assign FD-12 -",
+    "snooze": "frontdesk snooze FD-12 2h\n  frontdesk snooze FD-12 morning",
+    "contact show": "frontdesk contact show ada@example.org",
+    "contact merge": "frontdesk contact merge 7 +15550001111",
+    "contact link": "frontdesk contact link 7 ada@example.org --ref FD-12",
+    "outbox": "frontdesk outbox --failed",
+    "outbox retry": "frontdesk outbox retry 42\n  frontdesk outbox retry --all",
+    "outbox cancel": "frontdesk outbox cancel 42 --as Grace",
+}
+"""An example under each command's ``--help`` (keyed by the command's words)."""
+
+
+def _with_examples(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> None:
+    for action in parser._actions:  # argparse keeps its sub-parsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                key = (*words, name)
+                example = EXAMPLES.get(" ".join(key))
+                if example is not None:
+                    child.epilog = "example:\n  " + example
+                    child.formatter_class = argparse.RawDescriptionHelpFormatter
+                _with_examples(child, key)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -89,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from frontdesk.daemon.process.app import Daemon
 
     settings = settings_of(args)
-    _logging(settings.daemon.log_level)
+    _logging(settings)
     daemon = Daemon(settings)
     try:
         asyncio.run(daemon.run())
@@ -103,13 +170,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     if path.exists():
         print(f"{path} exists; left as it is")
     else:
+        starter = files("frontdesk.config").joinpath("frontdesk.example.toml").read_text()
+        if args.state_dir:
+            state = Path(args.state_dir).absolute()
+            starter = starter.replace('url = "sqlite+aiosqlite:///./frontdesk.db"',
+                                      f'url = "sqlite+aiosqlite:///{state}/frontdesk.db"', 1)
+            starter = starter.replace('data_dir = "./frontdesk-data"',
+                                      f'data_dir = "{state}/attachments"', 1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with files("frontdesk.config").joinpath("frontdesk.example.toml").open("rb") as src, \
-                open(path, "xb") as dst:
-            shutil.copyfileobj(src, dst)
+        with open(path, "x", encoding="utf-8") as dst:
+            dst.write(starter)
         os.chmod(path, 0o640)
         print(f"wrote {path}")
     settings = load_settings(path, Settings, check_template=check_template)
+    if args.no_store:
+        print("store left to `frontdesk db upgrade` (the service runs it before it starts)")
+        return 0
 
     async def work(store: Any) -> int:
         print(f"store ready: {_safe_url(settings.database.url)}")
@@ -119,17 +195,39 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from frontdesk.daemon.process.app import build_channels
+    from frontdesk.daemon.process.app import build_channels, data_dir_problem
 
     path = resolve_path(getattr(args, "config", None))
-    settings = load_settings(path, Settings, check_template=check_template)
-    print(f"{path}: OK")
-    for line in build_channels(settings)[1]:
-        print(f"  {line}")
+    try:
+        settings = load_settings(path, Settings, check_template=check_template)
+        problem = data_dir_problem(settings.daemon.data_dir, make_files_dir=False)
+        if problem is not None:
+            raise ConfigError(str(path), [("daemon.data_dir", problem)])
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        print_json({"config": str(path), "ok": False,
+                    "problems": [{"key": key, "message": message}
+                                 for key, message in exc.problems]})
+        return 1
+    disabled = build_channels(settings)[1]
+    warnings = []
     if not settings.email.inbox_addresses:
-        print("  warning: email.inbox_addresses is empty; the SMTP server will refuse all mail")
+        warnings.append("email.inbox_addresses is empty; the SMTP server will refuse all mail")
+    if args.json:
+        print_json({"config": str(path), "ok": True, "disabled": disabled,
+                    "warnings": warnings, "settings": masked(settings)})
+        return 0
+    # With --show, stdout is the effective config alone (one JSON document); the verdict goes
+    # to stderr.
+    out = sys.stderr if args.show else sys.stdout
+    print(f"{path}: OK", file=out)
+    for line in disabled:
+        print(f"  {line}", file=out)
+    for warning in warnings:
+        print(f"  warning: {warning}", file=out)
     if args.show:
-        print(json.dumps(masked(settings), indent=2))
+        print_json(masked(settings))
     return 0
 
 
@@ -168,8 +266,8 @@ def cmd_conversations(args: argparse.Namespace) -> int:
     from frontdesk.storage.models import Conversation
 
     settings = settings_of(args)
-    if args.limit is not None and args.limit < 1:
-        raise Failure("--limit must be at least 1")
+
+    when = local_times(settings.sla.timezone)
 
     async def work(store: Any) -> int:
         query = select(Conversation).order_by(Conversation.created_at.desc(),
@@ -189,11 +287,11 @@ def cmd_conversations(args: argparse.Namespace) -> int:
                 who = c["contact"]["name"] or ""
                 address = (c["contact"]["identities"] or [{"address": ""}])[0]["address"]
                 print(f"{c['reference']:>8}  {c['status']:8} {c['channel']:8} "
-                      f"{c['created_at'][:16].replace('T', ' ')}  {who} <{address}>  "
+                      f"{when(c['created_at'])}  {who} <{address}>  "
                       f"{c['subject']}")
         return 0
 
-    return asyncio.run(with_store(settings, work))
+    return asyncio.run(with_store(settings, work, read_only=True))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -214,13 +312,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             print_json(detail)
         else:
-            print(_format_detail(detail))
+            print(_format_detail(detail, local_times(settings.sla.timezone)))
         return 0
 
-    return asyncio.run(with_store(settings, work))
+    return asyncio.run(with_store(settings, work, read_only=True))
 
 
-def _format_detail(d: dict[str, Any]) -> str:
+def _format_detail(d: dict[str, Any], when: Callable[[str | None], str]) -> str:
     from frontdesk.channels.email.quotes import folded
     from frontdesk.domain.sla import sla_lines
 
@@ -231,9 +329,10 @@ def _format_detail(d: dict[str, Any]) -> str:
         f"  status {d['status']}, priority {d['priority']}, channel {d['channel']}"
         + (f", assigned to {d['assignee']}" if d["assignee"] else ""),
         f"  contact {contact['name'] or '(no name)'} ({ids})",
-        f"  created {d['created_at']}, first response due {d['first_response_due_at'] or '-'}"
-        + (f", answered {d['first_responded_at']}" if d["first_responded_at"] else ""),
-        *sla_lines(d),
+        f"  created {when(d['created_at'])}, first response due "
+        f"{when(d['first_response_due_at'])}"
+        + (f", answered {when(d['first_responded_at'])}" if d["first_responded_at"] else ""),
+        *sla_lines(d, when),
         *_other_lines(d.get("other_conversations") or []),
         "",
     ]
@@ -243,7 +342,7 @@ def _format_detail(d: dict[str, Any]) -> str:
         status = f" [{m['delivery_status']}]" if m["delivery_status"] else ""
         flags = " (automated)" if m["automated"] else ""
         flags += " (internal note)" if m.get("note") else ""
-        lines.append(f"{arrow} {m['created_at']} {m['author']} {who}{status}{flags}")
+        lines.append(f"{arrow} {when(m['created_at'])} {m['author']} {who}{status}{flags}")
         if m.get("failure_reason"):
             lines.append(f"   failed: {m['failure_reason']}")
         for a in m["attachments"]:
@@ -286,12 +385,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from frontdesk.domain.report import build_report, format_report, report_csv
 
     settings = settings_of(args)
-    if args.json and args.csv:
-        raise Failure("choose one of --json and --csv")
-    try:
-        since = parse_duration(args.since)
-    except ValueError as exc:
-        raise Failure(f"--since: {exc}") from None
+    since = args.since
 
     async def work(store: Any) -> int:
         async with store.reader() as s:
@@ -305,7 +399,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(format_report(report))
         return 0
 
-    return asyncio.run(with_store(settings, work))
+    return asyncio.run(with_store(settings, work, read_only=True))
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -337,14 +431,29 @@ def cmd_journal(args: argparse.Namespace) -> int:
             print("no failed messages" if args.failed else "the journal is empty")
         else:
             for r in rows:
-                print(f"#{r['id']:<6} {r['state']:8} {r['channel']:8} {r['received_at']}  "
+                print(f"#{r['id']:<6} {r['state']:9} {r['channel']:8} {r['received_at']}  "
                       f"{r['remote_id'][:60]}" + (f"\n        {r['error']}" if r["error"] else ""))
         return 0
 
     async def retry(store: Any) -> int:
         return await _retry(store, settings, args)
 
-    return asyncio.run(with_store(settings, retry if args.journal_command else listing))
+    async def discard(store: Any) -> int:
+        from frontdesk.daemon.process.processor import NotDiscardable, discard_failed
+
+        author = args.author or os.environ.get("USER") or "staff"
+        try:
+            error = await discard_failed(store, args.id, actor=author, now=utcnow())
+        except NotDiscardable as exc:
+            raise Failure(str(exc)) from None
+        print(f"journal #{args.id} discarded by {author}; it is kept but no longer counted as "
+              f"failed ({error or 'no error recorded'})")
+        return 0
+
+    if not args.journal_command:  # the listing only reads
+        return asyncio.run(with_store(settings, listing, read_only=True))
+    return asyncio.run(with_store(settings, discard if args.journal_command == "discard"
+                                  else retry))
 
 
 async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> int:
@@ -384,17 +493,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report, "journal": cmd_journal,
     **cli_desk.COMMANDS,  # search, resolve, reopen, assign, snooze
     **cli_contacts.COMMANDS,  # contact show|merge|link
+    **cli_outbox.COMMANDS,  # outbox [retry|cancel]
 }
 
 
-def _logging(level: str) -> None:
-    under_systemd = "JOURNAL_STREAM" in os.environ
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("aiosqlite", "mail.log", "asyncio", "aiohttp.access", "alembic",
-                  "apscheduler"):  # APScheduler logs every wake-up of the sweeps at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    """The daemon's logging: ``daemon.log_level`` and ``daemon.log_format`` on stderr, with
+    syslog priorities when stderr is systemd's journal stream (frontdesk.daemon.process.logs)."""
+    from frontdesk.daemon.process.logs import configure
+
+    configure(settings.daemon.log_level, settings.daemon.log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,7 +510,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away (| head) shows here, inside the try
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`frontdesk conversations | head`): that is not an error.
+        # Point stdout at /dev/null so the interpreter's own flush at exit stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         print(f"frontdesk: config {exc.path} is not valid:", file=sys.stderr)
         for key, message in exc.problems:
@@ -412,8 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from frontdesk.domain.conversations import CannotReply, UnknownConversation
+        from frontdesk.storage.db import StoreNotReady
 
-        if isinstance(exc, Failure | UnknownConversation | CannotReply):
+        if isinstance(exc, Failure | UnknownConversation | CannotReply | StoreNotReady):
             print(f"frontdesk: {exc}", file=sys.stderr)
         else:
             log.debug("command failed", exc_info=True)

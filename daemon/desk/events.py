@@ -95,6 +95,9 @@ class DeskEvents:
     async def http_handler(self, request: web.Request) -> web.Response:
         """``POST /slack/events``: Events API, interactivity and slash commands."""
         response = await self.app.async_dispatch(await to_bolt_request(request))
+        if response.status == 401:  # slack-bolt says why only at INFO, under its own logger
+            log.warning("refused a Slack request from %s: bad, missing or expired signature",
+                        request.remote)
         return await to_aiohttp_response(response)
 
     async def forget_old_events(self) -> None:

@@ -1,17 +1,21 @@
 """The composition root: builds the daemon from settings and runs its lifecycle.
 
-Start: migrate the store, start the journal, the processor (which first finishes whatever a
-previous run left pending), the outbox worker, the HTTP server and the enabled channels, then tell
-systemd READY. Stop (SIGTERM/SIGINT): STOPPING, stop taking messages, let in-flight ones commit,
-finish the batch in hand, and exit 0 within ``daemon.shutdown_timeout``. Whatever was not sent
-stays queued in the store for the next start.
+Start: check that ``daemon.data_dir`` is a directory frontdesk can write in (else stop with one
+line saying why), migrate the store, start the journal, the processor (which first finishes
+whatever a previous run left pending), the outbox worker, the HTTP server and the enabled
+channels, then tell systemd READY. Stop (SIGTERM/SIGINT): STOPPING, stop taking messages, let
+in-flight ones commit, finish the batch in hand, and exit 0 within ``daemon.shutdown_timeout``.
+Whatever was not sent stays queued in the store for the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import importlib.util
 import logging
+import os
 import signal
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,14 +85,76 @@ class SlaClock:
         return self.calendar.add(start, self.first_response)
 
 
+class DataDirError(OSError):
+    """``daemon.data_dir`` cannot hold attachment files; ``strerror`` is the one line saying
+    why (``frontdesk run`` reports an OSError at start as ``cannot start: <strerror>``)."""
+
+
+def data_dir_problem(data_dir: str, *, make_files_dir: bool = True) -> str | None:
+    """Make sure ``daemon.data_dir`` is a directory frontdesk can write attachment files in;
+    None when it is, else one line naming the path and why.
+
+    A missing directory is created, but only when its parent exists: a typo never silently
+    becomes a chain of new directories. Writing is tried for real (a file written, synced and
+    removed), so a read-only mount, a full disk or a pseudo file system like /proc is found
+    even for root, whom permission bits do not stop. ``make_files_dir=False`` (``frontdesk
+    check``, maybe run by another user than the daemon's) leaves the attachments folder to the
+    daemon: where it does not exist yet, writing is tried in the data directory itself."""
+    path = Path(data_dir).expanduser().absolute()
+    files = AttachmentStore(path).root
+
+    def problem(why: str) -> str:
+        return f"{path}: {why}"
+
+    step = "create it"
+    try:
+        if not path.exists():
+            if not path.parent.is_dir():
+                return problem(f"it does not exist, and neither does its parent {path.parent} "
+                               "(frontdesk creates only the last directory)")
+            path.mkdir(mode=0o750)
+        elif not path.is_dir():
+            return problem("it is not a directory")
+        step = f"create {files}"
+        if files.exists() and not files.is_dir():
+            return problem(f"{files} is not a directory")
+        if make_files_dir:
+            files.mkdir(mode=0o750, exist_ok=True)
+        here = files if files.is_dir() else path
+        step = f"write in {here}"
+        probe = here / f".write-check.{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"frontdesk")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as exc:
+        return problem(f"cannot {step}: {exc.strerror or exc}")
+    return None
+
+
 def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
     """The customer channels that can run, and one line per part that cannot (the Slack desk
     included) saying why, without secrets."""
     channels, disabled = registry.build_channels(settings)
-    slack_missing = settings.slack.missing()
+    slack_missing = desk_missing(settings)
     if slack_missing:
         disabled.insert(0, f"slack desk disabled: {slack_missing}")
     return channels, disabled
+
+
+def desk_missing(settings: Settings) -> str | None:
+    """Why the Slack desk cannot run (a key not set, or its SDK not installed), or None."""
+    if (missing := settings.slack.missing()) is not None:
+        return missing
+    if any(importlib.util.find_spec(sdk) is None for sdk in ("slack_bolt", "slack_sdk")):
+        return "the Slack SDK is not installed (pip install 'frontdesk[slack]')"
+    return None
 
 
 class Daemon:
@@ -159,7 +225,7 @@ class Daemon:
             self.outbox_handlers.update(parts.outbox_handlers)
         self.desk: SlackDesk | None = None
         """The Slack staff desk, when configured (slack-bolt is imported only then)."""
-        if settings.slack.missing() is None:
+        if desk_missing(settings) is None:
             from frontdesk.daemon.desk.service import SlackDesk
 
             self.desk = SlackDesk(self)  # registers its hooks, handler and route
@@ -175,6 +241,7 @@ class Daemon:
         self.stop_failed = False
         """A step of the stop raised (logged): ``frontdesk run`` then exits 1, not 0."""
         self._watchdog: asyncio.Task[None] | None = None
+        self._data_dir_ok = False
 
     def leadership(self, name: str) -> Leadership:
         """An elector for one single consumer (``imap:<mailbox>``, ``telegram:<bot id>``): on
@@ -206,11 +273,25 @@ class Daemon:
             )).all())
         self.metrics.journal_pending.set(counts.get("pending", 0))
         self.metrics.journal_failed_now.set(counts.get("failed", 0))
+        await self.metrics.refresh_conversations(
+            self.store, channels=[n for c in self.channels for n in c.channel_names],
+            now=self.clock())
         if self.desk is not None:  # the desk's own gauge: its Slack backlog
             await self.desk.refresh_gauges()
 
+    async def check_data_dir(self) -> None:
+        """Raise :class:`DataDirError` unless ``daemon.data_dir`` can hold attachment files
+        (the first mail with an attachment would fail otherwise). Checked once."""
+        if self._data_dir_ok:
+            return
+        problem = await asyncio.to_thread(data_dir_problem, self.settings.daemon.data_dir)
+        if problem is not None:
+            raise DataDirError(errno.EINVAL, f"daemon.data_dir {problem}")
+        self._data_dir_ok = True
+
     async def start(self) -> None:
         self.notifier.notify("STATUS=starting")
+        await self.check_data_dir()
         await self.store.ensure_schema()
         self.journal.start()
         self.processor.start()
@@ -280,6 +361,7 @@ class Daemon:
 
     async def run(self) -> None:
         """Start, wait for SIGTERM/SIGINT, stop."""
+        await self.check_data_dir()  # before anything starts: nothing to stop yet
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

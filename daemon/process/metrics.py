@@ -1,16 +1,39 @@
-"""Prometheus metrics of one daemon, in its own registry (no process-wide globals)."""
+"""Prometheus metrics of one daemon, in its own registry (no process-wide globals).
+
+Besides the daemon's own series the registry holds ``frontdesk_build_info{version}``, the
+process collector (``process_*``: CPU, memory, open files, start time), the platform collector
+(``python_info``) and the garbage collector's (``python_gc_*``), as a default registry would. The
+store's gauges (outbox depth, journal rows, conversations open and past their first-response due
+time) are read from the store when ``/metrics`` is scraped. A component that does not run adds
+no series: the IMAP reader, the Slack desk and each channel register theirs only when they run.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import and_, case, func, select
+
+from frontdesk import __version__
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import Conversation
+
+UNRESOLVED = ("open", "pending", "snoozed")
+"""Every status but ``resolved``, named so that the count reads only these rows (through the
+status index), however many resolved conversations the store keeps."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -21,6 +44,13 @@ class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # the *_created series only add noise to a daemon's scrape
         r = self.registry = CollectorRegistry()
+        build = Gauge("frontdesk_build_info", "The running frontdesk's version (always 1)",
+                      ["version"], registry=r)
+        build.labels(__version__).set(1)
+        # What prometheus_client's default registry would hold, in this daemon's own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.messages_in = Counter(
             "frontdesk_messages_in", "Inbound messages journaled, by channel", ["channel"],
             registry=r)
@@ -66,6 +96,35 @@ class Metrics:
             "1 while this instance runs the single consumer (it holds the consumer's leader "
             "lock: IMAP polling, Telegram getUpdates); 0 while another instance does",
             ["consumer"], registry=r)
+        self.conversations_open = Gauge(
+            "frontdesk_conversations_open",
+            "Conversations not resolved (open, pending or snoozed), by customer channel",
+            ["channel"], registry=r)
+        self.sla_breached = Gauge(
+            "frontdesk_sla_breached",
+            "Conversations not resolved and past their first-response due time without a first "
+            "response, by customer channel", ["channel"], registry=r)
+
+    async def refresh_conversations(self, store: Store, *, channels: Iterable[str],
+                                    now: datetime) -> None:
+        """Set the conversation gauges from the store: 0 for each customer channel that runs
+        (``channels``), the count for every channel that has some (a channel switched off since
+        still shows what it left open)."""
+        unresolved = Conversation.status.in_(UNRESOLVED)
+        breached = and_(Conversation.first_responded_at.is_(None),
+                        Conversation.first_response_due_at < now)
+        async with store.reader() as s:
+            rows = (await s.execute(
+                select(Conversation.channel, func.count(), func.count(case((breached, 1))))
+                .where(unresolved).group_by(Conversation.channel))).all()
+        self.conversations_open.clear()
+        self.sla_breached.clear()
+        for channel in channels:
+            self.conversations_open.labels(channel).set(0)
+            self.sla_breached.labels(channel).set(0)
+        for channel, count, late in rows:
+            self.conversations_open.labels(channel).set(count)
+            self.sla_breached.labels(channel).set(late)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,8 +3,19 @@
 Rows are written in the same transaction as whatever caused them (a staff reply, later an
 acknowledgement or a Slack post). The worker sends each due row with the channel's sender, then
 marks it done; a crash between the two can only repeat a send, and every send carries a stable
-id (an email's Message-ID) so the far side can tell. Order within a conversation is kept: a row
-waits while an earlier row of its conversation is still pending.
+id (an email's Message-ID) so the far side can tell.
+
+Order is kept where it matters and nowhere else: within a *lane*, the rows of one kind for one
+conversation going to one channel (``outbox.channel``: the customer channel, ``slack`` for the
+desk's posts). A row waits while an earlier row of its lane is still pending, so a second reply
+follows the first; but a text message that cannot go never holds up an email reply in the same
+conversation, a Slack post never holds up a reply, and conversations never wait for each other.
+A row for a customer channel that does not run in this daemon (no credentials configured) fails
+at once, for good, saying so, rather than waiting out hours of retries. When a remote answers
+again after failures (the first successful send to it), its other rows waiting in backoff are
+made due at once, so a relay that was down for an hour does not leave replies waiting another
+hour; each row is pulled forward that way only once per run, so a row that fails for reasons of
+its own (one recipient's mailbox) still waits out its backoff.
 
 Several instances on one PostgreSQL share the outbox. An instance sends a row only after claiming
 it: a short transaction picks a few due head-of-lane rows with ``FOR UPDATE SKIP LOCKED`` (rows
@@ -18,6 +29,11 @@ waiting in a claimed batch have their lease renewed once half of it is gone, a s
 Lane order holds across instances because a claimed row stays ``pending``: the next row of its
 lane is not at the head of the lane until the claimed one is done. SQLite has one instance, whose
 rounds already run one at a time, so there the due rows are simply read, as before.
+
+The module also holds what the command line does with the outbox (``frontdesk outbox``): list
+the pending and failed rows (:func:`outbox_items`), make rows due now (:func:`retry_rows`) and
+give one up (:func:`cancel_row`). A row another instance is sending right now (a live claim) is
+left alone by both.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -45,10 +61,11 @@ from frontdesk.channels.base import (
 )
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import OUTBOX_CHANNEL, instance_id
+from frontdesk.domain.conversations import iso
 from frontdesk.domain.messages import OutboundMessage, Receipt
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store, store_unavailable
-from frontdesk.storage.models import Event, Message, Outbox
+from frontdesk.storage.models import Conversation, Event, Message, Outbox, outbox_remote
 
 if TYPE_CHECKING:
     from frontdesk.daemon.process.journal import StepAside
@@ -75,6 +92,30 @@ class RetryPolicy:
 
 
 DEFAULT_LEASE = timedelta(minutes=2)
+CANCELLED = "cancelled by "
+"""How the reason of a row given up with ``frontdesk outbox cancel`` begins."""
+_SPENT_LIMIT = 10_000
+_AUDITED_IDS = 1000  # row ids an audit event of `outbox retry --all` names at most
+
+
+def not_configured(channel: str) -> str:
+    """Why a row for a customer channel that does not run here fails at once."""
+    return (f"the {channel} channel is not configured here (`frontdesk check` names what it "
+            "lacks), so this cannot be sent")
+
+
+def head_of_lane() -> Any:
+    """The condition "no earlier row of this row's lane is still pending", a lane being the rows
+    of one kind for one conversation going to one channel. Each test is one probe of
+    ``ix_outbox_lane`` (state, kind, conversation_id, channel, id). Rows without a conversation
+    wait for nothing. A row an older version wrote has no channel: it waits for, and holds up,
+    every earlier or later row of its kind and conversation, as that version would have."""
+    earlier = aliased(Outbox)
+    same = (earlier.state == "pending", earlier.kind == Outbox.kind,
+            earlier.conversation_id == Outbox.conversation_id, earlier.id < Outbox.id)
+    return and_(~exists().where(*same, earlier.channel == Outbox.channel),
+                ~exists().where(*same, earlier.channel.is_(None)),
+                or_(Outbox.channel.is_not(None), ~exists().where(*same)))
 
 
 class OutboxWorker:
@@ -109,6 +150,12 @@ class OutboxWorker:
         self._claims = store.dialect == "postgresql"  # several instances may share the store
         self._wakeup = asyncio.Event()
         self._stopping = False
+        # Pulling rows forward when a remote answers again (see the module docstring): the
+        # remotes known to answer since their last temporary failure, the rows this instance
+        # pulled forward, and those of them that failed again (never pulled forward again).
+        self._answering: set[str] = set()
+        self._pulled: set[int] = set()
+        self._spent: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._round = asyncio.Lock()  # one delivery round at a time, or a row could go twice
 
@@ -170,15 +217,7 @@ class OutboxWorker:
 
     @staticmethod
     def _due(now: datetime) -> tuple[Any, ...]:
-        # Order is kept per lane, a lane being a kind of work for one conversation: a row is
-        # taken only when it is due and no earlier row of its lane is still pending. So a Slack
-        # post that waits does not hold back the customer's reply, a second reply waits for the
-        # first, and a long backlog in one lane never hides due work in another.
-        earlier = aliased(Outbox)
-        head_of_lane = ~exists().where(
-            earlier.state == "pending", earlier.kind == Outbox.kind,
-            earlier.conversation_id == Outbox.conversation_id, earlier.id < Outbox.id)
-        return Outbox.state == "pending", Outbox.next_attempt_at <= now, head_of_lane
+        return Outbox.state == "pending", Outbox.next_attempt_at <= now, head_of_lane()
 
     async def _due_rows(self, limit: int) -> list[Outbox]:
         """SQLite: the due rows, read (this process is the only sender)."""
@@ -303,7 +342,7 @@ class OutboxWorker:
         out = OutboundMessage(**row.payload)
         sender = self._senders.get(out.channel)
         if sender is None:
-            raise TemporaryFailure(f"the {out.channel} channel is not enabled")
+            raise PermanentFailure(not_configured(out.channel))
         return await sender(out)
 
     async def _send_within(self, row: Outbox, timeout: float | None) -> Receipt:
@@ -386,6 +425,41 @@ class OutboxWorker:
             self._metrics.messages_out.labels(target.channel).inc()
         log.info("sent outbox #%d (%s %s to %s)", row.id, row.kind, target.channel,
                  target.to_address)
+        self._pulled.discard(row.id)
+        self._spent.discard(row.id)
+        if target.remote not in self._answering:
+            await self._pull_forward(target.remote, now)
+
+    async def _pull_forward(self, remote: str, now: datetime) -> None:
+        """``remote`` answered (the first success since it failed, or since this worker
+        started): its rows waiting in backoff after a failed attempt are due now. Rows another
+        instance holds are left alone; a row pulled forward once and failed again is not pulled
+        forward again (its own backoff stands)."""
+        waiting = select(Outbox.id).where(
+            Outbox.state == "pending", Outbox.channel == remote, Outbox.attempts > 0,
+            Outbox.claimed_by.is_(None), Outbox.next_attempt_at > now)
+        if self._spent:
+            waiting = waiting.where(Outbox.id.not_in(sorted(self._spent)))
+        if self._claims:
+            waiting = waiting.with_for_update(skip_locked=True)  # never wait on another's lock
+        try:
+            async with self._store.session() as s:
+                pulled = list((await s.execute(
+                    update(Outbox).where(Outbox.id.in_(waiting.scalar_subquery()))
+                    .values(next_attempt_at=now).returning(Outbox.id)
+                    .execution_options(synchronize_session=False))).scalars())
+                if pulled and self._claims:
+                    await s.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+        except Exception as exc:  # noqa: BLE001 - the rows still go after their backoff
+            log.warning("could not make the rows waiting for %s due now (%s); they go after "
+                        "their backoff", remote, exc)
+            return
+        self._answering.add(remote)
+        if pulled:
+            self._pulled.update(pulled)
+            log.info("%s answers again: %d outbox row(s) waiting in backoff are due now",
+                     remote, len(pulled))
+            self.kick()
 
     async def _failed(self, row: Outbox, target: _Target, exc: DeliveryError) -> None:
         now = self._clock()
@@ -401,6 +475,12 @@ class OutboxWorker:
                       exc.retry_after or 0, exc.reason)
             return
         permanent = isinstance(exc, PermanentFailure)
+        if not permanent:  # the remote did not answer as it should: not known to answer now
+            self._answering.discard(target.remote)
+            if row.id in self._pulled:
+                self._spent.add(row.id)
+                if len(self._spent) > _SPENT_LIMIT:  # rows finished elsewhere are never removed
+                    self._spent.clear()
         async with self._store.session() as s:
             current = await self._current(s, row)
             if current is None:
@@ -410,6 +490,8 @@ class OutboxWorker:
             current.claimed_by = None
             give_up = permanent or current.attempts >= self._policy.max_attempts
             if give_up:
+                self._pulled.discard(row.id)
+                self._spent.discard(row.id)
                 current.state, current.done_at = "failed", now
                 if row.kind == "deliver" and row.message_id is not None:
                     message = await s.get_one(Message, row.message_id)
@@ -432,20 +514,172 @@ class OutboxWorker:
                         row.id, row.kind, target.channel, target.to_address, current.attempts,
                         exc.reason)
         else:
-            log.info("outbox #%d (%s %s to %s) failed, retry at %s: %s", row.id, row.kind,
-                     target.channel, target.to_address,
-                     current.next_attempt_at.isoformat(timespec="seconds"), exc.reason)
+            log.warning("outbox #%d (%s %s to %s) failed, retry at %s: %s", row.id, row.kind,
+                        target.channel, target.to_address,
+                        current.next_attempt_at.isoformat(timespec="seconds"), exc.reason)
 
 
 @dataclass(frozen=True)
 class _Target:
-    """Where a row goes, for logs, events and metrics."""
+    """Where a row goes, for logs, events and metrics; ``remote`` is ``outbox.channel``."""
 
     channel: str
     to_address: str
+    remote: str
 
     @classmethod
     def of(cls, row: Outbox) -> _Target:
         payload = row.payload or {}
         return cls(str(payload.get("channel", row.kind)),
-                   str(payload.get("to_address", payload.get("target", ""))))
+                   str(payload.get("to_address", payload.get("target", ""))),
+                   row.channel or outbox_remote(row.kind, payload))
+
+
+# --- the command line's view and actions (``frontdesk outbox``) --------------------------------
+
+class OutboxError(LookupError):
+    """An outbox row that cannot be found or acted on; the text is one line for people."""
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What :func:`retry_rows` did: rows made due now, failed rows queued again, and rows left
+    alone because an instance is sending them at this moment."""
+
+    due: list[int]
+    requeued: list[int]
+    busy: list[int]
+
+
+def _sending(row: Outbox, now: datetime) -> bool:
+    """Claimed by an instance whose lease has not run out: it is being sent right now."""
+    return row.state == "pending" and row.claimed_by is not None and row.next_attempt_at > now
+
+
+def outbox_item(row: Outbox, now: datetime) -> dict[str, Any]:
+    """One row as ``frontdesk outbox --json`` shows it."""
+    target = _Target.of(row)
+    pending = row.state == "pending"
+    return {
+        "id": row.id, "kind": row.kind, "channel": target.remote,
+        "conversation": f"FD-{row.conversation_id}" if row.conversation_id else None,
+        "message_id": row.message_id, "target": target.to_address or None,
+        "state": row.state, "attempts": row.attempts,
+        "next_attempt_at": iso(row.next_attempt_at) if pending else None,
+        "sending_by": row.claimed_by if _sending(row, now) else None,
+        "last_error": row.last_error,
+        "created_at": iso(row.created_at),
+        "failed_at": iso(row.done_at) if row.state == "failed" else None,
+    }
+
+
+async def outbox_items(session: AsyncSession, *, failed_only: bool, limit: int,
+                       now: datetime) -> tuple[list[dict[str, Any]], int]:
+    """The newest ``limit`` pending and failed rows (only failed ones with ``failed_only``),
+    oldest first, and how many there are in all. Reads only."""
+    states = ("failed",) if failed_only else ("pending", "failed")
+    total = (await session.execute(select(func.count()).select_from(Outbox)
+                                   .where(Outbox.state.in_(states)))).scalar_one()
+    rows = (await session.execute(select(Outbox).where(Outbox.state.in_(states))
+                                  .order_by(Outbox.id.desc()).limit(limit))).scalars().all()
+    return [outbox_item(r, now) for r in reversed(rows)], total
+
+
+async def _row(session: AsyncSession, row_id: int) -> Outbox:
+    row = await session.get(Outbox, row_id, with_for_update=True)  # PostgreSQL: held till commit
+    if row is None:
+        raise OutboxError(f"no outbox row #{row_id} (`frontdesk outbox` lists them)")
+    return row
+
+
+async def _wake_instances(session: AsyncSession) -> None:
+    """PostgreSQL: every instance's outbox worker looks for due work when this commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+
+
+async def retry_rows(store: Store, row_id: int | None, *, actor: str, now: datetime) -> Retried:
+    """Make pending rows due now (their backoff cleared) and queue failed ones again with their
+    attempts reset (their messages show ``queued`` again): the one row ``row_id``, or with None
+    every pending row and every failed one not cancelled by a person. A row an instance is
+    sending at this moment is left to it. Written to the audit as ``outbox_retried``."""
+    async with store.session() as s:
+        row: Outbox | None = None
+        if row_id is not None:
+            row = await _row(s, row_id)
+            if row.state == "done":
+                raise OutboxError(f"outbox #{row_id} was sent at {iso(row.done_at)}; there is "
+                                  "nothing to retry")
+            if _sending(row, now):
+                return Retried([], [], [row_id])
+            scope: tuple[Any, ...] = (Outbox.id == row_id,)
+            requeue: tuple[Any, ...] = scope
+        else:
+            scope = ()
+            requeue = (or_(Outbox.last_error.is_(None),
+                           Outbox.last_error.not_like(f"{CANCELLED}%")),)
+        not_sending = or_(Outbox.claimed_by.is_(None), Outbox.next_attempt_at <= now)
+        due = list((await s.execute(
+            update(Outbox).where(*scope, Outbox.state == "pending", not_sending)
+            .values(next_attempt_at=now).returning(Outbox.id)
+            .execution_options(synchronize_session=False))).scalars())
+        # Their messages show "queued" again (first, while the rows still say failed).
+        await s.execute(
+            update(Message).where(Message.id.in_(
+                select(Outbox.message_id).where(*requeue, Outbox.state == "failed",
+                                                Outbox.kind == "deliver",
+                                                Outbox.message_id.is_not(None))))
+            .values(delivery_status="queued", failure_reason=None)
+            .execution_options(synchronize_session=False))
+        requeued = list((await s.execute(
+            update(Outbox).where(*requeue, Outbox.state == "failed")
+            .values(state="pending", attempts=0, next_attempt_at=now, done_at=None,
+                    claimed_by=None)
+            .returning(Outbox.id)
+            .execution_options(synchronize_session=False))).scalars())
+        busy = [] if row_id is not None else list((await s.execute(
+            select(Outbox.id).where(Outbox.state == "pending", Outbox.claimed_by.is_not(None),
+                                    Outbox.next_attempt_at > now))).scalars())
+        done = Retried(sorted(due), sorted(requeued), sorted(busy))
+        if done.due or done.requeued:
+            s.add(Event(kind="outbox_retried", actor=actor, created_at=now,
+                        conversation_id=row.conversation_id if row else None,
+                        message_id=row.message_id if row else None,
+                        data={"due": done.due[:_AUDITED_IDS],
+                              "requeued": done.requeued[:_AUDITED_IDS],
+                              "due_count": len(done.due),
+                              "requeued_count": len(done.requeued)}))
+            await _wake_instances(s)
+    return done
+
+
+async def cancel_row(store: Store, row_id: int, *, actor: str, now: datetime) -> dict[str, Any]:
+    """Give up on a pending row: it ends ``failed`` with the reason "cancelled by ACTOR", its
+    message (a reply, an acknowledgement) shows that reason, the audit has ``outbox_cancelled``,
+    and the next row of its lane may go. Returns the row as :func:`outbox_item` shows it."""
+    async with store.session() as s:
+        row = await _row(s, row_id)
+        if row.state == "done":
+            raise OutboxError(f"outbox #{row_id} was already sent at {iso(row.done_at)}; it "
+                              "cannot be cancelled")
+        if row.state == "failed":
+            raise OutboxError(f"outbox #{row_id} has already failed: {row.last_error}")
+        if _sending(row, now):
+            raise OutboxError(f"outbox #{row_id} is being sent right now (by {row.claimed_by}); "
+                              "see `frontdesk outbox` in a moment")
+        reason = f"{CANCELLED}{actor}"
+        target = _Target.of(row)
+        row.state, row.done_at, row.last_error, row.claimed_by = "failed", now, reason, None
+        if row.kind == "deliver" and row.message_id is not None:
+            message = await s.get_one(Message, row.message_id)
+            message.delivery_status, message.failure_reason = "failed", reason
+        conversation = (await s.get(Conversation, row.conversation_id)
+                        if row.conversation_id is not None else None)
+        s.add(Event(kind="outbox_cancelled", actor=actor, conversation_id=row.conversation_id,
+                    contact_id=conversation.contact_id if conversation else None,
+                    message_id=row.message_id, created_at=now,
+                    data={"outbox_id": row.id, "kind": row.kind, "channel": target.remote,
+                          "to": target.to_address, "attempts": row.attempts,
+                          "reason": reason}))
+        await _wake_instances(s)  # the next row of its lane may go now
+        return outbox_item(row, now)

@@ -2,7 +2,10 @@
 
 It runs at once in the same process as the journal: it parses journal rows outside any
 transaction (parsing is pure), then applies them in one transaction with a savepoint each, so a
-message that fails is rolled back alone, marked ``failed`` with its error, and blocks nothing.
+message that fails is rolled back alone and blocks nothing. A message whose processing raises
+(its parse, writing its attachments' files, storing it) stays pending and is tried again after a
+short pause, ``Processor.error_attempts`` times in all; then it is marked ``failed`` with its
+error (a dead letter: ``frontdesk journal --failed``, ``journal retry``, ``journal discard``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class Outcome:
     retry: bool = False
     """Several instances: a race with another one (the same new sender at the same moment, a
     deadlock) rolled this row back; it stays pending and is processed again shortly."""
+    again_in: float | None = None
+    """Processing raised (``error``) but attempts are left: the row stays pending and is tried
+    again in this many seconds. None with an ``error``: the row is now a dead letter."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,14 @@ class Processor:
     for nor processed twice) and parses only those. A contact is locked before its conversation
     is chosen or opened, so two messages of one customer at once end in one conversation. When
     two instances meet on the same new sender (a unique key), or deadlock, the loser's row is
-    rolled back alone, left pending and tried again in a moment (``race_attempts`` at most); a
-    real parse or apply error is a dead letter as before.
+    rolled back alone, left pending and tried again in a moment (``race_attempts`` at most).
+
+    A row whose processing raises (a parse error, an attachment file that cannot be written, an
+    error while storing it) is rolled back alone and tried again ``error_attempts`` times in
+    all, after ``error_pause`` seconds, then twice that; the rows behind it go on meanwhile. The
+    last attempt marks it ``failed`` with its error. The pauses and the count of attempts are
+    this process's (a restart or another instance may try a row a few more times, never
+    without end).
     """
 
     batch_size = 50
@@ -87,6 +99,13 @@ class Processor:
     never stops clashing is a bug, not a race)."""
     race_pause = 0.05
     """Seconds before a batch with a row rolled back by a race is tried again."""
+    error_attempts = 3
+    """A row whose processing raises is tried this many times in all, then marked failed."""
+    error_pause = 1.0
+    """Seconds before the second attempt at such a row; each later pause is twice the last."""
+    forget_after = 600.0
+    """Seconds after which a row's failed attempts are forgotten if it was not seen again (it
+    was processed by another instance, or put back by ``journal retry``)."""
 
     def __init__(self, store: Store, *, parsers: Mapping[str, Parser], attachments: AttachmentStore,
                  due: DueTimes, rules: ThreadingRules, clock: Clock, metrics: Metrics,
@@ -105,6 +124,9 @@ class Processor:
         self._hooks = hooks  # by reference: services register theirs after construction
         self._filters = filters  # by reference, like hooks
         self._wakeup = asyncio.Event()
+        self._tries: dict[int, tuple[int, float]] = {}
+        """Rows whose processing raised: journal id -> (attempts so far, ``time.monotonic()``
+        when the next one is due)."""
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         # PostgreSQL (maybe several instances): a known contact's row is locked FOR UPDATE
@@ -128,6 +150,7 @@ class Processor:
     async def _run(self) -> None:
         # After a failure (the store away, or a bug) the next try comes after a growing pause,
         # or at once when a journal commit kicks (a commit means the store is back).
+        # A row whose processing raised is tried again when its pause is over.
         backoff = Backoff("processing the journal", log)
         wait = 30.0
         while not self._stopping:
@@ -145,40 +168,73 @@ class Processor:
                     break
                 backoff.succeeded()
                 if not done:
+                    wait = self._next_try(wait)
                     break
                 if any(o.retry for o in done):  # the other instance's commit, then again
                     await asyncio.sleep(self.race_pause)
                 await asyncio.sleep(0)  # let the SMTP server answer in between batches
 
+    def _next_try(self, wait: float) -> float:
+        """Seconds until the first row held back after an error is due (at most ``wait``)."""
+        if not self._tries:
+            return wait
+        soonest = min(due for _tries, due in self._tries.values())
+        return max(0.01, min(wait, soonest - time.monotonic()))
+
+    def _held_back(self) -> list[int]:
+        """Rows whose processing raised and whose next attempt is not due yet."""
+        now = time.monotonic()
+        for journal_id in [i for i, (_n, due) in self._tries.items()
+                           if due < now - self.forget_after]:
+            del self._tries[journal_id]
+        return sorted(i for i, (_n, due) in self._tries.items() if due > now)
+
     async def process_pending(self, ids: Sequence[int] | None = None) -> list[Outcome]:
-        """Process one batch of pending journal rows (or the given ids); return the outcomes."""
+        """Process one batch of pending journal rows; return the outcomes.
+
+        Without ``ids`` (the daemon's loop) rows held back after an error wait for their pause,
+        and a row that raises is tried again later until its attempts are used up. With ``ids``
+        (``frontdesk journal retry``: a person asked for these rows now) each is tried once, and
+        one that raises is marked failed at once, with its error."""
         table = core_table(InboundJournal)
         query = select(table.c.id, table.c.channel, table.c.raw, table.c.meta,
                        table.c.received_at).where(table.c.state == "pending")
+        last_try = ids is not None
         if ids is not None:
             query = query.where(table.c.id.in_(list(ids)))
+        elif held := self._held_back():
+            query = query.where(table.c.id.not_in(held))
         query = query.order_by(table.c.id).limit(self.batch_size)
         async with self._store.read_engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
             return []
         if self._store.dialect == "postgresql":
-            done = await self._process_locked(rows)
+            done = await self._process_locked(rows, last_try)
         else:
-            done = await self._process_read(rows)
+            done = await self._process_read(rows, last_try)
         for row, outcome in done:
+            if outcome.again_in is None and not outcome.retry:
+                self._tries.pop(row.id, None)
             if outcome.error is None and outcome.message_id is not None:
                 self._metrics.ingest_latency.labels(row.channel).observe(
                     max(0.0, (self._clock() - row.received_at).total_seconds()))
+            elif outcome.again_in is not None:
+                log.warning("journal #%d (%s) could not be processed (attempt %d of %d), trying "
+                            "again in %gs: %s", row.id, row.channel,
+                            self._tries.get(row.id, (0, 0.0))[0], self.error_attempts,
+                            outcome.again_in, _summary(outcome.error))
             elif outcome.error is not None:
                 self._metrics.journal_failed.labels(row.channel).inc()
                 log.warning("journal #%d (%s) failed to process: %s",
-                            row.id, row.channel, outcome.error.splitlines()[0])
+                            row.id, row.channel, _summary(outcome.error))
+                log.debug("journal #%d: %s", row.id, outcome.error)  # with its traceback
         return [outcome for _row, outcome in done]
 
     async def _parse(self, rows: Sequence[Any]) -> list[tuple[Any, InboundMessage | None,
                                                               str | None]]:
-        """Parse journal rows (pure) and store their attachments' files."""
+        """Parse journal rows (pure) and store their attachments' files. A row whose parse or
+        files fail gets its error instead of a message; the other rows go on."""
         parsed: list[tuple[Any, InboundMessage | None, str | None]] = []
         for row in rows:
             meta = dict(row.meta or {})
@@ -188,14 +244,33 @@ class Processor:
                 if parser is None:
                     raise LookupError(f"no parser for channel {row.channel!r} is enabled")
                 parsed.append((row, parser(row.raw, meta), None))
-            except Exception as exc:  # noqa: BLE001 - a dead letter, kept with its error
+            except Exception as exc:  # noqa: BLE001 - tried again, then a dead letter
                 parsed.append((row, None, _describe(exc)))
-        files = [a for _, m, _ in parsed if m for a in m.attachments]
-        if files:
-            await asyncio.to_thread(lambda: [self._attachments.put(a.data) for a in files])
+        with_files = [(i, m) for i, (_, m, _) in enumerate(parsed)
+                      if m is not None and m.attachments]
+        if with_files:
+            errors = await asyncio.to_thread(self._put_files, [m for _, m in with_files])
+            for (i, _m), error in zip(with_files, errors, strict=True):
+                if error is not None:
+                    parsed[i] = (parsed[i][0], None, error)
         return parsed
 
-    async def _process_read(self, rows: Sequence[Any]) -> list[tuple[Any, Outcome]]:
+    def _put_files(self, messages: Sequence[InboundMessage]) -> list[str | None]:
+        """Write each message's attachment files (in a worker thread); per message, None or
+        the error that stopped its files being written."""
+        errors: list[str | None] = []
+        for message in messages:
+            try:
+                for attachment in message.attachments:
+                    self._attachments.put(attachment.data)
+            except Exception as exc:  # noqa: BLE001 - this message's error, not the batch's
+                errors.append(_describe(exc))
+            else:
+                errors.append(None)
+        return errors
+
+    async def _process_read(self, rows: Sequence[Any],
+                            last_try: bool) -> list[tuple[Any, Outcome]]:
         """SQLite (one instance): parse the batch outside any transaction, then apply it."""
         parsed = await self._parse(rows)
         done: list[tuple[Any, Outcome]] = []
@@ -207,12 +282,14 @@ class Processor:
             now = self._clock()
             async with self._store.session() as session:
                 for row, message, error in parsed[start:start + self.commit_every]:
-                    done.append((row, await self._apply_one(session, row, message, error, now)))
+                    done.append((row, await self._apply_one(session, row, message, error, now,
+                                                            last_try)))
             self._last_chunk = time.monotonic() - began
             await asyncio.sleep(0)
         return done
 
-    async def _process_locked(self, rows: Sequence[Any]) -> list[tuple[Any, Outcome]]:
+    async def _process_locked(self, rows: Sequence[Any],
+                              last_try: bool) -> list[tuple[Any, Outcome]]:
         """PostgreSQL (maybe several instances): each chunk locks its rows first, skipping rows
         another instance holds, and parses only the rows it got."""
         table = core_table(InboundJournal)
@@ -234,13 +311,13 @@ class Processor:
                     now = self._clock()
                     for row, message, error in await self._parse(mine):
                         done.append((row, await self._apply_one(session, row, message, error,
-                                                                now)))
+                                                                now, last_try)))
             self._last_chunk = time.monotonic() - began
             await asyncio.sleep(0)
         return done
 
     async def _apply_one(self, session: AsyncSession, row: Any, message: InboundMessage | None,
-                         error: str | None, now: datetime) -> Outcome:
+                         error: str | None, now: datetime, last_try: bool) -> Outcome:
         table = core_table(InboundJournal)
         if error is None:
             assert message is not None
@@ -259,15 +336,30 @@ class Processor:
                     await session.execute(
                         update(table).where(table.c.id == row.id).values(message_id=msg_id))
                 return Outcome(row.id, msg_id, conv_id)
-            except Exception as exc:  # noqa: BLE001 - rolled back alone, kept as a dead letter
+            except Exception as exc:  # noqa: BLE001 - rolled back alone; tried again or failed
                 if self._race(exc):
                     return await self._again(session, row, exc, now)
                 error = _describe(exc)
+        return await self._failed_attempt(session, row, error, now, last_try)
+
+    async def _failed_attempt(self, session: AsyncSession, row: Any, error: str, now: datetime,
+                              last_try: bool) -> Outcome:
+        """Processing a row raised: hold it back for a pause if attempts are left, else mark it
+        failed (a dead letter) with its error."""
+        table = core_table(InboundJournal)
+        tries = self._tries.get(row.id, (0, 0.0))[0] + 1
+        if last_try or tries >= self.error_attempts:
+            await session.execute(
+                update(table).where(table.c.id == row.id, table.c.state == "pending")
+                .values(state="failed", error=error, processed_at=now,
+                        attempts=table.c.attempts + 1))
+            return Outcome(row.id, None, None, error)
+        pause = self.error_pause * 2 ** (tries - 1)
         await session.execute(
             update(table).where(table.c.id == row.id, table.c.state == "pending")
-            .values(state="failed", error=error, processed_at=now, attempts=table.c.attempts + 1)
-        )
-        return Outcome(row.id, None, None, error)
+            .values(error=error, attempts=table.c.attempts + 1))
+        self._tries[row.id] = (tries, time.monotonic() + pause)
+        return Outcome(row.id, None, None, error, again_in=pause)
 
     def _race(self, exc: BaseException) -> bool:
         """A clash with another instance's transaction (PostgreSQL), not a fault of the row."""
@@ -465,12 +557,18 @@ def _attachment_row(message_id: int, a: InboundAttachment) -> Attachment:
 
 def _describe(exc: BaseException) -> str:
     """One line a person can read, then the traceback for whoever fixes it."""
-    summary = f"{type(exc).__name__}: {exc}"
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
     return summary + "\n" + "".join(traceback.format_exception(exc)[-6:])
 
 
+def _summary(error: str | None) -> str:
+    """The first line of a stored error: what a person reads."""
+    lines = (error or "").splitlines()
+    return lines[0] if lines else ""
+
+
 async def retry_failed(store: Store, journal_id: int | None = None) -> list[int]:
-    """Put failed journal rows back to pending; returns their ids."""
+    """Put failed journal rows back to pending (never discarded ones); returns their ids."""
     table = core_table(InboundJournal)
     stmt = update(table).where(table.c.state == "failed")
     if journal_id is not None:
@@ -478,3 +576,33 @@ async def retry_failed(store: Store, journal_id: int | None = None) -> list[int]
     async with store.session() as session:
         result = await session.execute(stmt.values(state="pending").returning(table.c.id))
         return sorted(r.id for r in result)
+
+
+class NotDiscardable(Exception):
+    """``journal discard`` named a row that does not exist or is not failed (one line)."""
+
+
+async def discard_failed(store: Store, journal_id: int, *, actor: str,
+                         now: datetime) -> str:
+    """Mark one failed journal row ``discarded``: kept with its raw message and error, but no
+    longer counted as failed nor put back by ``journal retry``. Audited as a
+    ``journal_discarded`` event naming ``actor``. Returns the row's one-line error."""
+    table = core_table(InboundJournal)
+    async with store.session() as session:
+        row = (await session.execute(
+            select(table.c.id, table.c.channel, table.c.remote_id, table.c.state, table.c.error)
+            .where(table.c.id == journal_id).with_for_update()
+        )).first()
+        if row is None:
+            raise NotDiscardable(f"journal #{journal_id} does not exist")
+        if row.state != "failed":
+            raise NotDiscardable(f"journal #{journal_id} is {row.state}, not failed; only a "
+                                 "failed message can be discarded")
+        summary = _summary(row.error)
+        await session.execute(update(table).where(table.c.id == journal_id,
+                                                  table.c.state == "failed")
+                              .values(state="discarded"))
+        session.add(Event(kind="journal_discarded", actor=actor, created_at=now,
+                          data={"journal_id": journal_id, "channel": row.channel,
+                                "remote_id": row.remote_id, "error": summary}))
+    return summary

@@ -13,7 +13,15 @@ from sqlalchemy import func, select
 
 from frontdesk.daemon.cli.main import main
 from frontdesk.domain.contacts import LinkVerifier, offered_address
-from frontdesk.storage.models import Contact, Conversation, Event, Identity, IdentityLink, Message
+from frontdesk.storage.models import (
+    Contact,
+    Conversation,
+    Event,
+    Identity,
+    IdentityLink,
+    Message,
+    Outbox,
+)
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
@@ -247,6 +255,28 @@ async def test_staff_can_start_a_link_from_the_command_line(
     code, _, err = await cli(capsys, "contact", "link", str(contact_id), "+15550001111",
                              "-c", cfg)
     assert code == 1 and "already contact" in err
+
+
+async def test_link_refuses_an_address_this_frontdesk_cannot_send_to(
+        daemon: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """No Twilio credentials: a code to a phone number could never go, so `contact link` says so
+    at once instead of "a code is on its way", and queues nothing that would wait for hours."""
+    await _mails(daemon, mail(msgid="<k1@example.org>"))
+    cfg = write_config(daemon, tmp_path)
+    code, out, err = await cli(capsys, "contact", "link", "ada@example.org", "+1 555 000 1111",
+                               "--as", "Grace", "-c", cfg)
+    assert (code, out) == (1, "")
+    [line] = err.splitlines()
+    assert line.startswith("frontdesk: a code cannot be sent to +15550001111: the sms channel "
+                           "is not configured here (twilio.")
+    assert await _links(daemon) == []
+    async with daemon.store.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(Outbox))).scalar_one() == 0
+    # An email address can still be linked: email sends here.
+    code, out, err = await cli(capsys, "contact", "link", "ada@example.org",
+                               "ada.l@work.example", "-c", cfg)
+    assert code == 0, err
+    assert out.startswith("a code is on its way to ada.l@work.example")
 
 
 @pytest.mark.parametrize(("text", "address"), [

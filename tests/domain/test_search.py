@@ -54,10 +54,35 @@ async def test_search_finds_earlier_conversations_by_their_words(
     assert (hit.reference, hit.subject, hit.status) == ("FD-2", "Refund please", "open")
     assert "[toaster]" in marked(hit.snippet, "[", "]")
     assert "toaster" in hit.view()["snippet"] and "⟦" not in hit.view()["snippet"]
-    async with d.store.reader() as s:  # query syntax in the words is only words
-        assert [h.reference for h in await search_conversations(s, 'leaks" OR "x*')] == []
+    async with d.store.reader() as s:  # the store's own query syntax in the words is only words
+        assert [h.reference for h in await search_conversations(s, 'leaks" NEAR "x*')] == []
         assert [h.reference for h in await search_conversations(s, "leaks & (water")] == \
             ["FD-3"]
+
+async def test_phrases_or_and_only_what_people_wrote(
+        database_url: str, make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    settings = make_settings(database_url=database_url, scheduler={"enabled": True})
+    d = await daemon_factory(settings, clock=clock)
+    await _ingest(d)
+
+    async def acknowledged() -> bool:
+        shown = [await detail(d.store, n) for n in (1, 2, 3)]
+        return all(any(m["author"] == "system" for m in c["messages"]) for c in shown)
+
+    await eventually(acknowledged)  # each has frontdesk's own reply naming its reference
+    async with d.store.reader() as s:
+        async def refs(query: str) -> list[str]:
+            return sorted(h.reference for h in await search_conversations(s, query))
+
+        assert await refs("reference") == []  # the acknowledgements' words are not searched
+        assert await refs("automatic") == []
+        assert await refs('"kettle leaks"') == ["FD-3"]  # a phrase: those words in that order
+        assert await refs('"leaks kettle"') == []
+        assert await refs('"my new kett"') == ["FD-3"]  # the phrase's last word is a prefix
+        assert await refs("toaster OR parcel") == ["FD-1", "FD-2"]
+        assert await refs("toaster OR parcel kettle") == ["FD-1"]  # (toaster or parcel), kettle
+        assert await refs("OR kettle OR") == ["FD-1", "FD-3"]  # an OR at either end joins nothing
+
 
 
 def _config(tmp_path: Path, database_url: str) -> Path:

@@ -86,8 +86,10 @@ class Scheduler:
         self.actions = Counter("frontdesk_scheduler_actions",
                                "What the scheduler did: acknowledgement, warning, escalation, "
                                "survey, rating, reminder, wake", ["action"], registry=registry)
+        # Only a scheduler that sweeps shows its sweep times (ratings still count when it is off).
         self.sweep_seconds = Histogram("frontdesk_scheduler_sweep_seconds",
-                                       "Time one sweep took", registry=registry,
+                                       "Time one sweep took",
+                                       registry=registry if self.config.enabled else None,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                                                 5, 10, 30))
         daemon.inbound_hooks.append(self.on_inbound)

@@ -1,10 +1,13 @@
 """Automated mail end to end over real SMTP: auto-replies, bounces, lists and our own mail coming
 back are stored and flagged, nothing acknowledges them or reopens a resolved conversation, and a
-bounce of one of our replies marks that reply failed with a reason a person understands."""
+bounce of one of our replies marks that reply failed with a reason a person understands. A
+bounce with no sender address at all is stored from the mail system's placeholder identity,
+never left as a dead letter."""
 
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ from sqlalchemy import select
 
 from frontdesk.channels.email.ids import new_message_id
 from frontdesk.domain.conversations import add_staff_reply, get_conversation, resolve
-from frontdesk.storage.models import Event, Message, Outbox
+from frontdesk.storage.models import Event, InboundJournal, Message, Outbox
 from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
@@ -244,3 +247,90 @@ async def test_an_out_of_office_reply_is_not_a_bounce_and_does_not_reopen(
 
 async def _status_is(d: Any, status: str) -> bool:
     return (await detail(d.store, 1))["status"] == status
+
+
+# --- bounces without a sender address ------------------------------------------------------------
+
+SISIMAI = Path(__file__).parent / "data" / "sisimai"
+
+
+def _real_bounce(from_line: bytes | None) -> bytes:
+    """A real bounce (sisimai's not-rb-issue-368-bug.eml: Return-Path <>, the bounced mail
+    quoted, "reject reason: Mailbox full") with its From header replaced by ``from_line``
+    (None: no From at all), and without its mbox "From " line."""
+    raw = (SISIMAI / "not-rb-issue-368-bug.eml").read_bytes()
+    assert raw.startswith(b"From MAILER-DAEMON ")
+    header, blank, body = raw.split(b"\n", 1)[1].partition(b"\n\n")
+    lines = [line for line in header.split(b"\n") if not line.startswith(b"From: ")]
+    if from_line is not None:
+        lines.insert(3, from_line)
+    return b"\n".join(lines) + blank + body
+
+
+UNADDRESSED = [None, b"From: Mail Delivery System <>", b"From: MAILER-DAEMON"]
+
+
+@pytest.mark.parametrize("from_line", UNADDRESSED,
+                         ids=["no-from", "empty-address", "mailer-daemon-without-domain"])
+async def test_a_bounce_without_a_sender_address_is_stored_not_a_dead_letter(
+        database_url: str, make_settings: Any, daemon_factory: Any, clock: Any,
+        from_line: bytes | None) -> None:
+    async with SmtpSink() as sink:
+        d = await daemon_factory(make_settings(
+            database_url=database_url, scheduler={"enabled": True, "interval": "1h"},
+            email={"outbound": {"port": sink.port}}), clock=clock)
+        answer = await send(d.email.smtp.port, _real_bounce(from_line), sender="")
+        assert answer == {}  # 250, as before
+        await send(d.email.smtp.port, mail(msgid="<customer@example.org>"))  # for comparison
+        await eventually(lambda: processed(d.store))
+        async with d.store.reader() as s:
+            journal = (await s.execute(select(InboundJournal.state, InboundJournal.error)
+                                       .order_by(InboundJournal.id))).all()
+        assert [tuple(row) for row in journal] == [("done", None), ("done", None)]
+
+        bounce_conv, customer_conv = await conversations(d.store)
+        shown = await detail(d.store, bounce_conv.id)
+        assert shown["contact"]["name"] == "Mail Delivery System"
+        assert [(i["channel"], i["address"]) for i in shown["contact"]["identities"]] == [
+            ("email", "mailer-daemon@example.com")]  # the inbox's domain: see README
+        [bounce] = shown["messages"]
+        assert bounce["automated"] is True and "reject reason: Mailbox full" in bounce["text"]
+        assert shown["first_response_due_at"] is None  # no SLA clock for a robot
+
+        clock.advance(minutes=5)
+        await d.scheduler.sweep()
+        await d.outbox.deliver_due()
+        await eventually(lambda: _sent_count(sink, 1))
+        # Only the customer is acknowledged; nothing goes to the mail system's placeholder.
+        assert [rcpt for _from, rcpt, _data in sink.messages] == [["ada@example.org"]]
+        assert all(row.conversation_id == customer_conv.id for row in await _outbox_rows(d))
+
+
+async def _sent_count(sink: SmtpSink, n: int) -> bool:
+    return len(sink.messages) >= n
+
+
+async def test_a_bounce_from_mailer_daemon_without_domain_marks_our_reply_failed(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """An old sendmail's bounce: the null sender, ``From: MAILER-DAEMON``, the transcript and
+    the returned mail's headers in the text."""
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        bounce = (
+            "From: MAILER-DAEMON\r\nTo: support@example.com\r\n"
+            "Subject: Returned mail: see transcript for details\r\n"
+            "Message-ID: <sendmail-bounce@mx.example.org>\r\n\r\n"
+            "The original message was received at Mon, 23 Nov 2026 10:00:05 GMT\r\n\r\n"
+            "   ----- The following addresses had permanent fatal errors -----\r\n"
+            "<ada@example.org>\r\n"
+            "    (reason: 550 5.1.1 <ada@example.org>... User unknown)\r\n\r\n"
+            "   ----- Original message follows -----\r\n"
+            f"Message-ID: <{reply_msgid}>\r\nSubject: Re: Order 1234 never arrived\r\n"
+        ).encode()
+        await send(d.email.smtp.port, bounce, sender="")
+        await eventually(lambda: _delivery(d, reply_id, "failed"))
+        reason = (await _message(d, reply_id)).failure_reason or ""
+        assert "the address does not exist" in reason and "User unknown" in reason
+        shown = await detail(d.store, 1)
+        assert shown["messages"][-1]["automated"] is True  # kept in the conversation
+        assert shown["status"] == "pending"

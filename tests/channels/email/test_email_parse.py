@@ -436,14 +436,57 @@ def test_sender_falls_back_to_sender_header_then_envelope() -> None:
     assert (m2.sender_address, m2.sender_name) == ("envelope@customer.example", "")
 
 
-def test_no_sender_at_all_is_a_parse_error() -> None:
-    with pytest.raises(ParseError, match="no sender"):
-        parse(b"Subject: hi\n\nx\n")
-    with pytest.raises(ParseError, match="no sender"):
-        parse(b"Subject: hi\nFrom: \n\nx\n", mail_from="<>")
-    with pytest.raises(ParseError):
+UNADDRESSED_BOUNCES = [
+    (b"From: Mail Delivery System <>\n", "Mail Delivery System", "null envelope sender"),
+    (b"From: MAILER-DAEMON\n", "Mail Delivery System", "null envelope sender"),
+    (b"", "Mail Delivery System", "null envelope sender"),
+    (b"From: \n", "Mail Delivery System", "null envelope sender"),
+    (b"From: =?utf-8?q?Mail_Delivery_Subsyst=C3=A8me?= <>\n", "Mail Delivery Subsystème",
+     "null envelope sender"),
+]
+
+
+@pytest.mark.parametrize(("from_line", "name", "reason"), UNADDRESSED_BOUNCES,
+                         ids=["empty-angle", "bare-mailer-daemon", "no-from", "empty-from",
+                              "encoded-name"])
+def test_a_bounce_without_a_sender_address_gets_the_mail_system_as_sender(
+        from_line: bytes, name: str, reason: str) -> None:
+    """The null sender and a From without an address: nobody to answer, so the placeholder
+    mailer-daemon@<the inbox domain the mail came to> stands in, and the mail is automated."""
+    raw = (from_line + b"To: billing@example.org\nSubject: Undelivered Mail Returned to Sender\n"
+           b"Message-ID: <bounce-7@mx.customer.example>\n\nThe mail could not be delivered.\n")
+    m = parse(raw, mail_from="<>", rcpt_tos=["billing@example.org"])
+    assert (m.sender_address, m.sender_name) == ("mailer-daemon@example.org", name)
+    assert m.automated and m.automated_reason == reason
+    assert m.inbox_address == "billing@example.org"
+    assert m.text == "The mail could not be delivered."
+
+
+def test_mail_without_any_sender_address_is_automated_from_the_placeholder() -> None:
+    # Read over IMAP (no envelope): a bare MAILER-DAEMON is a robot by its name; nothing at
+    # all names no reason but the missing address.
+    bare = parse(b"From: MAILER-DAEMON\nSubject: Returned mail\n\nx\n")
+    assert bare.sender_address == "mailer-daemon@example.org"  # the first inbox's domain
+    assert bare.automated and bare.automated_reason == "sent by mailer-daemon"
+    nothing = parse(b"Subject: hi\n\nx\n")
+    assert (nothing.sender_address, nothing.automated_reason) == (
+        "mailer-daemon@example.org", "no sender address")
+    # No inbox address configured: our own mail's domain, else a domain that never resolves.
+    assert parse_email(b"Subject: hi\n\nx\n", {}, [], own_domains=("example.net",)
+                       ).sender_address == "mailer-daemon@example.net"
+    assert parse_email(b"Subject: hi\n\nx\n", {}, []).sender_address \
+        == "mailer-daemon@frontdesk.invalid"
+
+
+def test_imap_mail_without_from_takes_the_return_path() -> None:
+    m = parse(b"Return-Path: <Notices@Shop.example>\nSubject: hi\n\nx\n")
+    assert (m.sender_address, m.automated) == ("notices@shop.example", False)
+
+
+def test_an_empty_mail_is_a_parse_error() -> None:
+    with pytest.raises(ParseError, match="empty"):
         parse(b"")
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match="empty"):
         parse(b"  \r\n")
 
 

@@ -419,5 +419,10 @@ def test_backoff_reports_an_outage_once_and_grows(caplog: pytest.LogCaptureFixtu
     backoff.succeeded()  # nothing to report when nothing was wrong
     assert not caplog.records
     assert backoff.failed(ValueError("a bug")) == 0.5  # from the start again
-    [bug] = caplog.records
-    assert bug.levelno == logging.ERROR and bug.exc_info and "the loop failed" in bug.getMessage()
+    [bug, traceback] = caplog.records
+    assert bug.levelno == logging.ERROR and not bug.exc_info
+    assert bug.getMessage() == "the loop failed (ValueError: a bug); retrying in 0.5 s"
+    assert traceback.levelno == logging.DEBUG and traceback.exc_info
+    caplog.clear()
+    backoff.failed(ValueError("a bug"))  # the same again: the line, not the traceback
+    assert [(r.levelno, bool(r.exc_info)) for r in caplog.records] == [(logging.ERROR, False)]

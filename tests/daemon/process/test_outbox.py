@@ -1,7 +1,10 @@
-"""Staff replies through the outbox to a real SMTP relay on loopback: retry, give up, order."""
+"""Staff replies through the outbox to a real SMTP relay on loopback: retry, give up, order;
+lanes per conversation and channel, a channel not configured here, and a remote that answers
+again."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -13,11 +16,13 @@ from tests.support.helpers import conversations, detail, eventually, mail, proce
 
 
 async def _daemon_with_relay(make_settings: Any, daemon_factory: Any, clock: Any, sink: SmtpSink,
-                             database_url: str | None = None, **daemon: Any) -> Any:
+                             database_url: str | None = None,
+                             sections: dict[str, Any] | None = None, **daemon: Any) -> Any:
     settings = make_settings(
         database_url=database_url,
         email={"outbound": {"port": sink.port}},
         daemon={"outbox_max_attempts": 3, **daemon},
+        **(sections or {}),
     )
     d = await daemon_factory(settings, clock=clock)
     await send(d.email.smtp.port, mail(msgid="<q1@example.org>"))
@@ -131,3 +136,174 @@ async def _outbox_attempts(d: Any, n: int) -> bool:
     async with d.store.reader() as s:
         rows = (await s.execute(select(Outbox).order_by(Outbox.id))).scalars().all()
     return bool(rows) and rows[0].attempts == n
+
+
+# -- lanes: one channel's trouble never holds up another's, nor another conversation's ---------
+
+async def _contact_id(d: Any) -> int:
+    [conv] = await conversations(d.store)
+    return conv.contact_id
+
+
+async def _code_to(d: Any, clock: Any, address: str) -> None:
+    """Queue a verification code to ``address`` in the customer's conversation FD-1 (what
+    ``frontdesk contact link`` and a customer's offered address do)."""
+    from frontdesk.domain.contacts import request_link
+    from frontdesk.storage.models import Contact
+
+    async with d.store.session() as s:
+        contact = await s.get_one(Contact, await _contact_id(d))
+        await request_link(s, contact, address, replies=d.replies, now=clock(),
+                           requested_by="Grace")
+    d.outbox.kick()
+
+
+async def _rows(d: Any) -> list[Outbox]:
+    async with d.store.reader() as s:
+        return list((await s.execute(select(Outbox).order_by(Outbox.id))).scalars())
+
+
+async def test_a_reply_goes_out_while_text_messages_are_broken(
+        database_url: str, make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """Twilio answers 500 to everything: the text message to the customer's phone waits in
+    backoff, and the email reply written after it in the same conversation still arrives."""
+    from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
+
+    async with SmtpSink() as sink, FakeTwilio() as twilio:
+        twilio.fail_next = ["500"] * 50
+        d = await _daemon_with_relay(
+            make_settings, daemon_factory, clock, sink, database_url,
+            sections={"twilio": {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN,
+                                 "sms_from": "+15550001111", "api_base_url": twilio.base_url},
+                      "http": {"public_url": PUBLIC_URL}},
+            outbox_retry_initial="1h", outbox_retry_max="4h")
+        await _code_to(d, clock, "+15557654321")
+        await eventually(lambda: _attempted(d, "sms"))
+        await _reply(d, "Your parcel left today.", clock)
+        await eventually(lambda: _status(d, -1, "sent"))
+        assert sink.parsed().get_content().strip() == "Your parcel left today."
+        [text, email] = await _rows(d)
+        assert (text.channel, text.state, text.attempts) == ("sms", "pending", 1)
+        assert "Twilio had a server error" in (text.last_error or "")
+        assert text.next_attempt_at > clock()  # still waiting out its backoff
+        assert (email.channel, email.state) == ("email", "done")
+
+
+async def _attempted(d: Any, channel: str) -> bool:
+    return any(r.payload.get("channel") == channel and r.attempts > 0 for r in await _rows(d))
+
+
+async def test_a_channel_not_configured_here_fails_at_once_saying_so(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """No Twilio credentials: a reply to a text conversation fails on its first attempt, for
+    good, with a reason naming the channel; and it holds up nothing."""
+    from frontdesk.storage.models import Contact, Conversation, Identity, Message
+
+    async with SmtpSink() as sink:
+        d = await _daemon_with_relay(make_settings, daemon_factory, clock, sink,
+                                     outbox_retry_initial="1h")
+        async with d.store.session() as s:
+            contact = await s.get_one(Contact, await _contact_id(d))
+            s.add(Identity(contact_id=contact.id, channel="sms", address="+15557654321",
+                           created_at=clock()))
+            texts = Conversation(channel="sms", contact_id=contact.id, subject="", status="open",
+                                 priority="normal", created_at=clock(), updated_at=clock(),
+                                 escalation_level=0)
+            s.add(texts)
+            await s.flush()
+            s.add(Message(conversation_id=texts.id, direction="in", author="customer",
+                          channel="sms", address="+15557654321", text="Any news?",
+                          created_at=clock()))
+            await s.flush()
+            reply = await add_staff_reply(s, texts, "Tomorrow.", author="Grace",
+                                          replies=d.replies, now=clock())
+        d.outbox.kick()
+        await eventually(lambda: _message_status(d, reply.id, "failed"))
+        shown = await detail(d.store, texts.id)
+        [failed] = [m for m in shown["messages"] if m["id"] == reply.id]
+        assert failed["failure_reason"].startswith("the sms channel is not configured here")
+        [row] = [r for r in await _rows(d) if r.message_id == reply.id]
+        assert (row.state, row.attempts) == ("failed", 1)  # no hours of backoff
+        by_email = await _reply_to(d, 1, "The email side still works.", clock)
+        await eventually(lambda: _message_status(d, by_email, "sent"))
+
+
+async def _message_status(d: Any, message_id: int, status: str) -> bool:
+    from frontdesk.storage.models import Message
+
+    async with d.store.reader() as s:
+        return (await s.get_one(Message, message_id)).delivery_status == status
+
+
+# -- a remote that answers again: waiting rows go at once -----------------------------------------
+
+async def _second_customer(d: Any) -> None:
+    await send(d.email.smtp.port, mail(frm="Bob <bob@example.org>", msgid="<b1@example.org>",
+                                       subject="Refund"), sender="bob@example.org")
+    await eventually(lambda: _conversation_count(d, 2))
+
+
+async def _conversation_count(d: Any, n: int) -> bool:
+    return len(await conversations(d.store)) == n
+
+
+async def _reply_to(d: Any, conversation_id: int, text: str, clock: Any) -> int:
+    async with d.store.session() as s:
+        c = await get_conversation(s, conversation_id)
+        m = await add_staff_reply(s, c, text, author="Grace", replies=d.replies, now=clock())
+    d.outbox.kick()
+    return m.id
+
+
+async def test_when_the_relay_is_back_waiting_replies_go_at_once(
+        database_url: str, make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """The relay was down: a reply waits in an hour's backoff. The relay comes back and the next
+    reply (another conversation) goes; the waiting one follows at once, not an hour later."""
+    async with SmtpSink() as sink:
+        sink.fail_with, sink.fail_at = "421 4.3.2 the relay is restarting", "MAIL"
+        d = await _daemon_with_relay(make_settings, daemon_factory, clock, sink, database_url,
+                                     outbox_retry_initial="1h", outbox_retry_max="4h")
+        await _second_customer(d)
+        [ada, bob] = await conversations(d.store)
+        waiting = await _reply_to(d, ada.id, "Sorry for the wait, Ada.", clock)
+        await eventually(lambda: _attempted(d, "email"))
+        [row] = await _rows(d)
+        assert row.next_attempt_at >= clock() + timedelta(minutes=50)
+        sink.fail_with = None  # the relay is back; the clock does not move
+        await _reply_to(d, bob.id, "Refund on its way, Bob.", clock)
+        await eventually(lambda: _message_status(d, waiting, "sent"))
+        assert sorted(sink.parsed(i)["To"] for i in range(2)) == [
+            "Ada Lovelace <ada@example.org>", "Bob <bob@example.org>"]
+
+
+class _OneMailboxFull(SmtpSink):
+    """A relay that answers 452 (mailbox full, try later) for one recipient only."""
+
+    full = "ada@example.org"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if address == self.full:
+            return "452 4.2.2 mailbox full"
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+async def test_a_reply_failing_for_its_own_reasons_keeps_its_backoff(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """Ada's mailbox is full. Other replies going out pull her reply forward once, not after
+    every send: it does not burn its attempts while the relay works for everyone else."""
+    async with _OneMailboxFull() as sink:
+        d = await _daemon_with_relay(make_settings, daemon_factory, clock, sink,
+                                     outbox_retry_initial="1h", outbox_retry_max="4h",
+                                     outbox_max_attempts=5)
+        await _second_customer(d)
+        [ada, bob] = await conversations(d.store)
+        await _reply_to(d, ada.id, "Hello Ada", clock)
+        await eventually(lambda: _attempted(d, "email"))
+        for n in range(3):
+            bob_reply = await _reply_to(d, bob.id, f"Hello Bob {n}", clock)
+            await eventually(lambda: _message_status(d, bob_reply, "sent"))  # noqa: B023
+            await d.outbox.deliver_due()
+        [to_ada] = [r for r in await _rows(d) if r.conversation_id == ada.id]
+        assert to_ada.state == "pending" and to_ada.attempts == 2  # first try, one pull forward
+        assert to_ada.next_attempt_at > clock() and "mailbox full" in (to_ada.last_error or "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -215,6 +216,7 @@ def test_cli_usage_and_errors(proc: Proc, tmp_path: Path) -> None:
     assert r.returncode == 2 and "frobnicate" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([FRONTDESK, "show", "--bogus", "1"], capture_output=True, text=True)
     assert r.returncode == 2
+    proc.cli("db", "upgrade")  # a store to look in (commands that only read never make one)
     r = proc.cli("show", "FD-999", check=False)
     assert r.returncode == 1 and "FD-999" in r.stderr and "Traceback" not in r.stderr
     r = proc.cli("show", "nonsense", check=False)
@@ -265,17 +267,31 @@ def test_init_writes_once_and_migrates(tmp_path: Path) -> None:
 
 def test_journal_lists_failed_and_retry_processes_them(proc: Proc) -> None:
     proc.start()
-    smtp_send(proc.smtp_port, b"Subject: who am I\r\nMessage-ID: <anon@x>\r\n\r\nhello\r\n",
-              sender="")
+    files = proc.tmp / "data" / "attachments"  # the disk goes wrong: no file can be written
+    shutil.rmtree(files, ignore_errors=True)
+    files.parent.mkdir(exist_ok=True)
+    files.write_bytes(b"")
+    message = mail(msgid="<anon@x>", subject="Invoice attached")
+    message.add_attachment(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf",
+                           filename="invoice.pdf")
+    smtp_send(proc.smtp_port, message)
     failed = wait_for(lambda: proc.json("journal", "--failed"))
-    assert failed[0]["remote_id"] == "anon@x" and "sender" in failed[0]["error"]
+    assert failed[0]["remote_id"] == "anon@x"
+    assert failed[0]["error"].startswith("NotADirectoryError")
+    assert failed[0]["attempts"] == 3  # tried a few times before it was given up
     text = proc.cli("journal", "--failed").stdout
     assert "anon@x" in text
     r = proc.cli("journal", "retry", str(failed[0]["id"]), check=False)
     assert r.returncode == 1 and "failed again" in r.stdout  # the fix is not in yet
-    assert proc.json("journal", "--failed")[0]["attempts"] == 2
+    assert proc.json("journal", "--failed")[0]["attempts"] == 4
     r = proc.cli("journal", "retry", "999", check=False)
     assert r.returncode == 1 and "#999" in r.stderr
+    files.unlink()  # the fix
+    r = proc.cli("journal", "retry", str(failed[0]["id"]))
+    assert "stored in FD-1" in r.stdout
+    assert proc.json("journal", "--failed") == []
+    [conv] = proc.json("conversations")
+    assert conv["subject"] == "Invoice attached"
     proc.stop()
 
 
@@ -293,7 +309,7 @@ def test_report_counts_volume_and_first_response(proc: Proc) -> None:
     assert report["channels"]["email"]["conversations"] == 2
     assert "email" in proc.cli("report").stdout
     r = proc.cli("report", "--since", "soon", check=False)
-    assert r.returncode == 1 and "--since" in r.stderr
+    assert r.returncode == 2 and "--since" in r.stderr  # a usage error (CONTRACT: exit 2)
     assert [c["status"] for c in proc.json("conversations", "--status", "pending")] == ["pending"]
     assert len(proc.json("conversations", "--limit", "1")) == 1
     proc.stop()
