@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import signal
 import socket
@@ -370,8 +371,16 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
         total = N_EMAIL + N_SMS + N_TELEGRAM
         await _wait(lambda: sum(progress.values()) >= total // 2, 300,
                     "half of the traffic sent", interval=0.05)
+        assert first_leader.proc is not None
+        killed_pid = first_leader.proc.pid
         first_leader.kill()
         killed_at = time.monotonic()
+        # What the dead instance had claimed may have been on the wire when it died: the one
+        # case where a send can repeat (DESIGN: a crash between send and mark). Noted now,
+        # before the lease runs out and another instance takes those rows.
+        in_doubt = await _rows(engine, "SELECT kind, conversation_id, CAST(payload AS TEXT) "
+                                       "FROM outbox WHERE state = 'pending' AND claimed_by "
+                                       f"LIKE '%:{killed_pid}:%'")
         new_leader = await _wait(telegram_leader, 30, "a new Telegram leader", interval=0.1)
         took_over = time.monotonic() - killed_at
         assert new_leader is not first_leader
@@ -428,11 +437,18 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
                            "an acknowledgement per conversation")
         phase("an acknowledgement per conversation")
         await asyncio.sleep(3)  # anything sent twice would show up by now
-        assert [k for k, n in roots().items() if n > 1] == []
+        # Sent once, except what was in flight in the killed instance (at most once more).
+        doubt_roots = {f"FD-{conversation}" for kind, conversation, _ in in_doubt
+                       if kind == "slack"}
+        doubt_payloads = " ".join(payload for _, _, payload in in_doubt)
+        assert [k for k, n in roots().items()
+                if n > 2 or (n == 2 and k not in doubt_roots)] == []
         assert len(roots()) == expected_conversations
         acks = acknowledgements()
         assert len(acks) == expected_conversations
-        assert [k for k, n in acks.items() if n > 1] == []
+        assert [k for k, n in acks.items()
+                if n > 2 or (n == 2 and json.dumps(k.split(":", 1)[1]) not in doubt_payloads)
+                ] == []
         recorded = await _scalar(engine, "SELECT count(*) FROM acknowledgements")
         assert recorded == expected_conversations
 
