@@ -464,7 +464,10 @@ async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> in
     if not ids:
         if args.id is not None:
             raise Failure(f"journal #{args.id} is not a failed message")
-        print("no failed messages")
+        if args.json:
+            print_json([])
+        else:
+            print("no failed messages")
         return 0
     daemon = Daemon(settings)  # the same parsers and rules as the running daemon
     try:
@@ -474,16 +477,16 @@ async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> in
                 ids[start:start + daemon.processor.batch_size])
     finally:
         await daemon.store.dispose()
-    failed = 0
+    failed = sum(1 for o in outcomes if o.error)
+    if args.json:  # one JSON document on stdout, nothing else
+        print_json([{"id": o.journal_id, "conversation_id": o.conversation_id,
+                      "error": o.error.splitlines()[0] if o.error else None} for o in outcomes])
+        return 1 if failed else 0
     for o in outcomes:
         if o.error:
-            failed += 1
             print(f"#{o.journal_id}: failed again: {o.error.splitlines()[0]}")
         elif o.conversation_id:
             print(f"#{o.journal_id}: stored in FD-{o.conversation_id}")
-    if args.json:
-        print_json([{"id": o.journal_id, "conversation_id": o.conversation_id,
-                      "error": o.error.splitlines()[0] if o.error else None} for o in outcomes])
     return 1 if failed else 0
 
 

@@ -286,6 +286,9 @@ def test_journal_lists_failed_and_retry_processes_them(proc: Proc) -> None:
     assert proc.json("journal", "--failed")[0]["attempts"] == 4
     r = proc.cli("journal", "retry", "999", check=False)
     assert r.returncode == 1 and "#999" in r.stderr
+    r = proc.cli("journal", "retry", str(failed[0]["id"]), "--json", check=False)
+    [again] = json.loads(r.stdout)  # one JSON document on stdout and nothing else
+    assert r.returncode == 1 and again["id"] == failed[0]["id"] and again["error"]
     files.unlink()  # the fix
     r = proc.cli("journal", "retry", str(failed[0]["id"]))
     assert "stored in FD-1" in r.stdout
