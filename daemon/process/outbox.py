@@ -371,7 +371,9 @@ class OutboxWorker:
         except Exception as exc:  # a sender bug is retried, not fatal
             if store_unavailable(exc) and not await self._store.ping():
                 raise  # a handler found the store away: so would marking the row; retry later
-            log.exception("sending outbox #%d crashed", row.id)
+            # One line with the reason per try; the traceback, for whoever fixes it, at debug.
+            log.error("sending outbox #%d crashed: %s: %s", row.id, type(exc).__name__, exc)
+            log.debug("sending outbox #%d crashed", row.id, exc_info=True)
             await self._failed(row, target, TemporaryFailure(f"internal error: {exc}"))
             return False
         await self._sent(row, target, receipt)

@@ -297,9 +297,11 @@ class Scheduler:
                 c = await s.get_one(Conversation, conversation_id, populate_existing=True)
                 await self._process(s, c, now, part, rows)
                 await rows.write(s)
-        except Exception:
-            log.exception("FD-%d: the scheduler could not handle it; trying again in %s",
-                          conversation_id, span(_RETRY_AFTER_ERROR))
+        except Exception as exc:
+            log.error("FD-%d: the scheduler could not handle it (%s: %s); trying again in %s",
+                      conversation_id, type(exc).__name__, exc, span(_RETRY_AFTER_ERROR))
+            log.debug("FD-%d: the scheduler could not handle it", conversation_id,
+                      exc_info=True)
             async with self.store.session() as s:
                 await s.execute(update(Conversation).where(Conversation.id == conversation_id)
                                 .values(next_due_at=now + _RETRY_AFTER_ERROR,

@@ -4,9 +4,11 @@ again."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from frontdesk.domain.conversations import add_staff_reply, get_conversation
@@ -307,3 +309,30 @@ async def test_a_reply_failing_for_its_own_reasons_keeps_its_backoff(
         [to_ada] = [r for r in await _rows(d) if r.conversation_id == ada.id]
         assert to_ada.state == "pending" and to_ada.attempts == 2  # first try, one pull forward
         assert to_ada.next_attempt_at > clock() and "mailbox full" in (to_ada.last_error or "")
+
+
+async def test_a_sender_that_crashes_logs_one_line_per_try_and_its_traceback_at_debug(
+        make_settings: Any, daemon_factory: Any, clock: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="frontdesk.daemon.process.outbox")
+    d = await daemon_factory(make_settings(), clock=clock)
+    await send(d.email.smtp.port, mail(msgid="<crash@example.org>"))
+    await eventually(lambda: processed(d.store))
+
+    async def crash(_outbound: Any) -> Any:
+        raise RuntimeError("the sender has a bug")
+
+    d.outbox._senders["email"] = crash
+    await _reply(d, "Hello", clock)
+    mine = await eventually(lambda: _records(caplog, "crashed"))
+    [line] = [r for r in mine if r.levelno == logging.ERROR]
+    assert line.getMessage().endswith("crashed: RuntimeError: the sender has a bug")
+    assert not line.exc_info and "\n" not in line.getMessage()
+    [trace] = [r for r in mine if r.exc_info]
+    assert trace.levelno == logging.DEBUG
+
+
+async def _records(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
+    found = [r for r in caplog.records
+             if r.name == "frontdesk.daemon.process.outbox" and words in r.getMessage()]
+    return found if any(r.exc_info for r in found) else []
