@@ -9,12 +9,14 @@ the environment's ``FRONTDESK_*`` keys are checked like the file's, and blamed b
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +215,25 @@ def test_the_units_documentation_is_installed_with_the_package() -> None:
     folder, _, name = installed.rpartition("/")
     assert name in data["data-files"][folder]
     assert (REPO_ROOT / name).is_file()
+
+
+async def test_people_read_times_in_the_desks_time_zone(
+        tmp_path: Path, make_settings: Any, daemon_factory: Any, clock: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.helpers import eventually, mail, processed, send
+
+    zone = {"timezone": "America/New_York", "business_hours": "always", "first_response": "1h"}
+    d = await daemon_factory(make_settings(sla=zone), clock=clock)  # 2026-11-23 10:00 UTC
+    await send(d.email.smtp.port, mail(msgid="<tz@example.org>"))
+    await eventually(lambda: processed(d.store))
+    config = tmp_path / "desk.toml"
+    config.write_text(f'[database]\nurl = "{d.settings.database.url}"\n'
+                      '[sla]\ntimezone = "America/New_York"\n')
+    assert await asyncio.to_thread(main, ["conversations", "-c", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "2026-11-23 05:00 EST" in listed  # 10:00 UTC
+    assert await asyncio.to_thread(main, ["show", "FD-1", "-c", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "created 2026-11-23 05:00 EST, first response due 2026-11-23 06:00 EST" in shown
+    assert await asyncio.to_thread(main, ["show", "FD-1", "--json", "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["created_at"].startswith("2026-11-23T10:00:00")
