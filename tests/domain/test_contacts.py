@@ -3,7 +3,6 @@ contact's other conversations and the quoted part folded, and verified identity 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.cli.main import main
 from frontdesk.domain.contacts import LinkVerifier, offered_address
 from frontdesk.storage.models import (
     Contact,
@@ -23,33 +21,16 @@ from frontdesk.storage.models import (
     Outbox,
 )
 from tests.fakes.smtp_sink import SmtpSink
-from tests.support.helpers import conversations, detail, eventually, mail, processed, send
-
-
-def write_config(d: Any, tmp_path: Any) -> str:
-    """A config file for the CLI pointing at the daemon's store."""
-    path = tmp_path / "frontdesk.toml"
-    relay = d.settings.email.outbound
-    path.write_text(f"""
-[database]
-url = "{d.settings.database.url}"
-[email]
-inbox_addresses = ["support@example.com"]
-[email.outbound]
-host = "127.0.0.1"
-port = {relay.port}
-from = "Example Support <support@example.com>"
-starttls = "off"
-[daemon]
-data_dir = "{tmp_path}/data"
-""")
-    return str(path)
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(main, list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.support.helpers import (
+    cli_config,
+    conversations,
+    detail,
+    eventually,
+    mail,
+    processed,
+    run_cli,
+    send,
+)
 
 
 @pytest.fixture
@@ -70,12 +51,12 @@ async def test_merge_makes_one_contact_with_both_histories(
                       subject="Order 1234 never arrived"),
                  mail(frm="Ada L. <ada.lovelace@work.example>", msgid="<a2@work.example>",
                       subject="Invoice for my company"))
-    cfg = write_config(daemon, tmp_path)
-    code, out, err = await cli(capsys, "contact", "merge", "ada@example.org",
+    cfg = cli_config(daemon, tmp_path)
+    code, out, err = await run_cli(capsys, "contact", "merge", "ada@example.org",
                                "ada.lovelace@work.example", "--as", "Grace", "-c", cfg)
     assert code == 0, err
     assert "merged into contact" in out
-    code, out, _ = await cli(capsys, "contact", "show", "ada.lovelace@work.example", "--json",
+    code, out, _ = await run_cli(capsys, "contact", "show", "ada.lovelace@work.example", "--json",
                              "-c", cfg)
     shown = json.loads(out)
     assert shown["name"] == "Ada Lovelace"
@@ -91,11 +72,11 @@ async def test_merge_makes_one_contact_with_both_histories(
     assert merged.actor == "Grace" and other.merged_into_id == shown["id"]
     # `frontdesk show` lists the contact's other conversation, on any channel.
     [first, second] = await conversations(daemon.store)
-    code, out, _ = await cli(capsys, "show", first.reference, "--json", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "show", first.reference, "--json", "-c", cfg)
     assert json.loads(out)["other_conversations"] == [
         {"reference": second.reference, "channel": "email", "status": "open",
          "subject": "Invoice for my company"}]
-    code, out, _ = await cli(capsys, "show", first.reference, "-c", cfg)
+    code, out, _ = await run_cli(capsys, "show", first.reference, "-c", cfg)
     assert f"other conversations: {second.reference} (email, open) Invoice" in out
     # New mail from the merged address joins the one contact.
     await _mails(daemon, mail(frm="ada.lovelace@work.example", msgid="<a3@work.example>",
@@ -116,19 +97,19 @@ async def test_merge_by_phone_number_and_plain_words_on_errors(
         s.add(Conversation(channel="sms", contact_id=contact.id, subject="", status="open",
                            priority="normal", created_at=clock(), updated_at=clock(),
                            escalation_level=0))
-    cfg = write_config(daemon, tmp_path)
-    code, out, err = await cli(capsys, "contact", "merge", "ada@example.org",
+    cfg = cli_config(daemon, tmp_path)
+    code, out, err = await run_cli(capsys, "contact", "merge", "ada@example.org",
                                "+1 (555) 000-1111", "-c", cfg)
     assert code == 0, err
-    code, out, _ = await cli(capsys, "contact", "show", "+15550001111", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "contact", "show", "+15550001111", "-c", cfg)
     assert "sms       +15550001111" in out and "email     ada@example.org" in out
     assert re.search(r"FD-\d+\s+open\s+sms ", out)  # its SMS conversation is listed
-    code, _, err = await cli(capsys, "contact", "merge", "ada@example.org", "+15550001111",
+    code, _, err = await run_cli(capsys, "contact", "merge", "ada@example.org", "+15550001111",
                              "-c", cfg)
     assert code == 1 and "already the same contact" in err and "Traceback" not in err
-    code, _, err = await cli(capsys, "contact", "show", "nobody@example.org", "-c", cfg)
+    code, _, err = await run_cli(capsys, "contact", "show", "nobody@example.org", "-c", cfg)
     assert code == 1 and err.strip() == "frontdesk: no contact has the address nobody@example.org"
-    code, _, err = await cli(capsys, "contact", "show", "not an address", "-c", cfg)
+    code, _, err = await run_cli(capsys, "contact", "show", "not an address", "-c", cfg)
     assert code == 1 and "neither a contact id nor an address" in err
 
 
@@ -151,12 +132,12 @@ async def test_a_quoted_reply_stores_its_new_part_and_show_folds_the_quote(
     [m] = (await detail(daemon.store, conv.id))["messages"]
     assert m["text"] == body.rstrip()  # the full text is kept
     assert m["text_new"] == "Thanks, it arrived this morning!"
-    cfg = write_config(daemon, tmp_path)
-    code, out, _ = await cli(capsys, "show", conv.reference, "-c", cfg)
+    cfg = cli_config(daemon, tmp_path)
+    code, out, _ = await run_cli(capsys, "show", conv.reference, "-c", cfg)
     assert code == 0
     assert "   Thanks, it arrived this morning!\n   \n   [quoted text hidden]" in out
     assert "Your parcel left today" not in out
-    _, out, _ = await cli(capsys, "show", conv.reference, "--json", "-c", cfg)
+    _, out, _ = await run_cli(capsys, "show", conv.reference, "--json", "-c", cfg)
     shown = json.loads(out)["messages"][0]
     assert shown["text"] == body.rstrip() and shown["text_new"] == m["text_new"]
 
@@ -245,14 +226,14 @@ async def _sent(sink: SmtpSink) -> bool:
 async def test_staff_can_start_a_link_from_the_command_line(
         daemon: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str], clock: Any) -> None:
     contact_id, conv_id = await _sms_contact(daemon, clock)
-    cfg = write_config(daemon, tmp_path)
-    code, out, err = await cli(capsys, "contact", "link", "+15550001111", "ada@example.org",
+    cfg = cli_config(daemon, tmp_path)
+    code, out, err = await run_cli(capsys, "contact", "link", "+15550001111", "ada@example.org",
                                "--as", "Grace", "-c", cfg)
     assert code == 0, err
     assert f"in FD-{conv_id}" in out
     [link] = await _links(daemon)
     assert link.requested_by == "Grace" and link.contact_id == contact_id
-    code, _, err = await cli(capsys, "contact", "link", str(contact_id), "+15550001111",
+    code, _, err = await run_cli(capsys, "contact", "link", str(contact_id), "+15550001111",
                              "-c", cfg)
     assert code == 1 and "already contact" in err
 
@@ -262,8 +243,8 @@ async def test_link_refuses_an_address_this_frontdesk_cannot_send_to(
     """No Twilio credentials: a code to a phone number could never go, so `contact link` says so
     at once instead of "a code is on its way", and queues nothing that would wait for hours."""
     await _mails(daemon, mail(msgid="<k1@example.org>"))
-    cfg = write_config(daemon, tmp_path)
-    code, out, err = await cli(capsys, "contact", "link", "ada@example.org", "+1 555 000 1111",
+    cfg = cli_config(daemon, tmp_path)
+    code, out, err = await run_cli(capsys, "contact", "link", "ada@example.org", "+1 555 000 1111",
                                "--as", "Grace", "-c", cfg)
     assert (code, out) == (1, "")
     [line] = err.splitlines()
@@ -273,7 +254,7 @@ async def test_link_refuses_an_address_this_frontdesk_cannot_send_to(
     async with daemon.store.reader() as s:
         assert (await s.execute(select(func.count()).select_from(Outbox))).scalar_one() == 0
     # An email address can still be linked: email sends here.
-    code, out, err = await cli(capsys, "contact", "link", "ada@example.org",
+    code, out, err = await run_cli(capsys, "contact", "link", "ada@example.org",
                                "ada.l@work.example", "-c", cfg)
     assert code == 0, err
     assert out.startswith("a code is on its way to ada.l@work.example")

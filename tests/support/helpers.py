@@ -122,3 +122,40 @@ def settings_for(tmp_path: Path, *, database_url: str | None = None,
             else:
                 target[key] = value
     return Settings.model_validate(data)
+
+
+def cli_config(d: Any, tmp_path: Path, *, relay_port: int | None = None) -> str:
+    """A config file for the command line naming a running daemon's store and relay."""
+    path = tmp_path / "frontdesk.toml"
+    port = relay_port if relay_port is not None else d.settings.email.outbound.port
+    path.write_text(f"""
+[database]
+url = "{d.settings.database.url}"
+[email]
+inbox_addresses = ["support@example.com"]
+[email.outbound]
+host = "127.0.0.1"
+port = {port}
+from = "Example Support <support@example.com>"
+starttls = "off"
+[daemon]
+data_dir = "{tmp_path}/data"
+""")
+    return str(path)
+
+
+async def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """``frontdesk ARGS`` in this process, in a thread (it runs its own event loop): the exit
+    code (a usage error's SystemExit gives its code), stdout and stderr of this call alone."""
+    from frontdesk.daemon.cli.main import main
+
+    def run() -> int:
+        try:
+            return main(list(args))
+        except SystemExit as exc:
+            return int(exc.code or 0)
+
+    capsys.readouterr()
+    code = await asyncio.to_thread(run)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,7 +4,6 @@ now, giving one up; on SQLite and, where named, PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,10 +12,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from frontdesk.daemon.cli.main import main
 from frontdesk.storage.models import Event, Message, Outbox
 from tests.fakes.smtp_sink import SmtpSink
-from tests.support.helpers import detail, eventually, mail, processed, send
+from tests.support.helpers import (
+    cli_config,
+    detail,
+    eventually,
+    mail,
+    processed,
+    run_cli,
+    send,
+)
 
 RELAY_DOWN = "421 4.3.2 the relay is restarting"
 
@@ -44,38 +50,13 @@ async def daemon(database_url: str, make_settings: Any, daemon_factory: Any,
 @pytest.fixture
 def cfg(daemon: Any, tmp_path: Any, relay: SmtpSink) -> str:
     """A config file for the command line, naming the daemon's store and relay."""
-    path = tmp_path / "frontdesk.toml"
-    path.write_text(f"""
-[database]
-url = "{daemon.settings.database.url}"
-[email]
-inbox_addresses = ["support@example.com"]
-[email.outbound]
-host = "127.0.0.1"
-port = {relay.port}
-from = "Example Support <support@example.com>"
-starttls = "off"
-[daemon]
-data_dir = "{tmp_path}/data"
-""")
-    return str(path)
+    return cli_config(daemon, tmp_path, relay_port=relay.port)
 
 
-async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``frontdesk ARGS`` in this process; a usage error's SystemExit gives its code."""
-    def run() -> int:
-        try:
-            return main(list(args))
-        except SystemExit as exc:
-            return int(exc.code or 0)
-
-    code = await asyncio.to_thread(run)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 async def _reply(capsys: pytest.CaptureFixture[str], cfg: str, text: str) -> int:
-    code, out, err = await cli(capsys, "reply", "FD-1", text, "--as", "Grace", "-c", cfg)
+    code, out, err = await run_cli(capsys, "reply", "FD-1", text, "--as", "Grace", "-c", cfg)
     assert code == 0, err
     return int(out.split("#")[1].split()[0])  # "queued reply #7 to ..."
 
@@ -114,7 +95,7 @@ async def test_the_list_shows_what_waits_and_why_and_changes_nothing(
     async with daemon.store.reader() as s:
         events_before = (await s.execute(select(func.count()).select_from(Event))).scalar_one()
 
-    code, out, err = await cli(capsys, "outbox", "-c", cfg)
+    code, out, err = await run_cli(capsys, "outbox", "-c", cfg)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith(f"#{row.id} ") and "pending" in lines[0]
@@ -123,7 +104,7 @@ async def test_the_list_shows_what_waits_and_why_and_changes_nothing(
     assert lines[1].strip().startswith("the relay") or "421" in lines[1]
     assert "attempts 0, due now" in lines[2]
 
-    code, out, err = await cli(capsys, "outbox", "--json", "-c", cfg)
+    code, out, err = await run_cli(capsys, "outbox", "--json", "-c", cfg)
     assert code == 0, err
     items = json.loads(out)  # exactly one JSON document
     assert [i["message_id"] for i in items] == [first, second]
@@ -134,11 +115,11 @@ async def test_the_list_shows_what_waits_and_why_and_changes_nothing(
         "target": "ada@example.org", "state": "pending", "attempts": 1}
     assert "421" in item["last_error"] and item["next_attempt_at"] > item["created_at"]
 
-    code, out, err = await cli(capsys, "outbox", "--json", "--limit", "1", "-c", cfg)
+    code, out, err = await run_cli(capsys, "outbox", "--json", "--limit", "1", "-c", cfg)
     assert [i["message_id"] for i in json.loads(out)] == [second]
     assert "the newest 1 of 2" in err
 
-    code, out, _ = await cli(capsys, "outbox", "--failed", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "outbox", "--failed", "-c", cfg)
     assert code == 0 and out.strip() == "nothing has failed"
     # Reading changed nothing: the row, its backoff, the audit.
     again = await _row_of(daemon, first)
@@ -157,7 +138,7 @@ async def test_retry_sends_now_instead_of_after_the_backoff(
     row = await _row_of(daemon, waiting)
     relay.fail_with = None  # fixed; the row would wait out the rest of its hour
 
-    code, out, err = await cli(capsys, "outbox", "retry", str(row.id), "-c", cfg)
+    code, out, err = await run_cli(capsys, "outbox", "retry", str(row.id), "-c", cfg)
     assert code == 0, err
     assert out.strip() == f"outbox #{row.id} is due now; the daemon sends it at its next look"
     began = time.monotonic()
@@ -169,10 +150,10 @@ async def test_retry_sends_now_instead_of_after_the_backoff(
     relay.fail_with, relay.fail_at = "550 5.7.1 relaying denied", "RCPT"
     refused = await _reply(capsys, cfg, "Here is your invoice.")
     await eventually(lambda: _is(daemon, refused, "failed"))
-    code, out, _ = await cli(capsys, "outbox", "--failed", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "outbox", "--failed", "-c", cfg)
     assert "failed" in out and "relaying denied" in out
     relay.fail_with = None
-    code, out, err = await cli(capsys, "outbox", "retry", "--all", "--as", "Grace", "-c", cfg)
+    code, out, err = await run_cli(capsys, "outbox", "retry", "--all", "--as", "Grace", "-c", cfg)
     assert code == 0, err
     assert out.strip() == "1 failed row(s) queued again, attempts reset"
     await eventually(lambda: _is(daemon, refused, "sent"), timeout=10)
@@ -192,27 +173,27 @@ async def test_cancel_gives_up_and_shows_who_did_it(
     second = await _reply(capsys, cfg, "Please ignore my last mail.")
     row = await _row_of(daemon, wrong)
 
-    code, out, err = await cli(capsys, "outbox", "cancel", str(row.id), "--as", "Grace",
+    code, out, err = await run_cli(capsys, "outbox", "cancel", str(row.id), "--as", "Grace",
                                "-c", cfg)
     assert code == 0, err
     assert out.strip() == (f"outbox #{row.id} (deliver email to ada@example.org on FD-1) "
                            "cancelled: it will not be sent")
-    code, out, _ = await cli(capsys, "show", "FD-1", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "show", "FD-1", "-c", cfg)
     assert "[failed]" in out and "failed: cancelled by Grace" in out
-    shown = json.loads((await cli(capsys, "show", "FD-1", "--json", "-c", cfg))[1])
+    shown = json.loads((await run_cli(capsys, "show", "FD-1", "--json", "-c", cfg))[1])
     [cancelled] = [m for m in shown["messages"] if m["id"] == wrong]
     assert cancelled["delivery_status"] == "failed"
     assert cancelled["failure_reason"] == "cancelled by Grace"
     [event] = await _events(daemon, "outbox_cancelled")
     assert event.actor == "Grace" and event.conversation_id == 1 and event.message_id == wrong
-    code, out, _ = await cli(capsys, "outbox", "--failed", "--json", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "outbox", "--failed", "--json", "-c", cfg)
     assert [(i["id"], i["last_error"]) for i in json.loads(out)] == [
         (row.id, "cancelled by Grace")]
 
     # The next reply of the conversation no longer waits behind it; it is tried, and waits.
     await eventually(lambda: _tried(daemon, second, 1))
     monkeypatch.setenv("USER", "lin")
-    code, _, err = await cli(capsys, "outbox", "cancel",
+    code, _, err = await run_cli(capsys, "outbox", "cancel",
                              str((await _row_of(daemon, second)).id), "-c", cfg)
     assert code == 0, err
     assert await _status(daemon, second) == "failed"
@@ -220,14 +201,14 @@ async def test_cancel_gives_up_and_shows_who_did_it(
 
     # Neither goes out when the relay is back, nor does `retry --all` bring them back.
     relay.fail_with = None
-    code, out, _ = await cli(capsys, "outbox", "retry", "--all", "-c", cfg)
+    code, out, _ = await run_cli(capsys, "outbox", "retry", "--all", "-c", cfg)
     assert code == 0 and out.strip() == "nothing is queued or failed"
     third = await _reply(capsys, cfg, "All sorted now.")
     await eventually(lambda: _is(daemon, third, "sent"))
     assert [relay.parsed(i).get_content().strip() for i in range(len(relay.messages))] == [
         "All sorted now."]
 
-    code, _, err = await cli(capsys, "outbox", "cancel", str(row.id), "-c", cfg)
+    code, _, err = await run_cli(capsys, "outbox", "cancel", str(row.id), "-c", cfg)
     assert code == 1 and err.strip() == (
         f"frontdesk: outbox #{row.id} has already failed: cancelled by Grace")
 
@@ -235,12 +216,12 @@ async def test_cancel_gives_up_and_shows_who_did_it(
 async def test_unknown_ids_and_usage_errors(daemon: Any, cfg: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     for action in ("retry", "cancel"):
-        code, out, err = await cli(capsys, "outbox", action, "999", "-c", cfg)
+        code, out, err = await run_cli(capsys, "outbox", action, "999", "-c", cfg)
         assert (code, out) == (1, "")
         assert err.strip() == "frontdesk: no outbox row #999 (`frontdesk outbox` lists them)"
     for args in (["outbox", "retry"], ["outbox", "retry", "3", "--all"], ["outbox", "cancel"],
                  ["outbox", "cancel", "abc"], ["outbox", "--since", "1d"],
                  ["outbox", "flush"]):
-        code, out, err = await cli(capsys, *args, "-c", cfg)
+        code, out, err = await run_cli(capsys, *args, "-c", cfg)
         assert code == 2, (args, err)
         assert out == "" and "Traceback" not in err

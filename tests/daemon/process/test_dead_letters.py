@@ -17,9 +17,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from frontdesk.daemon.cli.main import main as cli
 from frontdesk.storage.models import Event, InboundJournal
-from tests.support.helpers import conversations, detail, eventually, mail, processed, send
+from tests.support.helpers import (
+    conversations,
+    detail,
+    eventually,
+    mail,
+    processed,
+    run_cli,
+    send,
+)
 
 
 def _config(tmp_path: Path, settings: Any) -> str:
@@ -39,11 +46,8 @@ data_dir = "{settings.daemon.data_dir}"
 
 
 async def _cli(capsys: pytest.CaptureFixture[str], config: str, *args: str) -> tuple[int, str, str]:
-    """``frontdesk ARGS -c CONFIG`` in-process (in a thread: it runs its own event loop)."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(cli, [*args, "-c", config])
-    out, err = capsys.readouterr()
-    return code, out, err
+    """``frontdesk ARGS -c CONFIG`` in-process."""
+    return await run_cli(capsys, *args, "-c", config)
 
 
 async def _row(d: Any, remote_id: str) -> InboundJournal:
