@@ -375,6 +375,7 @@ api_base_url = "{remote.slack_base_url}"
 post_interval = "0s"
 [acknowledgement]
 enabled = {"true" if acks else "false"}
+global_rate_limits = ["1000000/10m"]  # every simulated customer is real: no flood cap
 [daemon]
 data_dir = "{tmp}/data"
 shutdown_timeout = "20s"

@@ -513,7 +513,8 @@ data_dir = "{tmp}/data"
 shutdown_timeout = "20s"
 [sla]
 business_hours = "always"
-""" + ("" if self.acknowledgements else "[acknowledgement]\nenabled = false\n"))
+""" + ('[acknowledgement]\nglobal_rate_limits = ["1000000/10m"]  # all real customers\n'
+       if self.acknowledgements else "[acknowledgement]\nenabled = false\n"))
         self.log = tmp / "frontdesk.log"
         self.process = start_frontdesk(self.config, self.http_port, self.log)
         self.pid = self.process.pid

@@ -191,6 +191,23 @@ class DatabaseConfig(Section):
 class HttpConfig(Section):
     listen: Listen = "127.0.0.1:8080"
     public_url: str = ""
+    # Connection limits (issue 14). Over the per-client cap a new connection is closed at once
+    # (503); at the total cap the longest-idle connection waiting for a request makes room, or
+    # the newcomer is closed when every connection is busy.
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_client: int = Field(default=100, ge=1)
+    # A request's headers must all arrive within this, counted from the connection's opening
+    # (first request) or from the first byte of a later one; never counted while a response is
+    # being sent, however long it streams (Server-Sent Events).
+    header_timeout: Duration = timedelta(seconds=10)
+    # An open connection may sit idle between two requests this long; longer than a reverse
+    # proxy's upstream keep-alive (nginx: 60 s), so the proxy never reuses a closed connection.
+    keepalive_timeout: Duration = timedelta(seconds=75)
+    # Receiving a request's body, from its headers on; over it the client gets 408.
+    body_timeout: Duration = timedelta(seconds=60)
+    # Reverse proxies (addresses or CIDR networks): not held to the per-client cap, and the only
+    # peers whose X-Forwarded-For is believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("public_url")
     @classmethod
@@ -198,6 +215,21 @@ class HttpConfig(Section):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with https:// (or http://)")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or a network like "
+                                 '"10.0.0.0/8"') from None
+            out.append(item.strip())
+        return out
 
 
 class SlackRoute(Section):
@@ -314,6 +346,11 @@ class AcknowledgementConfig(Section):
     rate_limits: list[Annotated[str, AfterValidator(_rate_limit)]] = Field(
         default_factory=lambda: ["10/10m", "15/30m", "25/1h", "50/3h", "100/10h"]
     )
+    global_rate_limits: list[Annotated[str, AfterValidator(_rate_limit)]] = Field(
+        default_factory=lambda: ["500/10m", "2000/1h"]
+    )
+    """Caps on all acknowledgements together, whoever they go to: forged senders spread over
+    many addresses (or SMS numbers) each stay under the per-recipient limits."""
     templates: TemplateTable = Field(default_factory=dict)
 
     @field_validator("templates")

@@ -11,6 +11,15 @@ import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 
+SENDER_CHECK = "X-Frontdesk-Sender-Check"
+"""The header key, in a stored message's ``headers``, of what is known about its sender address:
+``"pass"`` (a trusted upstream authenticated it: DMARC, SPF or DKIM), ``"fail"`` (it failed
+that check: a forged sender), ``"unverified"`` (anyone could have typed it: email without a
+trusted ``Authentication-Results``). Absent: the channel's provider vouches for the sender (a
+phone number from the carrier, a Telegram chat). Acknowledgements go to a ``"fail"`` sender
+never, and to an ``"unverified"`` one without repeating any of the sender's own words (their
+name, their subject): no backscatter of attacker-chosen text to a third party."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Attachment:

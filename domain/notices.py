@@ -179,6 +179,7 @@ class _Words:
     closed_weekend: str
     closed_holiday: str
     fallback_name: str
+    your_message: str     # a subject when the customer's own cannot be repeated
 
 
 _WORDS: dict[str, _Words] = {
@@ -193,7 +194,7 @@ _WORDS: dict[str, _Words] = {
         closed_day="We're closed for the day; you'll hear from us by {due}.",
         closed_weekend="We're closed for the weekend; you'll hear from us by {due}.",
         closed_holiday="We're closed for the holiday; you'll hear from us by {due}.",
-        fallback_name="there"),
+        fallback_name="there", your_message="your message"),
     "de": _Words(
         weekdays=("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag",
                   "Sonntag"),
@@ -206,7 +207,7 @@ _WORDS: dict[str, _Words] = {
         closed_day="Wir haben für heute geschlossen; Sie hören bis {due} von uns.",
         closed_weekend="Wir haben am Wochenende geschlossen; Sie hören bis {due} von uns.",
         closed_holiday="Wir haben feiertags geschlossen; Sie hören bis {due} von uns.",
-        fallback_name=""),
+        fallback_name="", your_message="Ihre Nachricht"),
     "fr": _Words(
         weekdays=("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"),
         months=("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
@@ -221,7 +222,7 @@ _WORDS: dict[str, _Words] = {
                        "{due}.",
         closed_holiday="Nous sommes fermés (jour férié) ; nous vous répondrons au plus tard "
                        "{due}.",
-        fallback_name=""),
+        fallback_name="", your_message="votre message"),
     "es": _Words(
         weekdays=("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
         months=("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto",
@@ -233,7 +234,7 @@ _WORDS: dict[str, _Words] = {
         closed_day="Hemos cerrado por hoy; le responderemos a más tardar {due}.",
         closed_weekend="Estamos cerrados el fin de semana; le responderemos a más tardar {due}.",
         closed_holiday="Estamos cerrados por festivo; le responderemos a más tardar {due}.",
-        fallback_name=""),
+        fallback_name="", your_message="su mensaje"),
 }
 BUILTIN_LANGUAGES = tuple(_WORDS)
 
@@ -390,6 +391,11 @@ def choose(kind: str, channel: str, language: str, default_language: str,
         if table is not None:
             return table["email" if channel == "email" else CHAT_KEY]
     raise LookupError(kind)  # pragma: no cover - "en" is always there
+
+
+def your_message(language: str) -> str:
+    """The words "your message" in ``language`` (a subject that repeats nothing of the sender's)."""
+    return _words(language).your_message
 
 
 def greeting_name(name: str, language: str) -> tuple[str, str]:

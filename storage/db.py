@@ -7,6 +7,10 @@ pool (``[database]`` pool_size, max_overflow, pool_timeout, pool_recycle), with 
 and a server-side ``statement_timeout``; connections are checked before use (pre-ping), so a
 restarted server costs the next caller one failed try, not a broken pool.
 
+SQLite's file is created 0640 by frontdesk before SQLite opens it (SQLite would make it 0644 less
+the umask), and its ``-wal`` and ``-shm`` files take the database file's mode; a store left
+looser by an older frontdesk is tightened at the first connection (:mod:`.modes`).
+
 While the store is away, callers fail fast (a refused or timed-out connect, an exhausted pool) and
 answer temporarily (SMTP 451, HTTP 503); background loops wait with :class:`Backoff` and log the
 outage once, not a traceback per try.
@@ -15,8 +19,10 @@ outage once, not a traceback per try.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -35,6 +41,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from frontdesk.storage.modes import FILE_MODE, tighten
+
 if TYPE_CHECKING:
     from frontdesk.config.schema import DatabaseConfig
 
@@ -51,7 +59,30 @@ def _sqlite_path(url: str) -> str | None:
     return None if not database or database == ":memory:" else str(Path(database).expanduser())
 
 
-def _sqlite_events(engine: AsyncEngine, synchronous: str) -> None:
+def _private_sqlite_file(path: str) -> None:
+    """Before SQLite first opens the store: create its file :data:`~.modes.FILE_MODE` (SQLite
+    would create it 0644 less the umask; the ``-wal`` and ``-shm`` files SQLite makes later copy
+    the database file's mode), or tighten an existing store's files that others could read."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        tighten([Path(path + suffix) for suffix in ("", "-wal", "-shm", "-journal")],
+                "the store's files")
+    else:
+        os.close(fd)
+
+
+def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> None:
+    checked = path is None
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        nonlocal checked
+        if not checked:  # once per engine: at the first connection
+            checked = True
+            with contextlib.suppress(OSError):  # SQLite says what is wrong when it opens it
+                _private_sqlite_file(str(path))
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
@@ -84,7 +115,8 @@ def make_engine(url: str, *, synchronous: str = "full", **kwargs: Any) -> AsyncE
                 raise StoreNotReady(f"the store's folder {folder} does not exist "
                                     "(database.url); create it, or fix the path")
         engine = create_async_engine(url, **kwargs)
-        _sqlite_events(engine, synchronous)
+        uri = bool(parsed.query.get("uri")) or (parsed.database or "").startswith("file:")
+        _sqlite_events(engine, synchronous, None if uri else _sqlite_path(url))
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)

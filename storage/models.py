@@ -455,6 +455,7 @@ class Acknowledgement(Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", name="uq_acknowledgements_conversation_id"),
         Index("ix_acknowledgements_recipient_created_at", "recipient", "created_at"),
+        Index("ix_acknowledgements_created_at", "created_at"),  # the global rate limits; 0009
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

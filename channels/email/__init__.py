@@ -36,6 +36,14 @@ class SmtpServerConfig(Section):
     auth_username: str = ""
     auth_password: SecretStr = SecretStr("")
     auth_required: bool = False
+    # Connection limits (issue 14): an extra connection is answered 421 and closed at once.
+    max_connections: int = Field(default=200, ge=1)
+    max_connections_per_client: int = Field(default=20, ge=1)
+    # The whole DATA phase, however slowly its bytes come: 25 MiB in 10 minutes is ~350 kbit/s.
+    data_timeout: Duration = timedelta(minutes=10)
+    # Waiting for a command (a command line trickled byte by byte included); RFC 5321 suggests
+    # 5 minutes, but a real MTA sends its next command within a second.
+    idle_timeout: Duration = timedelta(seconds=60)
 
     @model_validator(mode="after")
     def _pairs(self) -> SmtpServerConfig:
@@ -104,6 +112,21 @@ class EmailConfig(ChannelSection):
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     imap: ImapConfig = Field(default_factory=ImapConfig)
     reply_languages: list[str] = Field(default_factory=lambda: ["en"])
+    max_mime_parts: int = Field(default=1000, ge=10, le=100_000)
+    """How many MIME parts of one mail are read at most; the parts after them are left out,
+    with a note in the message text (the raw mail stays whole in the journal). Bounds the time
+    and memory a hostile mail (100,000 tiny parts) costs."""
+    max_attachments: int = Field(default=100, ge=1, le=10_000)
+    """How many attachments of one mail are kept at most; the rest are left out, with a note."""
+    trusted_authserv_id: str = ""
+    """The authserv-id (its host name, usually) of the mail server in front of frontdesk whose
+    ``Authentication-Results`` header is believed: mail it says failed DMARC or SPF is never
+    acknowledged; mail it says passed gets acknowledgements that greet the sender by name.
+    Several ids: separated by commas. Empty: no header is believed."""
+
+    @property
+    def trusted_authserv_ids(self) -> list[str]:
+        return [v.strip() for v in self.trusted_authserv_id.split(",") if v.strip()]
 
     @field_validator("reply_languages")
     @classmethod

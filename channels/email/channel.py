@@ -14,7 +14,7 @@ from typing import Any
 
 from frontdesk.channels.base import Accept, ChannelContext, ChannelParts
 from frontdesk.channels.email import EmailConfig
-from frontdesk.channels.email.parse import parse_email
+from frontdesk.channels.email.parse import email_parser
 from frontdesk.channels.email.sender import EmailSender
 from frontdesk.channels.email.smtp import InboxAddresses, SmtpServer
 from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
@@ -31,9 +31,8 @@ class EmailChannel:
     def __init__(self, config: EmailConfig) -> None:
         self._config = config
         self._inboxes = tuple(config.inbox_addresses)
-        self._languages = tuple(config.reply_languages)
         self._sender = EmailSender(config.outbound)
-        self._own_domains = (self._sender.from_domain,)
+        self._parse = email_parser(config, (self._sender.from_domain,))
         self.smtp: SmtpServer | None = None
         if config.smtp_server.enabled:
             self.smtp = SmtpServer(config.smtp_server, InboxAddresses(self._inboxes))
@@ -54,8 +53,7 @@ class EmailChannel:
         return self.smtp is None or self.smtp.serving
 
     def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
-        return parse_email(raw, meta, self._inboxes, own_domains=self._own_domains,
-                           reply_languages=self._languages)
+        return self._parse(raw, meta)
 
     def bind(self, context: ChannelContext) -> ChannelParts:
         """The store-side half: bounce handling and verified identity links."""

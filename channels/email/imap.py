@@ -55,7 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from frontdesk.channels.base import Accept, ChannelContext, ChannelParts, Leader, PermanentFailure
 from frontdesk.channels.email import EmailConfig, ImapConfig
-from frontdesk.channels.email.parse import parse_email, remote_id_for
+from frontdesk.channels.email.parse import email_parser, remote_id_for
 from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
@@ -382,8 +382,8 @@ class ImapChannel:
     def __init__(self, config: EmailConfig) -> None:
         self._email = config
         self.config = config.imap
-        self._inboxes = tuple(config.inbox_addresses)
-        self._own_domains = (parseaddr(config.outbound.from_)[1].rpartition("@")[2],)
+        self._parse = email_parser(
+            config, (parseaddr(config.outbound.from_)[1].rpartition("@")[2],))
         c = self.config
         self.checkpoint_name = f"imap:{c.username}@{c.host}/{c.folder}"
         self._checkpoints: Checkpoints | None = None
@@ -423,8 +423,7 @@ class ImapChannel:
         return self._connected or (self._leadership is not None and self._leadership.following)
 
     def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
-        return parse_email(raw, meta, self._inboxes, own_domains=self._own_domains,
-                           reply_languages=self._email.reply_languages)
+        return self._parse(raw, meta)
 
     async def send(self, outbound: OutboundMessage) -> Receipt:
         raise PermanentFailure("replies to mail read from the IMAP mailbox are sent by the "

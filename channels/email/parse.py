@@ -9,7 +9,11 @@ Two entry points with different budgets:
   and never raises for a damaged mail that is not empty: bad boundaries, truncated base64,
   unknown charsets and 8-bit header bytes give a best-effort message, and a mail that names no
   sender address (a bounce from ``Mail Delivery System <>``) is automated mail from the
-  placeholder ``mailer-daemon@<the inbox domain>``.
+  placeholder ``mailer-daemon@<the inbox domain>``. Its time and memory are bounded whatever
+  the mail: at most ``email.max_mime_parts`` parts are read (the stdlib's tree parser is given
+  a planned input, see "reading the MIME tree, bounded"), nested to any depth without
+  recursion, and at most ``email.max_attachments`` attachments kept; what was left out is said
+  in a note at the end of the text, which names the journal row that keeps the whole mail.
 
 The MIME tree is parsed with ``email.policy.compat32`` and the few headers we need are decoded
 here (RFC 2047 words, RFC 2231 parameters, 8-bit bytes), because ``policy.default`` costs
@@ -26,7 +30,7 @@ import hashlib
 import logging
 import mimetypes
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from email import policy as email_policy
 from email.errors import HeaderParseError, MissingHeaderBodySeparatorDefect
@@ -40,10 +44,13 @@ from io import BytesIO
 from typing import Any
 
 from frontdesk.channels.base import ParseError
+from frontdesk.channels.email import EmailConfig
+from frontdesk.channels.email.auth_results import sender_verdict
 from frontdesk.channels.email.dsn import read_report
 from frontdesk.channels.email.ids import is_own_message_id
+from frontdesk.channels.email.mime import Tree, later_text, read_tree
 from frontdesk.channels.email.quotes import new_part
-from frontdesk.domain.messages import Attachment, InboundMessage
+from frontdesk.domain.messages import SENDER_CHECK, Attachment, InboundMessage
 
 __all__ = ["html_to_text", "parse_email", "remote_id_for"]
 
@@ -312,7 +319,6 @@ def _placeholder_address(inbox_address: str | None, inbox_addresses: Sequence[st
 
 # --- the MIME tree ------------------------------------------------------------------------------
 
-_MAX_DEPTH = 40
 _BODY_TYPES = ("plain", "html")
 
 
@@ -334,30 +340,27 @@ def _related_root(part: Message) -> Message | None:
 
 
 def _find_bodies(msg: Message) -> tuple[Message | None, Message | None]:
-    """The first inline text/plain and text/html parts, as ``EmailMessage.get_body`` walks."""
+    """The first inline text/plain and text/html parts, as ``EmailMessage.get_body`` walks
+    (depth first, at any depth: the walks of the tree here never recurse)."""
     found: dict[str, Message] = {}
-
-    def visit(part: Message, depth: int) -> None:
-        if depth > _MAX_DEPTH or part.get_content_disposition() == "attachment":
-            return
+    todo = [msg]
+    while todo and len(found) < 2:
+        part = todo.pop()
+        if part.get_content_disposition() == "attachment":
+            continue
         maintype, _, subtype = part.get_content_type().partition("/")
         if maintype == "text":
             if subtype in _BODY_TYPES:
                 found.setdefault(subtype, part)
-            return
+            continue
         if maintype != "multipart" or not part.is_multipart():
-            return
+            continue
         if subtype == "related":
             root = _related_root(part)
             if root is not None:
-                visit(root, depth + 1)
-            return
-        for sub in _subparts(part):
-            visit(sub, depth + 1)
-            if len(found) == 2:
-                return
-
-    visit(msg, 0)
+                todo.append(root)
+            continue
+        todo.extend(reversed(_subparts(part)))
     return found.get("plain"), found.get("html")
 
 
@@ -409,44 +412,106 @@ def _extension(content_type: str) -> str:
     return ext
 
 
+_MAX_GENERATOR_DEPTH = 64
+"""``BytesGenerator`` recurses a few frames per level: a forwarded mail nested deeper than this
+is written out by :func:`_flatten`, which does not."""
+
+
+def _deeper_than(part: Message, limit: int) -> bool:
+    todo = [(part, 1)]
+    while todo:
+        part, depth = todo.pop()
+        if depth > limit:
+            return True
+        todo.extend((sub, depth + 1) for sub in _subparts(part))
+    return False
+
+
+def _as_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # compat32 keeps 8-bit bytes as surrogates
+
+
+def _flatten(msg: Message, linesep: str) -> bytes:
+    """A message as ``BytesGenerator`` writes it, near enough (headers as they came, payloads
+    as they are), without recursing."""
+    nl = linesep.encode()
+    out: list[bytes] = []
+    todo: list[Message | bytes] = [msg]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        out += [_as_bytes(f"{name}: {value}") + nl for name, value in item.raw_items()]
+        out.append(nl)
+        payload = getattr(item, "_payload", None)  # as read (get_payload() decodes 8-bit text)
+        if not isinstance(payload, list):
+            out.append(_as_bytes(str(payload or "")))
+            continue
+        subs = [sub for sub in payload if isinstance(sub, Message)]
+        then: list[Message | bytes] = []
+        if item.get_content_maintype() == "multipart":
+            marker = b"--" + _as_bytes(item.get_boundary() or "")
+            if item.preamble is not None:
+                then.append(_as_bytes(item.preamble) + nl)
+            for index, sub in enumerate(subs):
+                then += [(nl if index else b"") + marker + nl, sub]
+            then.append(nl + marker + b"--" + nl)
+            if item.epilogue is not None:
+                then.append(_as_bytes(item.epilogue))
+        else:
+            for index, sub in enumerate(subs):
+                then += [nl, sub] if index else [sub]
+        todo.extend(reversed(then))
+    return b"".join(out)
+
+
 def _message_bytes(part: Message, linesep: str) -> bytes:
     """The bytes of a message/* part's payload (a forwarded mail, a delivery status)."""
     payload = part.get_payload()
     if not isinstance(payload, list):
         data = part.get_payload(decode=True)
         return data if isinstance(data, bytes) else b""
-    buffer = BytesIO()
-    generator = BytesGenerator(buffer, mangle_from_=False,
-                               policy=email_policy.compat32.clone(linesep=linesep))
-    for sub in payload:
-        if isinstance(sub, Message):
-            generator.flatten(sub, linesep=linesep)
-    return buffer.getvalue()
+    subs = [sub for sub in payload if isinstance(sub, Message)]
+    if not any(_deeper_than(sub, _MAX_GENERATOR_DEPTH) for sub in subs):
+        buffer = BytesIO()
+        generator = BytesGenerator(buffer, mangle_from_=False,
+                                   policy=email_policy.compat32.clone(linesep=linesep))
+        try:
+            for sub in subs:
+                generator.flatten(sub, linesep=linesep)
+            return buffer.getvalue()
+        except RecursionError:  # called on a deep stack already
+            pass
+    return b"".join(_flatten(sub, linesep) for sub in subs)
 
 
-def _collect_attachments(msg: Message, bodies: tuple[Message | None, ...],
-                         linesep: str) -> list[Attachment]:
-    """Every leaf that is not the chosen body, in document order (message/* not entered)."""
+def _collect_attachments(msg: Message, bodies: tuple[Message | None, ...], linesep: str,
+                         limit: int) -> tuple[list[Attachment], int]:
+    """Every leaf that is not the chosen body, in document order (message/* not entered): the
+    first ``limit`` of them, and how many there are."""
     attachments: list[Attachment] = []
-
-    def visit(part: Message, under_alternative: bool, depth: int) -> None:
-        if depth > _MAX_DEPTH:
-            return
+    count = 0
+    todo = [(msg, False)]
+    while todo:
+        part, under_alternative = todo.pop()
         content_type = part.get_content_type()
         maintype, _, subtype = content_type.partition("/")
         if maintype == "multipart":
-            under_alternative = under_alternative or subtype == "alternative"
-            for sub in _subparts(part):
-                visit(sub, under_alternative, depth + 1)
-            return
+            under = under_alternative or subtype == "alternative"
+            todo.extend((sub, under) for sub in reversed(_subparts(part)))
+            continue
         if any(part is body for body in bodies):
-            return
+            continue
         filename = _filename(part)
         # An alternative rendering is not an attachment; an extra inline text part
         # (a body split around an image, a list footer) is kept so nothing is lost.
         if (maintype == "text" and subtype in _BODY_TYPES and under_alternative
                 and not filename and part.get_content_disposition() != "attachment"):
-            return
+            continue
+        count += 1
+        if len(attachments) >= limit:
+            continue
         if maintype == "message":
             data = _message_bytes(part, linesep)
             if subtype == "rfc822" and not filename:
@@ -457,9 +522,7 @@ def _collect_attachments(msg: Message, bodies: tuple[Message | None, ...],
         if not filename:
             filename = f"attachment-{len(attachments) + 1}{_extension(content_type)}"
         attachments.append(Attachment(filename, content_type[:_MAX_CONTENT_TYPE], data))
-
-    visit(msg, False, 0)
-    return attachments
+    return attachments, count
 
 
 # --- HTML to text -------------------------------------------------------------------------------
@@ -673,13 +736,61 @@ def _automated(headers: Mapping[str, list[str]], msg: Message, envelope: str | N
     return None
 
 
+# --- what could not be read -------------------------------------------------------------------
+_BOUNDARY_LINE = re.compile(r"--\S+\s*")
+_MAX_RAW_TEXT = 100_000
+
+
+def _unread_tree(raw: bytes) -> Tree:
+    """The tree of a mail whose structure could not be read at all (a safety net; it takes a
+    bug): its top headers, and as text its raw body without boundary lines and part headers."""
+    block, body = _split_header_block(raw)
+    tree = Tree(_PARSER.parsebytes(block + b"\n\n", headersonly=True))
+    lines: list[str] = []
+    in_headers = False
+    for line in _decode_bytes(body[:_MAX_RAW_TEXT], None).splitlines():
+        if _BOUNDARY_LINE.fullmatch(line):
+            in_headers = True
+        elif in_headers:
+            in_headers = bool(line.strip())
+        else:
+            lines.append(line)
+    tree.raw_text = "\n".join(lines)
+    return tree
+
+
+def _limits_note(tree: Tree, max_parts: int, attachments: int, max_attachments: int,
+                 journal_id: Any) -> str | None:
+    """What the staff should know was left out (the raw mail has it all), or None."""
+    said: list[str] = []
+    if tree.raw_text is not None:
+        said.append("the MIME structure of this mail could not be read; the text above is "
+                    "its raw body.")
+    if tree.cut:
+        said.append(f"this mail has more than {max_parts:,} MIME parts; only the first "
+                    f"{max_parts:,} were read.")
+    if attachments > max_attachments:
+        left = attachments - max_attachments
+        if tree.cut:
+            said.append(f"Of the {attachments:,} attachments read, only the first "
+                        f"{max_attachments:,} are attached here ({left:,} left out).")
+        else:
+            said.append(f"this mail has {attachments:,} attachments; only the first "
+                        f"{max_attachments:,} are attached here ({left:,} left out).")
+    if not said:
+        return None
+    said.append(f"The whole mail is kept as journal #{journal_id}." if journal_id is not None
+                else "The whole mail is kept in the journal.")
+    return "[frontdesk: " + " ".join(said) + "]"
+
+
 # --- parse_email --------------------------------------------------------------------------------
 
 _WANTED = frozenset({
     "from", "sender", "to", "cc", "subject", "message-id", "date", "in-reply-to", "references",
     "reply-to", "auto-submitted", "precedence", "list-id", "list-unsubscribe", "x-autoreply",
     "x-autorespond", "x-autoresponse", "x-auto-response-suppress", "x-failed-recipients",
-    "return-path", "x-loop", "original-message-id",
+    "return-path", "x-loop", "original-message-id", "authentication-results",
 })
 _KEPT_HEADERS = (
     ("message-id", "Message-ID"), ("from", "From"), ("to", "To"), ("cc", "Cc"),
@@ -689,13 +800,13 @@ _KEPT_HEADERS = (
 )
 
 
-def _parse_tree(raw: bytes) -> Message:
-    msg = _PARSER.parsebytes(raw)
-    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects):
+def _parse_tree(raw: bytes, max_parts: int) -> Tree:
+    tree = read_tree(raw, max_parts)
+    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in tree.root.defects):
         cleaned = _without_garbage_header_lines(raw)
         if cleaned is not None:
-            msg = _PARSER.parsebytes(cleaned)
-    return msg
+            tree = read_tree(cleaned, max_parts)
+    return tree
 
 
 def _without_garbage_header_lines(raw: bytes) -> bytes | None:
@@ -749,13 +860,17 @@ def _received_at(value: Any) -> datetime | None:
 
 def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[str], *,
                 own_domains: Sequence[str] = (),
-                reply_languages: Sequence[str] = ("en",)) -> InboundMessage:
+                reply_languages: Sequence[str] = ("en",),
+                trusted_authserv_ids: Sequence[str] = (),
+                max_mime_parts: int = 1000, max_attachments: int = 100) -> InboundMessage:
     """Parse a raw mail into an :class:`InboundMessage` (pure, no I/O).
 
     ``meta`` may hold ``mail_from`` (envelope sender; ``"<>"``/``""`` is the null sender),
     ``rcpt_tos``, ``received_at`` (ISO string) and ``journal_id``; mail read over IMAP has no
     envelope. ``own_domains`` are the domains of frontdesk's own Message-IDs (mail of ours that
-    comes back is automated); ``reply_languages`` are the languages of the quote headers looked
+    comes back is automated); ``trusted_authserv_ids`` are the authserv-ids of the mail servers
+    in front whose ``Authentication-Results`` count (the verdict is kept in the headers under
+    :data:`SENDER_CHECK`); ``reply_languages`` are the languages of the quote headers looked
     for to split off a reply's new part. Raises :class:`ParseError` only for an empty mail.
 
     The sender is the first address of From, else of Sender, else the envelope sender (over
@@ -764,11 +879,30 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
     From) is nobody's to answer: it gets the placeholder identity
     ``mailer-daemon@<the inbox domain>`` (named "Mail Delivery System" unless its From gives a
     name) and is automated.
+
+    Time and memory are bounded whatever the mail (``email.max_mime_parts`` and
+    ``email.max_attachments``): at most ``max_mime_parts`` MIME parts are read, nested to any
+    depth, and at most ``max_attachments`` attachments kept; what was left out is said in a
+    note at the end of the text, which names the journal row that keeps the whole mail.
     """
     if not raw or not raw.strip():
         raise ParseError("empty message")
-    msg = _parse_tree(raw)
+    args = (meta, inbox_addresses, own_domains, reply_languages, trusted_authserv_ids,
+            max_mime_parts, max_attachments)
+    try:
+        return _message(raw, _parse_tree(raw, max_mime_parts), *args)
+    except Exception as exc:  # a damaged mail is stored, never made a dead letter
+        log.warning("journal #%s: the MIME structure of the mail could not be read (%s: %s); "
+                    "its text is the raw body", meta.get("journal_id"), type(exc).__name__,
+                    str(exc)[:200], exc_info=not isinstance(exc, RecursionError | MemoryError))
+        return _message(raw, _unread_tree(raw), *args)
 
+
+def _message(raw: bytes, tree: Tree, meta: Mapping[str, Any], inbox_addresses: Sequence[str],
+             own_domains: Sequence[str], reply_languages: Sequence[str],
+             trusted_authserv_ids: Sequence[str], max_mime_parts: int,
+             max_attachments: int) -> InboundMessage:
+    msg = tree.root
     headers: dict[str, list[str]] = {}
     for name, value in msg.raw_items():
         key = name.lower()
@@ -823,6 +957,12 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
                 hint = int(match.group(1))
 
     plain_part, html_part = _find_bodies(msg)
+    if plain_part is None and html_part is None and tree.rest:
+        later = later_text(tree.rest, max_mime_parts)  # text in what was not read
+        if later is not None and later.get_content_subtype() == "html":
+            html_part = later
+        elif later is not None:
+            plain_part = later
     text = _clean_text(_part_text(plain_part)) if plain_part is not None else ""
     html = _clean_text(_part_text(html_part)) if html_part is not None else None
     if not text and html:
@@ -831,10 +971,13 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
             and not msg.is_multipart()):
         # A multipart whose boundary never appears: show what is there rather than nothing.
         text = _clean_text(_part_text(msg))
+    if not text and tree.raw_text:
+        text = _clean_text(tree.raw_text)
 
     first_line = raw[: raw.find(b"\n") + 1]
     linesep = "\r\n" if first_line.endswith(b"\r\n") else "\n"  # for regenerated parts
-    attachments = _collect_attachments(msg, (plain_part, html_part), linesep)
+    attachments, attachment_count = _collect_attachments(msg, (plain_part, html_part), linesep,
+                                                         max_attachments)
 
     kept = {}
     for key, label in _KEPT_HEADERS:
@@ -843,6 +986,9 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
             joined = ", ".join(values) if key in ("to", "cc") else values[0]
             kept[label] = _display(joined)
 
+    kept[SENDER_CHECK] = ("unverified" if unaddressed else sender_verdict(
+        headers.get("authentication-results", ()), trusted_authserv_ids, sender_address)
+        or "unverified")
     reason = _automated(headers, msg, envelope_str, robot_sender, own_domains)
     if unaddressed:  # nobody to answer: a placeholder identity, and never acknowledged
         reason = reason or "no sender address"
@@ -856,6 +1002,11 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
     if report is not None:
         thread_refs += [i for i in report.original_ids if i not in thread_refs]
     journal_id = meta.get("journal_id")
+    text_new = new_part(text, reply_languages)
+    note = _limits_note(tree, max_mime_parts, attachment_count, max_attachments, journal_id)
+    if note is not None:  # the staff see what was left out (the desk shows text_new first)
+        text = f"{text}\n\n{note}" if text else note
+        text_new = f"{text_new}\n\n{note}" if text_new is not None else None
     return InboundMessage(
         channel="email",
         external_id=remote_id_for(raw),
@@ -875,6 +1026,23 @@ def parse_email(raw: bytes, meta: Mapping[str, Any], inbox_addresses: Sequence[s
         automated_reason=reason,
         headers=kept,
         raw_ref=int(journal_id) if journal_id is not None else None,
-        text_new=new_part(text, reply_languages),
+        text_new=text_new,
         delivery_report=report,
     )
+
+
+def email_parser(config: EmailConfig,
+                 own_domains: Sequence[str]) -> Callable[[bytes, Mapping[str, Any]],
+                                                         InboundMessage]:
+    """:func:`parse_email` with the ``[email]`` settings (the same for mail that came in over
+    SMTP and mail read from an IMAP mailbox)."""
+    return functools.partial(
+        _parse_with, inbox_addresses=tuple(config.inbox_addresses),
+        own_domains=tuple(own_domains), reply_languages=tuple(config.reply_languages),
+        trusted_authserv_ids=tuple(config.trusted_authserv_ids),
+        max_mime_parts=config.max_mime_parts, max_attachments=config.max_attachments)
+
+
+def _parse_with(raw: bytes, meta: Mapping[str, Any], *, inbox_addresses: Sequence[str],
+                **options: Any) -> InboundMessage:
+    return parse_email(raw, meta, inbox_addresses, **options)

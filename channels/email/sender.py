@@ -8,14 +8,20 @@ opportunistic or off), certificate checks against the system store or ``ca_file`
 
 The outbox worker retries :class:`TemporaryFailure` with backoff and gives up on
 :class:`PermanentFailure`; both carry a ``reason`` shown to staff, so it is written in plain
-words and never contains the relay password.  Automated mail (acknowledgements) goes out with
-the null envelope sender ``MAIL FROM:<>`` (RFC 3834), so a bounce or an auto-reply to it cannot
-start a mail loop.
+words and never contains the relay's credentials: some relays echo what they were sent in their
+refusal (``535 5.7.8 Authentication failed: AGZyb250ZGVzawBzM2NyZXQ=``, the AUTH PLAIN blob), so
+the password, any base64 token that decodes to something holding it, and (in a refused login)
+any long base64 token are masked, in the reason and in the relay's exception chained to it.
+
+Automated mail (acknowledgements) goes out with the null envelope sender ``MAIL FROM:<>``
+(RFC 3834), so a bounce or an auto-reply to it cannot start a mail loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.errors
 import email.policy
 import email.utils
@@ -39,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 _MASK = "********"
 _LINE_BREAK = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+_TOKEN = re.compile(r"[^\s'\"`()<>\[\]{},;]+")
+"""A word of a relay's reply, without the quotes and brackets around it."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+_LONG_BASE64 = 16
+"""In a refused login, a base64 token at least this long is masked whatever it decodes to."""
 
 
 def _bare_id(value: str) -> str:
@@ -63,6 +74,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+def _random_looking(token: str) -> bool:
+    """A base64 token rather than a word: a digit, ``+``, ``/`` or ``=`` in it, or capitals
+    after its first letter."""
+    return (any(c.isdigit() or c in "+/=" for c in token)
+            or any(c.isupper() for c in token[1:]))
 
 
 class EmailSender:
@@ -233,16 +251,50 @@ class EmailSender:
 
     # -- turning errors into words --------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
+    def _scrub(self, text: str, *, auth: bool = False) -> str:
+        """``text`` without the relay password: every base64 token that decodes to bytes holding
+        it (the AUTH PLAIN blob, AUTH LOGIN's password, padded or not) and the password itself
+        are masked; with ``auth`` (a refused login) every long base64 token too."""
         password = self.config.password.get_secret_value()
+
+        def token(match: re.Match[str]) -> str:
+            word = match.group()
+            core = word.rstrip(".:!?")
+            if _BASE64.fullmatch(core) and self._secret_token(core, password, auth=auth):
+                return _MASK + word[len(core):]
+            return word
+
+        text = _TOKEN.sub(token, text)
         return text.replace(password, _MASK) if password else text
+
+    @staticmethod
+    def _secret_token(core: str, password: str, *, auth: bool) -> bool:
+        if auth and len(core) >= _LONG_BASE64 and _random_looking(core):
+            return True
+        if not password:
+            return False
+        try:
+            decoded = base64.b64decode(core.rstrip("=") + "=" * (-len(core.rstrip("=")) % 4),
+                                       validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return password.encode() in decoded
 
     def _failure(
         self, exc: BaseException, stage: str, recipient: str, sender: str
     ) -> DeliveryError:
         failure = self._classify(exc, stage, recipient, sender)
-        failure.reason = self._scrub(failure.reason)
+        auth = stage == "auth" or isinstance(exc, aiosmtplib.SMTPAuthenticationError)
+        failure.reason = self._scrub(failure.reason, auth=auth)
         failure.args = (failure.reason,)
+        # The relay's own exception stays chained to the failure (a traceback shows it): it
+        # loses the credentials too.
+        for cause in _chain(exc):
+            if isinstance(cause, aiosmtplib.SMTPException):
+                if isinstance(getattr(cause, "message", None), str):
+                    cause.message = self._scrub(cause.message, auth=auth)
+                cause.args = tuple(self._scrub(a, auth=auth) if isinstance(a, str) else a
+                                   for a in cause.args)
         return failure
 
     def _classify(

@@ -10,9 +10,23 @@ elected leader for ``telegram:<bot id>`` polls (:mod:`frontdesk.daemon.process.l
 takes over from the saved offset when it stops. Webhook mode needs no leader: any instance
 accepts an update.
 
+The poller asks getUpdates for the updates as JSON (``do_api_request``), not as PTB objects:
+PTB's parser raises for an update it cannot read, and the whole batch would be fetched again for
+ever. Each update is checked as the webhook checks it; one that cannot be journaled is skipped
+with one log line and the offset moves past it.
+
 Receive, webhook mode: ``set_webhook(public_url + /webhooks/telegram, secret_token=...)`` at
 start; POST /webhooks/telegram checks ``X-Telegram-Bot-Api-Secret-Token`` (403 when wrong,
-nothing stored), journals, answers 200 (503 when the journal fails, so Telegram retries).
+nothing stored), journals, answers 200 (503 when the journal fails, so Telegram retries). A
+body that is no update at all (not JSON, nested beyond the parser, not an object, no integer
+``update_id``) gets a 400: Telegram never sends one. An update whose message cannot be journaled
+(a chat or sender that is no object, ids that are no integers) gets a 200 and is dropped with one
+log line: Telegram retries a refused update and holds back the ones after it, so a 4xx would
+stall the bot for good. Nothing is stored for either, and no traceback is logged.
+
+Files: getFile, then a download from ``telegram.api_base_url`` only (the file path Telegram
+names must be under its file URL; see :mod:`frontdesk.channels.media`), at most
+:attr:`TelegramChannel.max_file_bytes`.
 
 Send: sendMessage to the chat, texts over 4,096 characters in several messages, in order;
 a user who blocked the bot is a permanent failure with that reason.
@@ -34,7 +48,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
-from telegram import Bot, Update
+from telegram import Bot
 from telegram.error import (
     BadRequest,
     Conflict,
@@ -46,6 +60,7 @@ from telegram.error import (
     TimedOut,
 )
 from telegram.request import HTTPXRequest
+from telegram.warnings import PTBUserWarning
 
 from frontdesk.channels.base import (
     Accept,
@@ -53,13 +68,21 @@ from frontdesk.channels.base import (
     ChannelParts,
     DeliveryError,
     Leader,
+    ParseError,
     PermanentFailure,
     TemporaryFailure,
 )
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.media import MediaFetcher, MediaHosts, size_words
 from frontdesk.channels.telegram import TelegramConfig
-from frontdesk.channels.telegram.parse import journal_key, parse_update
+from frontdesk.channels.telegram.parse import (
+    decode,
+    journal_key,
+    parse_message,
+    parse_update,
+    update_id,
+)
 from frontdesk.channels.telegram.records import FILE_JOB, TelegramRecords
 from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 
@@ -69,6 +92,11 @@ WEBHOOK_PATH = "/webhooks/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096
 ALLOWED_UPDATES = ["message"]  # edits are not asked for: a message is stored once, as sent
+
+# getUpdates goes through Bot.do_api_request (the updates as JSON, see the module docstring),
+# which warns that Bot.get_updates exists.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'",
+                        category=PTBUserWarning)
 
 
 def _seconds(exc: RetryAfter) -> float:
@@ -95,6 +123,9 @@ class TelegramChannel:
 
     backoff_initial = 1.0
     backoff_max = 60.0
+    max_file_bytes = 50 * 1024 * 1024
+    """The largest file fetched (Telegram's cloud Bot API hands out up to 20 MB; a local Bot API
+    server more)."""
 
     def __init__(self, config: TelegramConfig, *, public_url: str) -> None:
         self._config = config
@@ -111,6 +142,7 @@ class TelegramChannel:
         self._ready = False
         self._stopping = False
         self._leadership: Leader | None = None  # polling only
+        self._files: MediaFetcher | None = None
 
     # -- composition ----------------------------------------------------------------------------
 
@@ -154,6 +186,11 @@ class TelegramChannel:
         self._accept = accept
         self._stopping = False
         self._bot = self._make_bot()
+        self._files = MediaFetcher(
+            MediaHosts(origins=[self._config.api_base_url], settings="telegram.api_base_url"),
+            provider="Telegram", timeout=self._config.request_timeout.total_seconds(),
+            max_bytes=self.max_file_bytes)
+        await self._files.start()
         if self.mode == "webhook":
             runner = self._set_webhook()
         elif self._leadership is not None:
@@ -173,6 +210,8 @@ class TelegramChannel:
                 await self._task
             self._task = None
         self._accept = None
+        if self._files is not None:
+            await self._files.close()
         if self._bot is not None:
             with contextlib.suppress(Exception):
                 await self._bot.shutdown()
@@ -240,9 +279,7 @@ class TelegramChannel:
                     # a webhook left set makes every getUpdates a 409
                     await bot.delete_webhook(drop_pending_updates=False)
                     webhook_cleared = True
-                updates = await bot.get_updates(
-                    offset=offset, timeout=int(self._config.poll_timeout.total_seconds()),
-                    allowed_updates=ALLOWED_UPDATES)
+                updates = await self._get_updates(bot, offset)
             except Conflict as exc:
                 self._ready = False
                 log.error("telegram: getUpdates refused with 409 Conflict (%s): another "
@@ -279,38 +316,74 @@ class TelegramChannel:
             if not updates:
                 continue
             try:
-                await self._journal_updates(updates)
+                highest = await self._journal_updates(updates)
             except Exception as exc:  # noqa: BLE001 - not advanced: fetched again, deduplicated
                 log.error("telegram: could not journal %d update(s): %s; fetching them again "
                           "in %.0f s", len(updates), exc, delay)
                 delay = await self._pause(delay)
                 continue
-            offset = max(u.update_id for u in updates) + 1
+            if highest is None:  # no update_id to move the offset past: never from Telegram
+                log.error("telegram: getUpdates handed %d update(s) without a usable update_id; "
+                          "asking again in %.0f s", len(updates), delay)
+                delay = await self._pause(delay)
+                continue
+            offset = highest + 1
             try:
                 await records.save_offset(self.bot_id, offset)
             except Exception as exc:  # noqa: BLE001 - a restart re-fetches; the journal dedupes
                 log.warning("telegram: could not save the getUpdates offset: %s", exc)
 
-    async def _journal_updates(self, updates: Sequence[Update]) -> None:
+    async def _get_updates(self, bot: Bot, offset: int | None) -> list[Any]:
+        """getUpdates as JSON: the list of updates, each still to be checked."""
+        poll = int(self._config.poll_timeout.total_seconds())
+        kwargs: dict[str, Any] = {"timeout": poll, "allowed_updates": ALLOWED_UPDATES}
+        if offset is not None:
+            kwargs["offset"] = offset
+        result = await bot.do_api_request(
+            "getUpdates", api_kwargs=kwargs,
+            read_timeout=self._config.request_timeout.total_seconds() + poll)
+        if not isinstance(result, list):
+            raise TelegramError("getUpdates answered something that is not a list")
+        return result
+
+    async def _journal_updates(self, updates: Sequence[Any]) -> int | None:
+        """Journal the private messages among ``updates`` (one group commit); returns the
+        highest usable update_id (None when there is none). An update that cannot be
+        journaled is skipped with one log line."""
         accept = self._accept
         if accept is None:
             raise RuntimeError("the channel is stopping")
         pending = []
+        highest: int | None = None
         for update in updates:
-            data = update.to_dict()
-            key = journal_key(data)
-            if key is None:
-                log.debug("telegram: update %d is not a private message; skipped",
-                          update.update_id)
+            uid = update_id(update)
+            if uid is None:
+                log.warning("telegram: getUpdates handed something without a usable update_id; "
+                            "skipped")
                 continue
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            highest = uid if highest is None else max(highest, uid)
+            try:
+                key = journal_key(update)
+                if key is None:
+                    log.debug("telegram: update %d is not a private message; skipped", uid)
+                    continue
+                parse_message(update)
+                raw = json.dumps(update, ensure_ascii=False, separators=(",", ":")).encode()
+            except ParseError as exc:
+                log.warning("telegram: update %d skipped: %s", uid, exc)
+                continue
+            except (ValueError, RecursionError) as exc:  # not serialisable again
+                log.warning("telegram: update %d skipped: %s", uid, type(exc).__name__)
+                continue
             pending.append(accept("telegram", key, raw, {"source": "polling"}))
         if pending:
             await asyncio.gather(*pending)  # one group commit for the batch
+        return highest
 
     # -- webhook --------------------------------------------------------------------------------
 
     async def _on_update(self, request: web.Request) -> web.Response:
+        """POST /webhooks/telegram; see the module docstring for what is answered when."""
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not self._secret or not hmac.compare_digest(given, self._secret):
             log.warning("refused a Telegram webhook from %s: wrong or missing %s",
@@ -318,11 +391,23 @@ class TelegramChannel:
             return web.Response(status=403, text="wrong secret token")
         raw = await request.read()
         try:
-            update = json.loads(raw)
-            int(update["update_id"])
-        except (ValueError, TypeError, KeyError):
+            update = decode(raw)
+        except ParseError as exc:
+            log.warning("refused a Telegram webhook from %s: %s", request.remote, exc)
             return web.Response(status=400, text="not a Telegram update")
-        key = journal_key(update)
+        uid = update_id(update)
+        if uid is None:
+            log.warning("refused a Telegram webhook from %s: not an update (no integer "
+                        "update_id)", request.remote)
+            return web.Response(status=400, text="not a Telegram update")
+        try:
+            key = journal_key(update)
+            if key is not None:
+                parse_message(update)  # what the processor will do with the row
+        except ParseError as exc:
+            log.warning("telegram: update %d dropped (answered 200, nothing stored): %s", uid,
+                        exc)
+            return web.Response(status=200)
         if key is None:
             return web.Response(status=200)
         accept = self._accept
@@ -331,7 +416,7 @@ class TelegramChannel:
         try:
             await accept("telegram", key, raw, {"source": "webhook"})
         except Exception as exc:  # noqa: BLE001 - Telegram retries a 503
-            log.error("could not journal Telegram update %s: %s", update.get("update_id"), exc)
+            log.error("could not journal Telegram update %d: %s", uid, exc)
             return web.Response(status=503)
         return web.Response(status=200)
 
@@ -397,16 +482,37 @@ class TelegramChannel:
     # -- files ----------------------------------------------------------------------------------
 
     async def _fetch_file(self, item: Mapping[str, Any]) -> Attachment:
+        """getFile, then the download from the API's own file URL (nothing else: a path that
+        is not under it is refused), at most :attr:`max_file_bytes`."""
+        files = self._files
+        if files is None or not files.running:
+            raise TemporaryFailure("the telegram channel is not running")
         try:
             bot = await self._bot_up()
             file = await bot.get_file(str(item["file_id"]))
-            data = await file.download_as_bytearray()
         except BadRequest as exc:
             raise PermanentFailure(f"Telegram cannot hand over the file: "
                                    f"{self._scrub(exc.message)}") from None
         except TelegramError as exc:
             raise self._failure(exc) from None
-        return Attachment(filename=str(item.get("filename") or item["file_id"]),
-                          content_type=str(item.get("content_type")
-                                           or "application/octet-stream"),
-                          data=bytes(data))
+        if file.file_size is not None and file.file_size > self.max_file_bytes:
+            raise PermanentFailure(f"the file is larger than {size_words(self.max_file_bytes)}, "
+                                   f"which is more than frontdesk fetches ({file.file_size} "
+                                   "bytes)")
+        base = f"{self._config.api_base_url}/file/bot{self._token}/"
+        path = file.file_path or ""
+        if not path.startswith(base) or ".." in path[len(base):].split("/"):
+            raise PermanentFailure("Telegram named a file that is not on its file URL (a local "
+                                   "Bot API server's file path?); not fetched")
+        try:
+            got = await files.fetch(path)
+        except DeliveryError as exc:
+            raise type(exc)(self._scrub(exc.reason), retry_after=exc.retry_after) from None
+        if got.status == 200:
+            return Attachment(filename=str(item.get("filename") or item["file_id"]),
+                              content_type=str(item.get("content_type")
+                                               or "application/octet-stream"),
+                              data=got.data)
+        if got.status == 429 or got.status >= 500:
+            raise TemporaryFailure(f"Telegram answered HTTP {got.status} for the file")
+        raise PermanentFailure(f"Telegram answered HTTP {got.status} for the file")

@@ -7,6 +7,11 @@ polling and webhook mode, and unlike update ids it is never reused.
 
 Photos, documents, voice notes, audio and video are not downloaded here: their file ids are
 kept in the message's headers and fetched by a background job (getFile, then the file URL).
+
+Nothing from an update is trusted to have the type Telegram gives it: ids must be integers
+below 2**63 (not floats, booleans or 1e999), texts strings, at most :data:`MAX_FILES` files and
+a few photo sizes are looked at. :func:`parse_message` raises only :class:`ParseError`, and the
+webhook and the poller run it before journaling, so what is journaled parses.
 """
 
 from __future__ import annotations
@@ -36,72 +41,126 @@ _DESCRIBE = {"photo": "Photo", "document": "Document", "voice": "Voice message",
              "animation": "Animation"}
 
 
-def journal_key(update: Mapping[str, Any]) -> str | None:
-    """The journal's remote id for an update worth storing, else None (edits, group chats,
-    channel posts and the like)."""
-    message = update.get("message")
-    if not isinstance(message, dict):
+MAX_ID = 2**63 - 1
+"""Telegram's ids fit a signed 64-bit integer (chat ids have at most 52 significant bits)."""
+MAX_FILES = 10
+_MAX_PHOTO_SIZES = 20  # Telegram sends a handful of sizes of one photo
+_MAX_FILE_ID = 512
+
+
+def decode(raw: bytes) -> Any:
+    """A webhook body or journal row as JSON; :class:`ParseError` for what is not JSON (not
+    UTF-8, invalid, or nested deeper than the parser goes)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ParseError(f"the Telegram update is not JSON ({type(exc).__name__})") from None
+
+
+def _int(value: Any, *, low: int = -MAX_ID, high: int = MAX_ID) -> int | None:
+    """An integer Telegram could have sent (not a bool, a float or a huge number), else None."""
+    if type(value) is not int or not low <= value <= high:
         return None
-    chat = message.get("chat") or {}
-    sender = message.get("from") or {}
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def update_id(update: Any) -> int | None:
+    """The ``update_id`` of an update when it is one Telegram could have sent (a positive
+    integer below 2**63), else None: then the body is no update at all."""
+    return _int(update.get("update_id"), low=1) if isinstance(update, dict) else None
+
+
+def journal_key(update: Any) -> str | None:
+    """The journal's remote id for an update worth storing, else None (edits, group chats,
+    channel posts, bots and the like). Raises :class:`ParseError` for a message whose chat,
+    sender or ids are not what Telegram sends."""
+    if not isinstance(update, dict):
+        raise ParseError("the Telegram update is not a JSON object")
+    message = update.get("message")
+    if message is None:
+        return None
+    if not isinstance(message, dict):
+        raise ParseError("the update's message is not an object")
+    chat, sender = message.get("chat"), message.get("from")
+    if not isinstance(chat, dict) or not isinstance(sender, dict | None):
+        raise ParseError("the message's chat or sender is not an object")
     if chat.get("type") != "private" or not sender or sender.get("is_bot"):
         return None
-    try:
-        return f"message:{int(chat['id'])}:{int(message['message_id'])}"
-    except (KeyError, TypeError, ValueError):
-        return None
+    chat_id, sender_id = _int(chat.get("id")), _int(sender.get("id"))
+    message_id = _int(message.get("message_id"), low=1)
+    if chat_id is None or sender_id is None or message_id is None:
+        raise ParseError("the message's chat id, sender id or message id is not an integer "
+                         "Telegram could have sent")
+    return f"message:{chat_id}:{message_id}"
 
 
 def display_name(user: Mapping[str, Any]) -> str:
-    name = " ".join(str(user.get(k) or "").strip() for k in ("first_name", "last_name")).strip()
+    name = " ".join(_text(user.get(k)).strip() for k in ("first_name", "last_name")).strip()
     if name:
         return name
-    username = str(user.get("username") or "").strip()
+    username = _text(user.get("username")).strip()
     return f"@{username}" if username else ""
+
+
+def _size(item: Mapping[str, Any], key: str) -> int:
+    return _int(item.get(key), low=0) or 0
+
+
+def _file_id(item: Any) -> str:
+    file_id = item.get("file_id") if isinstance(item, dict) else None
+    return file_id if isinstance(file_id, str) and 0 < len(file_id) <= _MAX_FILE_ID else ""
 
 
 def _files(message: Mapping[str, Any]) -> list[dict[str, str]]:
     files: list[dict[str, str]] = []
     photos = message.get("photo")
-    if isinstance(photos, list) and photos:
-        best = max(photos, key=lambda p: (int(p.get("width", 0)) * int(p.get("height", 0)),
-                                          int(p.get("file_size", 0))))
-        uid = str(best.get("file_unique_id") or best.get("file_id", ""))[:64]
-        files.append({"kind": "photo", "file_id": str(best["file_id"]),
+    sizes = [p for p in photos[:_MAX_PHOTO_SIZES] if _file_id(p)] \
+        if isinstance(photos, list) else []
+    if sizes:
+        best = max(sizes, key=lambda p: (_size(p, "width") * _size(p, "height"),
+                                         _size(p, "file_size")))
+        uid = (_text(best.get("file_unique_id")) or best["file_id"])[:64]
+        files.append({"kind": "photo", "file_id": best["file_id"],
                       "filename": f"photo-{uid}.jpg", "content_type": "image/jpeg"})
     for field, prefix, ext, default_type in _FILE_KINDS:
         item = message.get(field)
-        if not isinstance(item, dict) or "file_id" not in item:
+        if not isinstance(item, dict) or not _file_id(item):
             continue
-        uid = str(item.get("file_unique_id") or item["file_id"])[:64]
-        name = str(item.get("file_name") or "").replace("/", "_").strip()
-        files.append({"kind": field, "file_id": str(item["file_id"]),
+        uid = (_text(item.get("file_unique_id")) or item["file_id"])[:64]
+        name = _text(item.get("file_name")).replace("/", "_").strip()[:255]
+        files.append({"kind": field, "file_id": item["file_id"],
                       "filename": name or f"{prefix}-{uid}{ext}",
-                      "content_type": str(item.get("mime_type") or default_type)})
+                      "content_type": _text(item.get("mime_type"))[:255] or default_type})
     return files
 
 
 def _extra_text(message: Mapping[str, Any]) -> str:
     """Words for what has no text of its own (a sticker, a location, a shared contact)."""
     if isinstance(message.get("sticker"), dict):
-        return f"[sticker {message['sticker'].get('emoji', '')}]".replace(" ]", "]")
+        return f"[sticker {_text(message['sticker'].get('emoji'))}]".replace(" ]", "]")
     if isinstance(message.get("location"), dict):
         loc = message["location"]
-        return f"[location {loc.get('latitude')}, {loc.get('longitude')}]"
+        lat, lon = loc.get("latitude"), loc.get("longitude")
+        if isinstance(lat, int | float) and isinstance(lon, int | float):
+            return f"[location {lat}, {lon}]"
+        return "[location]"
     if isinstance(message.get("contact"), dict):
         c = message["contact"]
-        return f"[contact {display_name(c)} {c.get('phone_number', '')}]".strip()
+        return f"[contact {display_name(c)} {_text(c.get('phone_number'))}]".strip()
     return ""
 
 
 def file_items(headers: Mapping[str, Any]) -> list[dict[str, str]]:
     """The files of a stored message as job items (file_id, filename, content_type)."""
-    try:
-        count = int(headers.get("NumFiles") or 0)
-    except ValueError:
+    count = str(headers.get("NumFiles") or "0")
+    if not count.isascii() or not count.isdigit() or len(count) > 3:
         return []
     items = []
-    for i in range(count):
+    for i in range(min(int(count), MAX_FILES)):
         file_id = str(headers.get(f"FileId{i}", ""))
         if file_id:
             items.append({"file_id": file_id, "filename": str(headers.get(f"FileName{i}", "")),
@@ -110,25 +169,30 @@ def file_items(headers: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def parse_update(raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
-    try:
-        update = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParseError(f"the Telegram update is not JSON: {exc}") from None
-    if not isinstance(update, dict) or journal_key(update) is None:
+    """A journaled update → :class:`InboundMessage`; :class:`ParseError` for anything else."""
+    return parse_message(decode(raw))
+
+
+def parse_message(update: Any) -> InboundMessage:
+    """A decoded update → :class:`InboundMessage`. Only :class:`ParseError` is raised, for an
+    update that is no customer message or whose fields are not what Telegram sends: the
+    webhook and the poller run this before journaling, so a journaled row always parses."""
+    if journal_key(update) is None:
         raise ParseError("the Telegram update is not a message from a private chat")
     message = update["message"]
     user = message["from"]
     chat_id = int(message["chat"]["id"])
-    text = str(message.get("text") or message.get("caption") or "") or _extra_text(message)
-    headers: dict[str, str] = {"update_id": str(update.get("update_id", "")),
+    text = _text(message.get("text")) or _text(message.get("caption")) or _extra_text(message)
+    uid = update_id(update)
+    headers: dict[str, str] = {"update_id": str(uid) if uid is not None else "",
                                "chat_id": str(chat_id), "message_id": str(message["message_id"])}
-    if user.get("username"):
-        headers["username"] = str(user["username"])
+    if _text(user.get("username")):
+        headers["username"] = user["username"]
     if text.startswith("/"):
         command = text[1:].split(maxsplit=1)[0].split("@", 1)[0].lower() if text[1:] else ""
         if command:
             headers[COMMAND] = command
-    files = _files(message)
+    files = _files(message)[:MAX_FILES]
     headers["NumFiles"] = str(len(files))
     for i, f in enumerate(files):
         headers[f"FileId{i}"] = f["file_id"]
@@ -141,10 +205,13 @@ def parse_update(raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
         subject = _DESCRIBE.get(files[0]["kind"], "File")
     else:
         subject = "Telegram message"
-    try:
-        received_at = datetime.fromtimestamp(int(message["date"]), UTC)
-    except (KeyError, TypeError, ValueError, OverflowError):
-        received_at = None
+    received_at = None
+    date = _int(message.get("date"), low=0)
+    if date is not None:
+        try:
+            received_at = datetime.fromtimestamp(date, UTC)
+        except (OverflowError, ValueError, OSError):
+            received_at = None
     return InboundMessage(
         channel="telegram", external_id=f"{chat_id}:{message['message_id']}",
         sender_address=str(int(user["id"])), sender_name=display_name(user), subject=subject,

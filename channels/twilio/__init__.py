@@ -10,10 +10,22 @@ from __future__ import annotations
 import importlib.util
 from datetime import timedelta
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from frontdesk.channels.base import Channel, ChannelSection
+from frontdesk.channels.media import normalise_patterns
 from frontdesk.config.schema import BaseUrl, CoreSettings, Duration
+
+MEDIA_HOSTS = ("*.twilio.com", "*.twiliocdn.com", "s3-external-1.amazonaws.com")
+"""Where Twilio serves MMS and WhatsApp media and recordings. ``MediaUrl{i}`` and
+``RecordingUrl`` name api.twilio.com (or a regional ``api.<edge>.<region>.twilio.com``), which
+answers with a redirect to a short-lived URL on ``mms.twiliocdn.com`` (media behind HTTP basic
+auth, now Twilio's default) or ``media.twiliocdn.com``, or, for media of accounts that never
+enforced that auth, ``s3-external-1.amazonaws.com/media.twiliocdn.com/...``. Sources: Twilio's
+help article "Protect Media Access with HTTP Basic Authentication for Programmable Messaging"
+(support.twilio.com 223183748: the secured domain is mms.twiliocdn.com, the unsecured one
+s3-external-1.amazonaws.com) and the Messaging Media resource docs (media URIs are relative to
+https://api.twilio.com)."""
 
 
 class TwilioConfig(ChannelSection):
@@ -26,6 +38,11 @@ class TwilioConfig(ChannelSection):
     sms_from: str = ""
     whatsapp_from: str = ""
     api_base_url: BaseUrl = "https://api.twilio.com"
+    media_hosts: list[str] = Field(default_factory=lambda: list(MEDIA_HOSTS))
+    """Hosts media may be fetched from besides api_base_url's own (which always may):
+    ``media.example.com``, ``media.example.com:8443`` or ``*.example.com``. A host matched by a
+    wildcard must resolve to public addresses; one listed literally may resolve anywhere (a
+    media proxy on the local network). A MediaUrl or redirect elsewhere is not fetched."""
     webhook_signing_key: SecretStr = SecretStr("")
     help_text: str = ("You are writing to our support team: send your question and a person "
                       "will answer here. Reply STOP to stop messages, START to receive them again.")
@@ -36,6 +53,11 @@ class TwilioConfig(ChannelSection):
                                   "we open.")
     voice_max_length: Duration = timedelta(minutes=2)
     request_timeout: Duration = timedelta(seconds=15)
+
+    @field_validator("media_hosts")
+    @classmethod
+    def _media_hosts(cls, value: list[str]) -> list[str]:
+        return normalise_patterns(value)
 
     def build(self, core: CoreSettings) -> list[Channel | str]:
         disabled = "twilio channel (sms, whatsapp, voice) disabled: "

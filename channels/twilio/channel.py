@@ -6,7 +6,17 @@ requested (what Twilio signed, whatever proxy stands between), with the auth tok
 when the request names a shared key in ``X-Twilio-Webhooks-Signature-Settings``, with
 ``twilio.webhook_signing_key`` and the algorithm it names (HMAC-SHA256). A bad signature gets 403
 and nothing is stored. A good one is journaled (MessageSid is the idempotency key) and only then
-answered 200 with empty TwiML; a journal failure answers 503 so Twilio retries.
+answered 200 with empty TwiML; a journal failure answers 503 so Twilio retries. A form of more
+than :data:`MAX_FORM_FIELDS` fields is refused (413) unread; counts taken from a form are bounded
+where they are read (``NumMedia`` to 10, see :mod:`.parse`).
+
+Media: MMS media and voicemail recordings are fetched by a background job through
+:class:`~frontdesk.channels.media.MediaFetcher`, only from ``twilio.api_base_url`` and
+``twilio.media_hosts`` (Twilio's API and media CDN hosts by default), never from a private
+address unless that host is listed literally, redirects followed hop by hop under the same rule,
+at most 50 MB. The account's credentials go to Twilio's own hosts only (:meth:`TwilioChannel.
+_auth_for`), not to the CDN a redirect points at. A URL elsewhere is a permanent failure of the
+job, with the reason.
 
 Send: the twilio REST client with its aiohttp-based AsyncTwilioHttpClient on the daemon's loop,
 pointed at ``twilio.api_base_url``, with a status callback to /webhooks/twilio/status. Texts over
@@ -28,7 +38,6 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +52,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 from twilio.rest import Client
+from yarl import URL
 
 from frontdesk.channels.base import (
     Accept,
@@ -54,6 +64,7 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.media import MediaFetcher, MediaHosts
 from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
 from frontdesk.channels.twilio.records import MEDIA_JOB, STATUS, TwilioRecords
@@ -76,6 +87,10 @@ VOICE_PATH = "/webhooks/twilio/voice"
 
 MAX_BODY = 1600  # Twilio's limit for one message's Body
 MAX_MEDIA_BYTES = 50 * 1024 * 1024
+MAX_FORM_FIELDS = 500
+"""A webhook form with more fields is refused (413) before it is parsed or its signature
+computed: Twilio sends a few dozen (10 media at most), and sorting hundreds of thousands of
+empty fields for the signature would hold the event loop for every unsigned request."""
 
 # REST error codes that retrying cannot fix, in words for the staff.
 PERMANENT_ERRORS = {
@@ -114,6 +129,8 @@ def _signed(handler: SignedHandler) -> Callable[[TwilioChannel, web.Request],
         verified = await self._verified(request)
         if verified is None:
             return web.Response(status=403, text="bad signature")
+        if isinstance(verified, web.Response):
+            return verified
         return await handler(self, request, *verified)
     return checked
 
@@ -192,10 +209,12 @@ class TwilioChannel:
         self._is_open: Callable[[], bool] = lambda: True
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
-        self._media_session: aiohttp.ClientSession | None = None
+        self._media: MediaFetcher | None = None
         self._started = False
         self._stopping = False
-        self._trusted_hosts = {urlsplit(config.api_base_url).hostname or ""}
+        self._api_origin = URL(config.api_base_url).origin()
+        self._media_hosts = MediaHosts(config.media_hosts, origins=[config.api_base_url],
+                                       settings="twilio.api_base_url, twilio.media_hosts")
         rest_log = logging.getLogger(f"{__name__}.rest")
         if rest_log.level == logging.NOTSET:
             rest_log.setLevel(logging.WARNING)  # the client logs every request body at INFO
@@ -235,8 +254,9 @@ class TwilioChannel:
         client = Client(self._config.account_sid, self._token, http_client=self._http)
         client.api.base_url = self._config.api_base_url
         self._client = client
-        self._media_session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout))
+        self._media = MediaFetcher(self._media_hosts, provider="Twilio", timeout=timeout,
+                                   max_bytes=MAX_MEDIA_BYTES, credentials=self._auth_for)
+        await self._media.start()
         self._started, self._stopping = True, False
         log.info("twilio channel: webhooks at %s%s (sms, whatsapp), %s (voice), %s (status); "
                  "sending as %s", self._public_url, SMS_PATH, VOICE_PATH, STATUS_PATH,
@@ -248,8 +268,8 @@ class TwilioChannel:
         self._accept = None
         if self._http is not None:
             await self._http.close()
-        if self._media_session is not None:
-            await self._media_session.close()
+        if self._media is not None:
+            await self._media.close()
         self._started = False
 
     @property
@@ -263,9 +283,14 @@ class TwilioChannel:
 
     # -- webhooks -------------------------------------------------------------------------------
 
-    async def _verified(self, request: web.Request) -> tuple[bytes, Any] | None:
-        """The raw body and its form when Twilio's signature is good, else None."""
+    async def _verified(self, request: web.Request) -> tuple[bytes, Any] | web.Response | None:
+        """The raw body and its form when Twilio's signature is good, else None (or the answer
+        to a form too large to look at)."""
         raw = await request.read()
+        if raw.count(b"&") >= MAX_FORM_FIELDS:
+            log.warning("refused a Twilio webhook to %s from %s: more than %d form fields, "
+                        "which Twilio never sends", request.path, request.remote, MAX_FORM_FIELDS)
+            return web.Response(status=413, text="too many form fields")
         try:
             form = MultiDict(form_pairs(raw))
         except ValueError:
@@ -464,41 +489,37 @@ class TwilioChannel:
 
     # -- media ----------------------------------------------------------------------------------
 
-    def _auth_for(self, url: str) -> dict[str, str]:
-        """HTTP basic auth with the account's credentials, sent only to Twilio (its API host or
-        *.twilio.com); aiohttp drops it when a redirect leaves for another host."""
-        host = urlsplit(url).hostname or ""
-        if host in self._trusted_hosts or host == "twilio.com" or host.endswith(".twilio.com"):
+    def _auth_for(self, url: URL) -> dict[str, str]:
+        """HTTP basic auth with the account's credentials, for Twilio's own hosts only: the
+        configured api_base_url (scheme, host and port exactly) and, over https, twilio.com and
+        its subdomains (regional API hosts). Never for a CDN or storage host a redirect points
+        at (those URLs carry their own short-lived signature), nor for any other port."""
+        host = (url.raw_host or "").rstrip(".").lower()
+        twilio = url.scheme == "https" and url.port == 443 and (
+            host == "twilio.com" or host.endswith(".twilio.com"))
+        if url.origin() == self._api_origin or twilio:
             pair = f"{self._config.account_sid}:{self._token}".encode()
             return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
         return {}
 
     async def _fetch_media(self, item: Mapping[str, Any]) -> Attachment:
-        session = self._media_session
-        if session is None or session.closed:
+        """One MMS media item or recording, from Twilio's media hosts only (see
+        :mod:`frontdesk.channels.media`): a URL or redirect elsewhere is a permanent failure
+        with the reason, recorded on the attachment job."""
+        media = self._media
+        if media is None or not media.running:
             raise TemporaryFailure("the twilio channel is not running")
-        url = str(item["url"])
-        try:
-            async with session.get(url, headers=self._auth_for(url)) as response:
-                if response.status in (404, 410):
-                    raise PermanentFailure(f"Twilio no longer has this file (HTTP "
-                                           f"{response.status})")
-                if response.status in (401, 403):
-                    raise PermanentFailure(f"Twilio refused the account credentials for the "
-                                           f"file (HTTP {response.status})")
-                if response.status == 429 or response.status >= 500:
-                    raise TemporaryFailure(f"Twilio answered HTTP {response.status} for the file")
-                if response.status != 200:
-                    raise PermanentFailure(f"Twilio answered HTTP {response.status} for the file")
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(65536):
-                    data.extend(chunk)
-                    if len(data) > MAX_MEDIA_BYTES:
-                        raise PermanentFailure("the file is larger than 50 MB")
-                content_type = (response.headers.get("Content-Type")
-                                or str(item.get("content_type") or "application/octet-stream"))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise TemporaryFailure(f"could not fetch the file from Twilio: "
-                                   f"{type(exc).__name__} {exc}".strip()) from None
+        got = await media.fetch(str(item["url"]))
+        if got.status in (404, 410):
+            raise PermanentFailure(f"Twilio no longer has this file (HTTP {got.status})")
+        if got.status in (401, 403):
+            raise PermanentFailure(f"Twilio refused the account credentials for the file "
+                                   f"(HTTP {got.status})")
+        if got.status == 429 or got.status >= 500:
+            raise TemporaryFailure(f"Twilio answered HTTP {got.status} for the file")
+        if got.status != 200:
+            raise PermanentFailure(f"{got.origin} answered HTTP {got.status} for the file")
+        content_type = got.content_type or str(item.get("content_type")
+                                               or "application/octet-stream")
         return Attachment(filename=str(item["filename"]),
-                          content_type=content_type.split(";")[0].strip(), data=bytes(data))
+                          content_type=content_type.split(";")[0].strip(), data=got.data)

@@ -32,6 +32,11 @@ STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT
 START_WORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_WORDS = frozenset({"HELP", "INFO"})
 
+MAX_MEDIA = 10
+"""Twilio sends at most 10 media with a message: a larger ``NumMedia`` is read as 10 (a count
+taken from a request must never drive a loop unbounded, here or when a journal row is parsed
+again at the next start)."""
+
 _KEPT = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "NumMedia",
          "NumSegments", "WaId", "ProfileName", "FromCountry", "FromCity")
 
@@ -104,12 +109,18 @@ def keyword(text: str) -> str | None:
     return None
 
 
+def media_count(value: Any) -> int:
+    """``NumMedia`` as a count from 0 to :data:`MAX_MEDIA`; 0 for what is no count."""
+    text = str(value or "0").strip()
+    if not text.isdigit() or not text.isascii():
+        return 0
+    digits = text.lstrip("0") or "0"
+    return MAX_MEDIA if len(digits) > 2 else min(int(digits), MAX_MEDIA)  # never a huge int
+
+
 def media_items(headers: Mapping[str, Any]) -> list[dict[str, str]]:
     """The MMS media of a stored message as job items (url, content_type, filename)."""
-    try:
-        count = int(headers.get("NumMedia") or 0)
-    except ValueError:
-        return []
+    count = media_count(headers.get("NumMedia"))
     sid = str(headers.get("MessageSid", "message"))
     items = []
     for i in range(count):
@@ -161,10 +172,7 @@ def _message(form: MultiDict[str]) -> InboundMessage:
         if key in form:
             headers[key] = form[key]
     headers["MessageSid"] = sid
-    try:
-        count = int(form.get("NumMedia") or 0)
-    except ValueError:
-        count = 0
+    count = media_count(form.get("NumMedia"))
     for i in range(count):
         for field in (f"MediaUrl{i}", f"MediaContentType{i}"):
             if field in form:

@@ -14,7 +14,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from frontdesk.daemon.cli.common import Failure, print_json, settings_of, with_store
+from frontdesk.daemon.cli.common import (
+    Failure,
+    for_terminal,
+    print_json,
+    settings_of,
+    terminal_text,
+    with_store,
+)
 from frontdesk.daemon.cli.outbox import unsendable
 from frontdesk.storage.clock import utcnow
 
@@ -73,7 +80,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         if args.json:
             print_json(detail)
         else:
-            print(format_contact(detail), end="")
+            print(format_contact(for_terminal(detail)), end="")
         return 0
 
     async def merge(store: Any) -> int:
@@ -85,7 +92,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
         if args.json:
             print_json(detail)
         else:
-            moved = ", ".join(f"{i['channel']}:{i['address']}" for i in result.identities)
+            moved = ", ".join(f"{i['channel']}:{i['address']}"
+                              for i in for_terminal(result.identities))
             print(f"contact {result.merged_id} merged into contact {result.contact_id}"
                   + (f" ({moved}; {', '.join(result.conversations) or 'no conversations'})"
                      if moved or result.conversations else ""))
@@ -102,8 +110,9 @@ def cmd_contact(args: argparse.Namespace) -> int:
                                       requested_by=_actor(args), conversation=conversation,
                                       unavailable=unsendable(settings))
         where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
-        print(f"a code is on its way to {made.address}; it links the address to contact "
-              f"{made.contact_id} when the customer sends it back{where} within 24 hours")
+        print(f"a code is on its way to {terminal_text(made.address)}; it links the address "
+              f"to contact {made.contact_id} when the customer sends it back{where} within 24 "
+              "hours")
         return 0
 
     work = {"show": show, "merge": merge, "link": link}[args.contact_command]

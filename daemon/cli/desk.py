@@ -15,9 +15,11 @@ from typing import Any
 
 from frontdesk.daemon.cli.common import (
     Failure,
+    for_terminal,
     positive_int,
     print_json,
     settings_of,
+    terminal_text,
     with_store,
 )
 from frontdesk.domain.business_hours import calendar_from_settings
@@ -64,12 +66,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             print_json([h.view() for h in hits])
         elif not hits:
-            print(f"no conversation mentions {query!r}")
+            print(f"no conversation mentions {terminal_text(repr(query))}")
         else:
             for h in hits:
+                shown = for_terminal({"name": h.contact_name, "subject": h.subject,
+                                      "snippet": marked(h.snippet, "[", "]")})
                 print(f"{h.reference:>8}  {h.status:8} {h.channel:8} "
-                      f"{h.created_at:%Y-%m-%d}  {h.contact_name or '-'}  {h.subject}")
-                print(f"          {marked(h.snippet, '[', ']')}")
+                      f"{h.created_at:%Y-%m-%d}  {shown['name'] or '-'}  {shown['subject']}")
+                print(f"          {shown['snippet']}")
         return 0
 
     return asyncio.run(with_store(settings, work, read_only=True))
@@ -91,7 +95,7 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
                                           calendar=calendar_from_settings(settings.sla))
                 except InvalidAction as exc:
                     raise Failure(str(exc)) from None
-            print(describe(conversation, args) if changed else
+            print(terminal_text(describe(conversation, args)) if changed else
                   f"{conversation.reference} unchanged (already {conversation.status})")
             return 0
 

@@ -27,10 +27,13 @@ from frontdesk.daemon.cli.common import (
     Failure,
     Parser,
     duration,
+    for_terminal,
     local_times,
     positive_int,
     print_json,
+    private_umask,
     settings_of,
+    terminal_text,
     with_store,
 )
 from frontdesk.daemon.process.registry import Settings
@@ -178,7 +181,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             starter = starter.replace('data_dir = "./frontdesk-data"',
                                       f'data_dir = "{state}/attachments"', 1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "x", encoding="utf-8") as dst:
+        # Created 0640 at once (it will hold secrets), never 0644 for a moment first.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "w",
+                       encoding="utf-8") as dst:
             dst.write(starter)
         os.chmod(path, 0o640)
         print(f"wrote {path}")
@@ -283,7 +288,7 @@ def cmd_conversations(args: argparse.Namespace) -> int:
         elif not rows:
             print("no conversations")
         else:
-            for c in rows:
+            for c in for_terminal(rows):
                 who = c["contact"]["name"] or ""
                 address = (c["contact"]["identities"] or [{"address": ""}])[0]["address"]
                 print(f"{c['reference']:>8}  {c['status']:8} {c['channel']:8} "
@@ -312,13 +317,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             print_json(detail)
         else:
-            print(_format_detail(detail, local_times(settings.sla.timezone)))
+            print(_format_detail(for_terminal(detail), local_times(settings.sla.timezone)))
         return 0
 
     return asyncio.run(with_store(settings, work, read_only=True))
 
 
 def _format_detail(d: dict[str, Any], when: Callable[[str | None], str]) -> str:
+    """``frontdesk show`` for a person, from the JSON view passed through :func:`for_terminal`."""
     from frontdesk.channels.email.quotes import folded
     from frontdesk.domain.sla import sla_lines
 
@@ -375,7 +381,8 @@ def cmd_reply(args: argparse.Namespace) -> int:
             conversation = await get_conversation(s, args.ref)
             message = await add_staff_reply(s, conversation, args.text, author=author,
                                             replies=reply_composer(settings), now=utcnow())
-        print(f"queued reply #{message.id} to {message.address} on {conversation.reference}")
+        print(f"queued reply #{message.id} to {terminal_text(message.address)} on "
+              f"{conversation.reference}")
         return 0
 
     return asyncio.run(with_store(settings, work))
@@ -396,7 +403,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         elif args.csv:
             sys.stdout.write(report_csv(report))
         else:
-            print(format_report(report))
+            print(format_report(for_terminal(report)))
         return 0
 
     return asyncio.run(with_store(settings, work, read_only=True))
@@ -430,7 +437,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         elif not rows:
             print("no failed messages" if args.failed else "the journal is empty")
         else:
-            for r in rows:
+            for r in for_terminal(rows):
                 print(f"#{r['id']:<6} {r['state']:9} {r['channel']:8} {r['received_at']}  "
                       f"{r['remote_id'][:60]}" + (f"\n        {r['error']}" if r["error"] else ""))
         return 0
@@ -447,7 +454,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         except NotDiscardable as exc:
             raise Failure(str(exc)) from None
         print(f"journal #{args.id} discarded by {author}; it is kept but no longer counted as "
-              f"failed ({error or 'no error recorded'})")
+              f"failed ({terminal_text(error or 'no error recorded')})")
         return 0
 
     if not args.journal_command:  # the listing only reads
@@ -484,7 +491,7 @@ async def _retry(store: Any, settings: Settings, args: argparse.Namespace) -> in
         return 1 if failed else 0
     for o in outcomes:
         if o.error:
-            print(f"#{o.journal_id}: failed again: {o.error.splitlines()[0]}")
+            print(f"#{o.journal_id}: failed again: {terminal_text(o.error.splitlines()[0])}")
         elif o.conversation_id:
             print(f"#{o.journal_id}: stored in FD-{o.conversation_id}")
     return 1 if failed else 0
@@ -513,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = COMMANDS[args.command](args)
+        with private_umask():
+            code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that went away (| head) shows here, inside the try
         return code
     except BrokenPipeError:
@@ -534,10 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from frontdesk.storage.db import StoreNotReady
 
         if isinstance(exc, Failure | UnknownConversation | CannotReply | StoreNotReady):
-            print(f"frontdesk: {exc}", file=sys.stderr)
+            print(f"frontdesk: {terminal_text(str(exc))}", file=sys.stderr)
         else:
             log.debug("command failed", exc_info=True)
-            print(f"frontdesk: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+            print(f"frontdesk: {type(exc).__name__}: {terminal_text(_one_line(exc))}",
+                  file=sys.stderr)
         return 1
 
 

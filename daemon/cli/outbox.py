@@ -23,6 +23,7 @@ from typing import Any
 
 from frontdesk.daemon.cli.common import (
     Failure,
+    for_terminal,
     local_times,
     positive_int,
     print_json,
@@ -102,7 +103,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print("nothing has failed" if args.failed else "nothing is queued or failed")
         else:
             when = local_times(settings.sla.timezone)
-            for item in items:
+            for item in for_terminal(items):
                 print(_line(item, iso(now) or "", when))
         if total > len(items):
             print(f"(the newest {len(items)} of {total}; --limit N shows more)",
@@ -131,7 +132,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return 0
 
     async def cancel(store: Any) -> int:
-        item = await cancel_row(store, args.id, actor=_actor(args), now=utcnow())
+        item = for_terminal(await cancel_row(store, args.id, actor=_actor(args), now=utcnow()))
         where = f" on {item['conversation']}" if item["conversation"] else ""
         print(f"outbox #{item['id']} ({item['kind']} {item['channel']} to "
               f"{item['target'] or '-'}{where}) cancelled: it will not be sent")

@@ -68,6 +68,14 @@ _USER_MENTION = re.compile(r"^<@([A-Z0-9]+)(?:\|([^>]*))?>$")
 _NOBODY = frozenset({"nobody", "none", "-", "no-one", "noone"})
 
 
+def _id_of(field: Any) -> str:
+    """A user or channel id from a payload's ``user``/``channel`` (an object with ``id``, or
+    the id itself); "" for anything else."""
+    if isinstance(field, dict):
+        field = field.get("id")
+    return field if isinstance(field, str) else ""
+
+
 def _raise_priority(current: str) -> str:
     index = PRIORITIES.index(current) if current in PRIORITIES else 1
     return PRIORITIES[min(index + 1, len(PRIORITIES) - 1)]
@@ -98,11 +106,16 @@ class DeskActions:
     # -- buttons ------------------------------------------------------------------------------
 
     async def on_action(self, body: dict[str, Any]) -> None:
-        action = (body.get("actions") or [{}])[0]
+        actions = body.get("actions")
+        action = actions[0] if isinstance(actions, list) and actions else {}
+        if not isinstance(action, dict):
+            return
         kind = _BUTTONS.get(str(action.get("action_id")))
-        value = action.get("value") or (action.get("selected_option") or {}).get("value") or ""
+        selected = action.get("selected_option")
+        value = action.get("value") or (selected.get("value") if isinstance(selected, dict)
+                                         else "") or ""
         reference, _, choice = str(value).strip().partition(" ")
-        user = await self.desk.api.users.get(str((body.get("user") or {}).get("id") or ""))
+        user = await self.desk.api.users.get(_id_of(body.get("user")))
         if kind is None:
             return
         ok, text = await self.change(kind, reference, choice.strip(), user)
@@ -111,8 +124,9 @@ class DeskActions:
 
     async def _tell(self, body: dict[str, Any], user: SlackUser, text: str) -> None:
         """A note only the clicking person sees (not a conversation post: not in the outbox)."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
-            "channel_id")
+        container = body.get("container")
+        channel = _id_of(body.get("channel")) or (
+            str(container.get("channel_id") or "") if isinstance(container, dict) else "")
         if channel:
             await self.desk.api.tell(channel, user.id, text)
 

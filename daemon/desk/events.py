@@ -1,11 +1,20 @@
 """What comes in from Slack: thread replies, button clicks and the ``/frontdesk`` command.
 
 One slack-bolt ``AsyncApp`` on the daemon's loop serves both connection modes: HTTP (``POST
-/slack/events`` on the daemon's server, every request's signature and timestamp checked by
-bolt, 401 and nothing stored when they are wrong) and Socket Mode (the same app behind
+/slack/events`` on the daemon's server) and Socket Mode (the same app behind
 ``AsyncSocketModeHandler``). Bolt answers Slack only after the listener has committed its work
 (``process_before_response``), so an event that got its 200 is in the store; Slack's retries of
 the same event (same ``event_id``) are recognised and do nothing.
+
+HTTP requests are checked here before bolt sees them (:meth:`DeskEvents.http_handler`): the
+timestamp (a number, at most five minutes off) and the ``v0=`` signature of the raw body; a
+refusal is a 401, nothing stored, and one short log line (bolt's own check, kept behind ours,
+would log the whole unverified body at INFO: its logger is held at WARNING). Slack's unsigned
+``ssl_check`` of a slash command URL is answered 200, as bolt did. A signed body that
+is not what Slack sends (not JSON or a form, nested beyond the parser, fields of the wrong type:
+:func:`malformed`) gets a 400 and one line; a message event with odd fields (a ``ts`` that is no
+Slack timestamp) is a harmless 200 and ignored. No request is answered 500 with a traceback for
+what it contains: an error inside a listener is logged as one line (its traceback at DEBUG).
 
 A human message in a frontdesk thread becomes a staff reply to the customer, sent on the
 customer's channel through the outbox; one that starts with ``note:`` stays an internal note
@@ -18,14 +27,17 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,6 +64,78 @@ ALERTS_ONLY_NOTICE = (
     "this thread are *not* sent to the customer. They are kept as internal notes on {ref}.")
 _HUMAN_SUBTYPES = (None, "thread_broadcast")
 _SEEN_EVENTS_KEPT = timedelta(days=7)
+_SLACK_TS = re.compile(r"\d{1,12}\.\d{1,9}")
+_MAX_SKEW = 300  # seconds: Slack's own rule for X-Slack-Request-Timestamp
+BOLT_VERIFICATION_LOGGER = "slack_bolt.RequestVerification"
+"""Bolt's signature middleware logs a refused request's whole body at INFO under this name."""
+
+_TEXT = (str, type(None))
+_TEXT_OR_OBJECT = (str, dict, type(None))
+_OBJECT = (dict, type(None))
+_ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
+    "type": _TEXT, "token": _TEXT, "team_id": _TEXT, "api_app_id": _TEXT, "event_id": _TEXT,
+    "enterprise_id": _TEXT, "challenge": _TEXT, "command": _TEXT, "text": _TEXT,
+    "user_id": _TEXT, "channel_id": _TEXT, "trigger_id": _TEXT, "response_url": _TEXT,
+    "callback_id": _TEXT, "team": _TEXT_OR_OBJECT, "enterprise": _TEXT_OR_OBJECT,
+    "user": _TEXT_OR_OBJECT, "channel": _TEXT_OR_OBJECT, "container": _OBJECT,
+    "message": _OBJECT, "view": _OBJECT, "state": _OBJECT, "event": (dict,),
+    "actions": (list,), "authorizations": (list, type(None)),
+}
+_ACTION_FIELDS: dict[str, tuple[type, ...]] = {
+    "action_id": _TEXT, "block_id": _TEXT, "value": _TEXT, "type": _TEXT,
+    "selected_option": _OBJECT,
+}
+_MESSAGE_EVENT_FIELDS = ("subtype", "ts", "thread_ts", "user", "channel", "text", "bot_id",
+                         "event_ts", "channel_type", "team")
+
+
+def malformed(body: Any) -> str | None:
+    """Why a signed request's body is not what Slack sends, in a few words; None when its
+    shape is one bolt's matchers and frontdesk's listeners can read (the fields they read have
+    the types Slack gives them)."""
+    if not isinstance(body, dict):
+        return "the body is not an object"
+    for key, types in _ENVELOPE_FIELDS.items():
+        if key in body and not isinstance(body[key], types):
+            return f"{key} is not {_kind(types)}"
+    if "command" in body and not str(body["command"]).startswith("/"):
+        return "command is not a slash command"
+    if body.get("type") == "event_callback" and "event" not in body:
+        return "an event_callback without an event"
+    event = body.get("event")
+    if isinstance(event, dict):
+        if not isinstance(event.get("type"), str):
+            return "event.type is not a string"
+        if event["type"] == "message":
+            for key in _MESSAGE_EVENT_FIELDS:
+                if not isinstance(event.get(key), _TEXT):
+                    return f"event.{key} is not a string"
+    if body.get("type") == "block_actions":  # a click: who clicked, on what
+        user = body.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+            return "a block_actions payload without user.id"
+        if not body.get("actions"):
+            return "a block_actions payload without actions"
+    for key in ("authorizations", "actions"):
+        if any(not isinstance(item, dict) for item in body.get(key) or ()):
+            return f"{key} holds something that is not an object"
+    for action in body.get("actions") or ():
+        for key, types in _ACTION_FIELDS.items():
+            if key in action and not isinstance(action[key], types):
+                return f"an action's {key} is not {_kind(types)}"
+        if not isinstance((action.get("selected_option") or {}).get("value"), _TEXT):
+            return "an action's selected_option.value is not a string"
+    return None
+
+
+def _kind(types: tuple[type, ...]) -> str:
+    names = {str: "a string", dict: "an object", list: "a list"}
+    return " or ".join(names[t] for t in types if t in names)
+
+
+def is_slack_ts(value: Any) -> bool:
+    """Whether ``value`` is a Slack message timestamp (``"1790000400.000100"``)."""
+    return isinstance(value, str) and _SLACK_TS.fullmatch(value) is not None
 
 
 def is_human_thread_reply(event: dict[str, Any], bot_user_id: str | None,
@@ -65,10 +149,12 @@ def is_human_thread_reply(event: dict[str, Any], bot_user_id: str | None,
     if bot_id is not None and event.get("bot_id") == bot_id:
         return False
     user = event.get("user")
-    if not user or user == bot_user_id:
+    if not user or not isinstance(user, str) or user == bot_user_id:
+        return False
+    if not isinstance(event.get("channel"), str) or not isinstance(event.get("text"), _TEXT):
         return False
     thread_ts, ts = event.get("thread_ts"), event.get("ts")
-    return bool(thread_ts and ts and thread_ts != ts)
+    return is_slack_ts(thread_ts) and is_slack_ts(ts) and thread_ts != ts
 
 
 class DeskEvents:
@@ -85,6 +171,11 @@ class DeskEvents:
             process_before_response=True,
             logger=quiet_logger("frontdesk.daemon.desk.bolt"),
         )
+        # behind http_handler's own check, bolt's must never log an unverified body
+        logging.getLogger(BOLT_VERIFICATION_LOGGER).setLevel(logging.WARNING)
+        self._verifier = (SignatureVerifier(config.signing_secret.get_secret_value())
+                          if config.mode == "http" else None)
+        self.app.error(self._on_error)
         self.app.event("message")(self._message)
         for action_id in (blocks.ACTION_CLAIM, blocks.ACTION_RESOLVE, blocks.ACTION_REOPEN,
                           blocks.ACTION_SNOOZE, blocks.ACTION_PRIORITY):
@@ -93,12 +184,70 @@ class DeskEvents:
         self.app.event(re.compile(r".+"))(self._other_event)
 
     async def http_handler(self, request: web.Request) -> web.Response:
-        """``POST /slack/events``: Events API, interactivity and slash commands."""
-        response = await self.app.async_dispatch(await to_bolt_request(request))
-        if response.status == 401:  # slack-bolt says why only at INFO, under its own logger
+        """``POST /slack/events``: Events API, interactivity and slash commands.
+
+        Unsigned, forged or stale: 401 and one log line, the body unread when the headers
+        already fail. Signed but not what Slack sends: 400 and one line. Then bolt."""
+        if "X-Slack-Signature" not in request.headers and await self._ssl_check(request):
+            return web.Response(status=200)
+        text = await self._verified_body(request)
+        if text is None:
+            return web.json_response({"error": "invalid request"}, status=401)
+        try:
+            bolt_request = AsyncBoltRequest(body=text, query=request.query_string,
+                                            headers=request.headers)  # type: ignore[arg-type]
+            why = malformed(bolt_request.body)
+        except Exception as exc:  # noqa: BLE001 - bolt parses and reads the body's fields
+            why = f"{type(exc).__name__} reading it"
+        if why is not None:
+            log.warning("refused a signed Slack request from %s: %s", request.remote, why[:200])
+            return web.json_response({"error": "malformed request"}, status=400)
+        response = await self.app.async_dispatch(bolt_request)
+        if response.status == 401:  # bolt's own check, behind ours (a timestamp just expired)
             log.warning("refused a Slack request from %s: bad, missing or expired signature",
                         request.remote)
         return await to_aiohttp_response(response)
+
+    async def _verified_body(self, request: web.Request) -> str | None:
+        """The body of a request Slack signed (timestamp within five minutes, ``v0=`` HMAC of
+        ``v0:{timestamp}:{body}``), else None after one log line saying why."""
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        why = ""
+        if not timestamp or not signature:
+            why = "no signature"
+        elif not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            why = "a timestamp that is no number"
+        elif abs(time.time() - int(timestamp)) > _MAX_SKEW:
+            why = "an expired timestamp"
+        else:
+            raw = await request.read()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                why = "a body that is not UTF-8"
+            else:
+                if self._verifier is not None and self._verifier.is_valid(text, timestamp,
+                                                                          signature):
+                    return text
+                why = "a bad signature"
+        log.warning("refused a Slack request from %s: %s", request.remote, why)
+        return None
+
+    @staticmethod
+    async def _ssl_check(request: web.Request) -> bool:
+        """Slack's certificate check of a slash command URL (``ssl_check=1``), which bolt
+        answers before any signature check: a small form, answered 200 and nothing more."""
+        if request.content_type != "application/x-www-form-urlencoded" or \
+                not 0 < (request.content_length or 0) <= 1024:
+            return False
+        form = await request.post()
+        return form.get("ssl_check") == "1"
+
+    async def _on_error(self, error: Exception) -> None:
+        """bolt's error handler: one line, the traceback only at DEBUG."""
+        log.error("a Slack request failed: %s: %s", type(error).__name__, str(error)[:200])
+        log.debug("the failure", exc_info=error)
 
     async def forget_old_events(self) -> None:
         """Forget the ``event_id`` of events seen more than a week ago (Slack retries an event

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import func, select
 
 from frontdesk.channels.base import Channel, ChannelContext
+from frontdesk.channels.connections import raise_file_limit
 from frontdesk.channels.email.channel import EmailChannel
 from frontdesk.daemon.process import registry
 from frontdesk.daemon.process.http import HttpServer
@@ -210,7 +211,7 @@ class Daemon:
         if self.store.dialect == "postgresql":
             self.listener = Listener(settings.database.url, {
                 OUTBOX_CHANNEL: self.outbox.kick, JOURNAL_CHANNEL: self.processor.kick})
-        self.http = HttpServer(settings.http.listen, metrics=self.metrics,
+        self.http = HttpServer(settings.http, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
         context = ChannelContext(
             store=self.store, clock=clock, attachments=attachments, replies=self.replies,
@@ -292,12 +293,18 @@ class Daemon:
     async def start(self) -> None:
         self.notifier.notify("STATUS=starting")
         await self.check_data_dir()
+        await asyncio.to_thread(AttachmentStore(self.settings.daemon.data_dir).secure)
         await self.store.ensure_schema()
         self.journal.start()
         self.processor.start()
         self.outbox.start()
         if self.listener is not None:
             self.listener.start()  # connects in the background; polling covers until then
+        # The listeners' connection caps must fit under the open-file limit (issue 14).
+        caps = {"http.max_connections": self.settings.http.max_connections}
+        if self.email is not None and self.email.smtp is not None:
+            caps["email.smtp_server.max_connections"] = self.email.smtp.limiter.max_connections
+        raise_file_limit(caps)
         await self.http.start()
         for line in self.disabled:
             log.info("%s", line)

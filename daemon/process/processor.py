@@ -233,8 +233,14 @@ class Processor:
 
     async def _parse(self, rows: Sequence[Any]) -> list[tuple[Any, InboundMessage | None,
                                                               str | None]]:
-        """Parse journal rows (pure) and store their attachments' files. A row whose parse or
-        files fail gets its error instead of a message; the other rows go on."""
+        """Parse journal rows and store their attachments' files, in a worker thread: a large or
+        hostile message (a mail of 100,000 MIME parts) must not hold the event loop, where the
+        senders' 250/200, the health checks and the outbox run. A row whose parse or files fail
+        gets its error instead of a message; the other rows go on."""
+        return await asyncio.to_thread(self._parse_rows, rows)
+
+    def _parse_rows(self, rows: Sequence[Any]) -> list[tuple[Any, InboundMessage | None,
+                                                            str | None]]:
         parsed: list[tuple[Any, InboundMessage | None, str | None]] = []
         for row in rows:
             meta = dict(row.meta or {})
@@ -243,31 +249,14 @@ class Processor:
                 parser = self._parsers.get(row.channel)
                 if parser is None:
                     raise LookupError(f"no parser for channel {row.channel!r} is enabled")
-                parsed.append((row, parser(row.raw, meta), None))
-            except Exception as exc:  # noqa: BLE001 - tried again, then a dead letter
-                parsed.append((row, None, _describe(exc)))
-        with_files = [(i, m) for i, (_, m, _) in enumerate(parsed)
-                      if m is not None and m.attachments]
-        if with_files:
-            errors = await asyncio.to_thread(self._put_files, [m for _, m in with_files])
-            for (i, _m), error in zip(with_files, errors, strict=True):
-                if error is not None:
-                    parsed[i] = (parsed[i][0], None, error)
-        return parsed
-
-    def _put_files(self, messages: Sequence[InboundMessage]) -> list[str | None]:
-        """Write each message's attachment files (in a worker thread); per message, None or
-        the error that stopped its files being written."""
-        errors: list[str | None] = []
-        for message in messages:
-            try:
+                message = parser(row.raw, meta)
                 for attachment in message.attachments:
                     self._attachments.put(attachment.data)
-            except Exception as exc:  # noqa: BLE001 - this message's error, not the batch's
-                errors.append(_describe(exc))
+            except Exception as exc:  # noqa: BLE001 - tried again, then a dead letter
+                parsed.append((row, None, _describe(exc)))
             else:
-                errors.append(None)
-        return errors
+                parsed.append((row, message, None))
+        return parsed
 
     async def _process_read(self, rows: Sequence[Any],
                             last_try: bool) -> list[tuple[Any, Outcome]]:

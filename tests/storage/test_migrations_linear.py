@@ -1,4 +1,4 @@
-"""The migration history is one line (0001 -> 0002_slack -> ... -> 0008), and stores migrated by
+"""The migration history is one line (0001 -> 0002_slack -> ... -> 0009), and stores migrated by
 frontdesk 0.1.0, whose history had a branch per feature off 0001, upgrade in place.
 
 A 0.1.0 store's ``alembic_version`` holds one row per applied branch head. ``Store.upgrade``
@@ -171,7 +171,7 @@ def frontdesk_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_history_is_one_line() -> None:
     script = script_directory()
-    assert script.get_heads() == ["0008"]
+    assert script.get_heads() == ["0009"]
     assert script.get_bases() == ["0001"]
     for revision in script.walk_revisions():
         assert not revision.is_branch_point, f"{revision.revision} has several children"

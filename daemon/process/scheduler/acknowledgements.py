@@ -3,9 +3,16 @@ expect a reply by 14:30").
 
 A new conversation from a customer is acknowledged ``acknowledgement.delay`` after it arrives,
 once, unless by then staff answered, it was resolved, the first message was automated, the
-channel cannot take it (not enabled, an opted-out number) or one of the recipient's rate limits
-(``acknowledgement.rate_limits``, "10/10m") is reached: a mail loop is what the limits are for.
-The promised time is the due time of the response clock.
+channel cannot take it (not enabled, an opted-out number), the sender failed authentication
+(a trusted upstream's DMARC or SPF ``fail``: a forged sender), or a rate limit is reached: one of
+the recipient's (``acknowledgement.rate_limits``, "10/10m"; a mail loop is what they are for) or
+one of all acknowledgements together (``acknowledgement.global_rate_limits``: forged senders
+spread over many addresses). The promised time is the due time of the response clock.
+
+No backscatter: an acknowledgement to a sender address nobody verified (email without a trusted
+``Authentication-Results`` pass, see :data:`~frontdesk.domain.messages.SENDER_CHECK`) repeats
+none of the sender's words: a neutral greeting, "your message" for their subject, no display
+name. Anyone can put a stranger's address in From; that stranger then gets only our own words.
 
 On PostgreSQL the decision is taken under the recipient's transaction advisory lock
 (:data:`ACK_LOCK_KEYS`), so the limits hold when several instances acknowledge one customer at
@@ -19,7 +26,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import AcknowledgementConfig, parse_duration
@@ -27,6 +34,7 @@ from frontdesk.daemon.process.scheduler.audit import audit
 from frontdesk.daemon.process.scheduler.customers import CustomerNotices
 from frontdesk.domain import notices
 from frontdesk.domain.conversations import iso
+from frontdesk.domain.messages import SENDER_CHECK
 from frontdesk.domain.sla import SlaEngine, SlaState
 from frontdesk.storage.models import Acknowledgement, Contact, Conversation, Message
 
@@ -65,6 +73,7 @@ class Acknowledgements:
         self.customers = customers
         self.dialect = dialect
         self.rate_limits = parse_rate_limits(config.rate_limits)
+        self.global_rate_limits = parse_rate_limits(config.global_rate_limits)
 
     def plan(self, c: Conversation, now: datetime) -> None:
         """A new conversation from a customer: acknowledge it after ``acknowledgement.delay``."""
@@ -86,6 +95,9 @@ class Acknowledgements:
             reason = "there is no customer message"
         elif first.automated:
             reason = "the message was automated"
+        elif _sender_check(first) == "fail":
+            reason = ("the sender failed authentication (DMARC or SPF, per the trusted "
+                      "Authentication-Results): the From address is likely forged")
         elif c.first_responded_at is not None or c.last_staff_message_at is not None:
             reason = "staff already answered"
         elif c.status == "resolved":
@@ -101,7 +113,8 @@ class Acknowledgements:
                     log.debug("%s: acknowledgement postponed: another instance is "
                               "acknowledging %s", c.reference, first.address)
                     return False
-                reason = await self._rate_limited(s, first.address, now)
+                reason = (await self._rate_limited(s, first.address, now)
+                          or await self._globally_limited(s, now))
         if reason is not None or first is None:
             audit(s, "acknowledgement_skipped", c, now, {"reason": reason})
             log.info("%s: no acknowledgement: %s", c.reference, reason)
@@ -115,7 +128,8 @@ class Acknowledgements:
             s, c, contact, first, kind="acknowledgement", author_name="Automatic reply",
             templates=self.config.templates, now=now, language=language,
             values={"due": when, "expectation": sentence},
-            data={"due": iso(due), "language": language})
+            data={"due": iso(due), "language": language},
+            neutral=_sender_check(first) == "unverified")
         s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                               recipient=first.address.lower(), created_at=now))
         return True
@@ -143,3 +157,18 @@ class Acknowledgements:
             if sum(1 for t in sent if t > now - window) >= most:
                 return f"the rate limit {spec} for {address} is reached"
         return None
+
+    async def _globally_limited(self, s: AsyncSession, now: datetime) -> str | None:
+        for most, window, spec in self.global_rate_limits:
+            sent = (await s.execute(
+                select(func.count()).select_from(Acknowledgement)
+                .where(Acknowledgement.created_at > now - window))).scalar_one()
+            if sent >= most:
+                return (f"the global rate limit {spec} for all acknowledgements is reached "
+                        "(acknowledgement.global_rate_limits)")
+        return None
+
+
+def _sender_check(message: Message) -> str | None:
+    value = (message.headers or {}).get(SENDER_CHECK)
+    return value if isinstance(value, str) else None

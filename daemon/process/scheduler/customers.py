@@ -77,19 +77,28 @@ class CustomerNotices:
                    answering: Message, *, kind: str, author_name: str, templates: Templates,
                    now: datetime, language: str | None = None,
                    values: Mapping[str, str] | None = None,
-                   data: Mapping[str, object] | None = None) -> Message:
+                   data: Mapping[str, object] | None = None,
+                   neutral: bool = False) -> Message:
         """Word the ``kind`` message (``values`` beside the common placeholders), store it,
-        queue it answering ``answering`` and audit ``<kind>_sent`` (with ``data``)."""
+        queue it answering ``answering`` and audit ``<kind>_sent`` (with ``data``).
+
+        ``neutral``: the recipient's address is not verified (:data:`SENDER_CHECK`), so the
+        message repeats none of the sender's words: no name (the greeting's neutral word, no
+        display name on the To line), no subject of theirs."""
         if language is None:
             language = self.language(contact, answering)
         template = notices.choose(kind, c.channel, language, self.default_language, templates)
         words = self._values(c, contact, answering, language) | dict(values or {})
+        if neutral:
+            nobody, _ = notices.greeting_name("", language)
+            words |= {"name": nobody, "first_name": nobody, "subject": notices.your_message(
+                language)}
         text = notices.render(template.text, words)
         subject = notices.render(template.subject, words) if template.subject else ""
         message = await self.replies.queue(s, c, answering=answering, text=text, author="system",
                                            author_name=author_name, subject=subject,
                                            automated=True, headers={"X-Frontdesk-Kind": kind},
-                                           now=now)
+                                           now=now, to_name=None if neutral else "")
         audit(s, f"{kind}_sent", c, now,
               {"channel": c.channel, "to": answering.address, **(data or {})},
               message_id=message.id)

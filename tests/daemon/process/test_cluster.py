@@ -120,6 +120,7 @@ first_response = "4h"
 
 [acknowledgement]
 rate_limits = ["100/1h"]
+global_rate_limits = ["100000/10m"]   # thousands of new customers at once, on purpose
 
 [scheduler]
 interval = "1s"
