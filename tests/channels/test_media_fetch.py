@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
@@ -23,7 +22,7 @@ from frontdesk.channels.media import (
     parse_pattern,
     public_address,
 )
-from tests.fakes import serve
+from tests.fakes.media import FakeMediaHost
 
 
 class StubResolver(AbstractResolver):
@@ -47,53 +46,20 @@ class StubResolver(AbstractResolver):
         pass
 
 
-class Site:
-    """An HTTP server on 127.0.0.1 that records what it is asked."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str | None]] = []  # (path, Authorization)
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> Site:
-        app = web.Application()
-        app.router.add_get("/{path:.*}", self._get)
-        self._runner, self.port = await serve(app)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _get(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.path, request.headers.get("Authorization")))
-        path = request.path
-        if path == "/ok":
-            return web.Response(body=b"a small file", content_type="image/png")
-        if path == "/sized":
-            return web.Response(body=b"x" * 5000, content_type="image/png")
-        if path == "/streamed":  # no Content-Length: the cap must hold while reading
-            response = web.StreamResponse()
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            for _ in range(50):
-                await response.write(b"y" * 100)
-            await response.write_eof()
-            return response
-        if path.startswith("/go/"):
-            raise web.HTTPFound(request.query["to"])
-        if path == "/loop":
-            raise web.HTTPFound("/loop")
-        return web.Response(status=404)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+def canned(host: FakeMediaHost) -> FakeMediaHost:
+    """What these tests fetch: a small file, files over a 1000-byte cap with and without a
+    Content-Length, and a redirect to itself."""
+    host.file("/ok", b"a small file", "image/png")
+    host.file("/sized", b"x" * 5000, "image/png")
+    host.stream("/streamed", b"y" * 5000)  # no Content-Length: the cap must hold while reading
+    host.redirect("/loop", "/loop")
+    return host
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[Site]:
-    async with Site() as s:
-        yield s
+async def site() -> AsyncIterator[FakeMediaHost]:
+    async with FakeMediaHost() as s:
+        yield canned(s)
 
 
 async def fetcher(hosts: MediaHosts, *, names: dict[str, list[str]] | None = None,
@@ -174,7 +140,8 @@ async def test_the_resolver_keeps_only_public_addresses_of_an_untrusted_name() -
 
 # -- fetching ---------------------------------------------------------------------------------
 
-async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(site: Site) -> None:
+async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(
+        site: FakeMediaHost) -> None:
     """The host rule lets evil.cdn.test through (the wildcard); the address it resolves to,
     checked by the connector, does not."""
     names = {"evil.cdn.test": ["127.0.0.1"], "proxy.internal": ["127.0.0.1"]}
@@ -191,8 +158,12 @@ async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(site:
 
 
 async def test_redirects_are_checked_hop_by_hop_and_credentials_asked_per_hop(
-        site: Site) -> None:
-    async with Site() as other:
+        site: FakeMediaHost) -> None:
+    async with FakeMediaHost() as other:
+        canned(other)
+        to_other = site.redirect("/go/1", f"http://localhost:{other.port}/ok")
+        off_host = site.redirect("/go/2", f"http://127.0.0.1:{other.port}/ok")
+        to_a_file = site.redirect("/go/3", "file:///etc/passwd")
         asked: list[str] = []
 
         def credentials(url: URL) -> dict[str, str]:
@@ -203,15 +174,14 @@ async def test_redirects_are_checked_hop_by_hop_and_credentials_asked_per_hop(
                            origins=[f"http://127.0.0.1:{site.port}"])
         f = await fetcher(hosts, names={"localhost": ["127.0.0.1"]}, credentials=credentials)
         try:
-            to_other = site.url(f"/go/1?to=http://localhost:{other.port}/ok")
             got = await f.fetch(to_other)
             assert (got.status, got.data) == (200, b"a small file")
             assert other.requests == [("/ok", None)]  # no credentials past the first host
             assert site.requests[-1][1] == "Basic c2VjcmV0"
             with pytest.raises(PermanentFailure, match=r"redirected the file to http://127\.0"):
-                await f.fetch(site.url(f"/go/2?to=http://127.0.0.1:{other.port}/ok"))
+                await f.fetch(off_host)
             with pytest.raises(PermanentFailure, match="not followed"):
-                await f.fetch(site.url("/go/3?to=file:///etc/passwd"))
+                await f.fetch(to_a_file)
             with pytest.raises(PermanentFailure, match="more than 5 times"):
                 await f.fetch(site.url("/loop"))
             assert len([p for p, _ in site.requests if p == "/loop"]) == 6
@@ -220,7 +190,7 @@ async def test_redirects_are_checked_hop_by_hop_and_credentials_asked_per_hop(
             await f.close()
 
 
-async def test_the_size_is_capped_with_or_without_a_content_length(site: Site) -> None:
+async def test_the_size_is_capped_with_or_without_a_content_length(site: FakeMediaHost) -> None:
     f = await fetcher(MediaHosts(origins=[f"http://127.0.0.1:{site.port}"]), max_bytes=1000)
     try:
         for path in ("/sized", "/streamed"):

@@ -9,18 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from tests.support.helpers import eventually, mail, processed, send
-
-ATTACKER = "127.0.0.2"
-
-
-async def connect(port: int, source: str = "127.0.0.1"
-                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+from tests.support.sockets import ATTACKER, Conn, close_all, closed, connect, trickling
 
 
 async def line(reader: asyncio.StreamReader, timeout: float = 3.0) -> bytes:
@@ -35,42 +31,33 @@ async def reply(reader: asyncio.StreamReader, timeout: float = 3.0) -> bytes:
             return got
 
 
-async def closed(reader: asyncio.StreamReader, timeout: float = 3.0) -> bool:
-    """True when the server closes the connection within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
+async def smtp_daemon(make_settings: Any, daemon_factory: Any, **smtp_server: Any
+                      ) -> tuple[Any, int]:
+    """A daemon whose SMTP server has these ``email.smtp_server`` settings, and its port."""
+    d = await daemon_factory(make_settings(email={"smtp_server": smtp_server}))
+    return d, d.email.smtp.port
 
 
-async def hold(port: int, count: int, source: str = ATTACKER
-               ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """``count`` sessions that got their 220 greeting and then say nothing."""
+@asynccontextmanager
+async def holding(port: int, count: int, source: str = ATTACKER) -> AsyncIterator[list[Conn]]:
+    """``count`` sessions that got their 220 greeting and then say nothing, for the ``async
+    with`` block; those still in the list are closed at its end."""
     held = []
     for _ in range(count):
         r, w = await connect(port, source)
         assert (await line(r)).startswith(b"220 ")
         held.append((r, w))
-    return held
-
-
-def close_all(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
-    for _, w in conns:
-        w.close()
+    try:
+        yield held
+    finally:
+        close_all(held)
 
 
 async def test_extra_connection_from_one_address_gets_421_and_others_still_get_250(
         make_settings: Any, daemon_factory: Any) -> None:
-    d = await daemon_factory(make_settings(email={"smtp_server": {
-        "max_connections_per_client": 3, "max_connections": 50}}))
-    port = d.email.smtp.port
-    held = await hold(port, 3)
-    try:
+    d, port = await smtp_daemon(make_settings, daemon_factory,
+                                max_connections_per_client=3, max_connections=50)
+    async with holding(port, 3) as held:
         r, _ = await connect(port, ATTACKER)
         refused = await line(r)
         assert refused.startswith(b"421 4.7.0 frontdesk.test ")
@@ -83,25 +70,19 @@ async def test_extra_connection_from_one_address_gets_421_and_others_still_get_2
         r0, w0 = held[0]
         w0.write(b"NOOP\r\n")
         assert (await line(r0)).startswith(b"250")
-    finally:
-        close_all(held)
 
 
 async def test_total_cap_answers_server_busy_and_frees_the_slot_on_close(
         make_settings: Any, daemon_factory: Any) -> None:
-    d = await daemon_factory(make_settings(email={"smtp_server": {
-        "max_connections_per_client": 10, "max_connections": 3}}))
-    port = d.email.smtp.port
-    held = await hold(port, 3)
-    try:
+    _, port = await smtp_daemon(make_settings, daemon_factory,
+                                max_connections_per_client=10, max_connections=3)
+    async with holding(port, 3) as held:
         r, _ = await connect(port)  # another address, but the server is full
         refused = await line(r)
         assert refused.startswith(b"421 4.7.0 frontdesk.test ")
         assert b"server busy" in refused.lower() and b"try again later" in refused
         held.pop()[1].close()  # one attacker session goes: its slot is free again
         await eventually(lambda: _sendable(port))
-    finally:
-        close_all(held)
 
 
 async def _sendable(port: int) -> bool:
@@ -113,9 +94,8 @@ async def _sendable(port: int) -> bool:
 
 async def test_trickling_data_is_cut_with_421_after_data_timeout(
         make_settings: Any, daemon_factory: Any) -> None:
-    d = await daemon_factory(make_settings(email={"smtp_server": {
-        "data_timeout": "1s", "idle_timeout": "30s"}}))
-    port = d.email.smtp.port
+    d, port = await smtp_daemon(make_settings, daemon_factory,
+                                data_timeout="1s", idle_timeout="30s")
     r, w = await connect(port)
     assert (await line(r)).startswith(b"220")
     for command in (b"EHLO slow.example", b"MAIL FROM:<ada@example.org>",
@@ -131,16 +111,12 @@ async def test_trickling_data_is_cut_with_421_after_data_timeout(
                 await asyncio.sleep(0.2)
 
     started = time.monotonic()
-    trickler = asyncio.create_task(trickle())
-    try:
+    async with trickling(w, trickle()):
         cut = await line(r, 5)
         elapsed = time.monotonic() - started
         assert cut.startswith(b"421 4.4.2 frontdesk.test ") and b"timeout" in cut
         assert 0.8 < elapsed < 3, elapsed
         assert await closed(r, 2)
-    finally:
-        trickler.cancel()
-        w.close()
     # Nothing was journaled, and a message sent at normal speed still goes through.
     assert await send(port, mail()) == {}
     await eventually(lambda: processed(d.store))
@@ -148,8 +124,7 @@ async def test_trickling_data_is_cut_with_421_after_data_timeout(
 
 async def test_idle_session_and_a_command_line_trickled_byte_by_byte_are_cut(
         make_settings: Any, daemon_factory: Any) -> None:
-    d = await daemon_factory(make_settings(email={"smtp_server": {"idle_timeout": "1s"}}))
-    port = d.email.smtp.port
+    _, port = await smtp_daemon(make_settings, daemon_factory, idle_timeout="1s")
     r, w = await connect(port)
     assert (await line(r)).startswith(b"220")
     started = time.monotonic()
@@ -159,15 +134,11 @@ async def test_idle_session_and_a_command_line_trickled_byte_by_byte_are_cut(
             w.write(bytes([byte]))
             await asyncio.sleep(0.2)
 
-    trickler = asyncio.create_task(trickle())
-    try:
+    async with trickling(w, trickle()):
         cut = await line(r, 5)
         assert cut.startswith(b"421 4.4.2 frontdesk.test ") and b"timeout" in cut
         assert time.monotonic() - started < 3
         assert await closed(r, 2)
-    finally:
-        trickler.cancel()
-        w.close()
     # A silent session (never a byte after the greeting) goes the same way.
     r, w = await connect(port)
     assert (await line(r)).startswith(b"220")
@@ -182,11 +153,9 @@ async def test_refusals_are_logged_once_per_interval_not_per_connection(
 
     monkeypatch.setattr(connections, "REPORT_INTERVAL", 1.0)
     caplog.set_level(logging.INFO)
-    d = await daemon_factory(make_settings(email={"smtp_server": {
-        "max_connections_per_client": 2, "max_connections": 50}}))
-    port = d.email.smtp.port
-    held = await hold(port, 2)
-    try:
+    _, port = await smtp_daemon(make_settings, daemon_factory,
+                                max_connections_per_client=2, max_connections=50)
+    async with holding(port, 2):
         for _ in range(30):
             r, w = await connect(port, ATTACKER)
             assert (await line(r)).startswith(b"421 4.7.0")
@@ -207,8 +176,6 @@ async def test_refusals_are_logged_once_per_interval_not_per_connection(
         await asyncio.sleep(1.2)  # a quiet interval adds nothing
         assert len(refusals()) == 2
         assert not [rec for rec in caplog.records if rec.exc_info]
-    finally:
-        close_all(held)
 
 
 async def _later(get: Any, count: int) -> Any:

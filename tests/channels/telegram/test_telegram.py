@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,6 @@ from tests.support.helpers import conversations, detail, eventually, processed
 PUBLIC_URL = "https://support.example.com"
 SECRET = "webhook-secret_0123456789"
 USER = 987654321
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TelegramChannel, "backoff_initial", 0.05)
-    monkeypatch.setattr(TelegramChannel, "backoff_max", 0.2)
 
 
 def telegram_settings(make_settings: Any, fake: FakeTelegram, database_url: str | None = None,

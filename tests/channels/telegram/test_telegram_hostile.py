@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,18 +27,6 @@ from tests.channels.telegram.test_telegram import (
 )
 from tests.fakes.telegram import FakeTelegram
 from tests.support.helpers import eventually, processed
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TelegramChannel, "backoff_initial", 0.05)
-    monkeypatch.setattr(TelegramChannel, "backoff_max", 0.2)
 
 
 async def _post(port: int, body: bytes) -> int:

@@ -21,7 +21,7 @@ from frontdesk.channels.twilio.parse import media_items, parse_twilio
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Attachment, Event, InboundJournal, Outbox
 from tests.channels.twilio.test_twilio import EMPTY_TWIML, OURS, start, twilio_settings
-from tests.fakes import serve
+from tests.fakes.media import FakeMediaHost
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, sid
 from tests.support.helpers import conversations, detail, eventually, processed
 
@@ -159,42 +159,12 @@ async def test_a_form_with_more_fields_than_twilio_ever_sends_is_refused_unread(
 # -- media hosts (SSRF) ---------------------------------------------------------------------------
 
 
-class Site:
-    """A small HTTP server on 127.0.0.1 standing for a host: canned answers by path (a file or
-    a redirect), every request it got recorded with whether it carried an Authorization."""
+class Site(FakeMediaHost):
+    """A host (Twilio, a CDN, an internal one) as the fake media host, its requests recorded as
+    (path, whether it carried an Authorization): all these tests ask of them."""
 
-    def __init__(self) -> None:
-        self.answers: dict[str, tuple[str, Any]] = {}
-        self.requests: list[tuple[str, bool]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> Site:
-        app = web.Application()
-        app.router.add_get("/{path:.*}", self._get)
-        self._runner, self.port = await serve(app)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _get(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.path, "Authorization" in request.headers))
-        kind, value = self.answers.get(request.path, ("missing", None))
-        if kind == "file":
-            return web.Response(body=value, content_type="image/jpeg")
-        if kind == "redirect":
-            raise web.HTTPFound(value)
-        return web.Response(status=404)
-
-    def file(self, path: str, data: bytes) -> str:
-        self.answers[path] = ("file", data)
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def redirect(self, path: str, to: str) -> str:
-        self.answers[path] = ("redirect", to)
-        return f"http://127.0.0.1:{self.port}{path}"
+    def record(self, request: web.Request) -> tuple[str, bool]:
+        return request.path, "Authorization" in request.headers
 
 
 async def _media_job(d: Any) -> Outbox:

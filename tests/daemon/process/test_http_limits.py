@@ -17,27 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.helpers import eventually
-
-ATTACKER = "127.0.0.2"
-
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def connect(port: int, source: str = "127.0.0.1") -> Conn:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def closed(reader: asyncio.StreamReader, timeout: float = 3.0) -> bool:
-    """True when the server closes the connection within ``timeout`` (whatever it said)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
+from tests.support.sockets import ATTACKER, Conn, close_all, closed, connect, trickling
 
 
 async def get(port: int, path: str, source: str = "127.0.0.1",
@@ -65,11 +45,6 @@ async def still_open(conns: list[Conn]) -> int:
     return sum(not c for c in results)
 
 
-def close_all(conns: list[Conn]) -> None:
-    for _, w in conns:
-        w.close()
-
-
 async def _none_open(limiter: Any) -> bool:
     return bool(limiter.open == 0)
 
@@ -88,17 +63,13 @@ async def test_slowloris_is_cut_after_header_timeout_while_healthz_answers(
             await asyncio.sleep(0.2)
 
     started = time.monotonic()
-    trickler = asyncio.create_task(trickle(w))
-    try:
+    async with trickling(w, trickle(w)):
         status, body = await get(port, "/healthz")
         assert status == 200 and b'"ok"' in body
         assert await closed(r, 4)
         assert time.monotonic() - started < 2.5
         status, _ = await get(port, "/readyz")
         assert status == 200
-    finally:
-        trickler.cancel()
-        w.close()
     # Keep-alive: a connection may sit idle between requests for keepalive_timeout...
     r, w = await connect(port)
     w.write(b"GET /healthz HTTP/1.1\r\nHost: frontdesk\r\n\r\n")
@@ -114,13 +85,9 @@ async def test_slowloris_is_cut_after_header_timeout_while_healthz_answers(
     await asyncio.sleep(0.5)
     w.write(b"GET /healthz HTTP/1.1\r\n")
     started = time.monotonic()
-    trickler = asyncio.create_task(trickle(w))
-    try:
+    async with trickling(w, trickle(w)):
         assert await closed(r, 4)
         assert time.monotonic() - started < 2
-    finally:
-        trickler.cancel()
-        w.close()
 
 
 async def test_over_cap_connections_from_one_address_are_closed_once_logged(
@@ -218,15 +185,11 @@ async def test_trickled_body_gets_408_but_a_long_response_streams_on(server: Any
             await asyncio.sleep(0.2)
 
     started = time.monotonic()
-    trickler = asyncio.create_task(trickle())
-    try:
+    async with trickling(w, trickle()):
         status_line = await asyncio.wait_for(r.readline(), 4)
         assert status_line.startswith(b"HTTP/1.1 408"), status_line
         assert time.monotonic() - started < 2.5
         assert await closed(r, 2)
-    finally:
-        trickler.cancel()
-        w.close()
     # A body sent at once is read; a response streaming past header_timeout is not cut.
     r, w = await connect(port)
     w.write(b"POST /echo HTTP/1.1\r\nHost: frontdesk\r\nContent-Length: 5\r\n"
