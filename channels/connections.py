@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
@@ -122,6 +124,7 @@ class Limiter:
         self._evicted = 0
         self._cut: Counter[str] = Counter()
         self._report: asyncio.TimerHandle | None = None
+        self._since = time.monotonic()  # when the interval being summed up began
 
     @property
     def open(self) -> int:
@@ -203,6 +206,7 @@ class Limiter:
 
     def _schedule(self) -> None:
         if self._report is None:
+            self._since = time.monotonic()
             with contextlib.suppress(RuntimeError):  # no running loop: reported at close
                 self._report = asyncio.get_running_loop().call_later(
                     REPORT_INTERVAL, self._flush)
@@ -211,7 +215,8 @@ class Limiter:
         self._report = None
         if not self._pending():
             return  # a quiet interval: the next refusal is told at once again
-        interval = _seconds(REPORT_INTERVAL)
+        # (at close, the interval is cut short: say how long it really was)
+        interval = _seconds(min(REPORT_INTERVAL, math.ceil(time.monotonic() - self._since)))
         parts = []
         refused = sum(self._refused.values())
         if refused:
