@@ -125,6 +125,9 @@ class Limiter:
         self._cut: Counter[str] = Counter()
         self._report: asyncio.TimerHandle | None = None
         self._since = time.monotonic()  # when the interval being summed up began
+        self.totals: Counter[str] = Counter()
+        """Since start, for the metrics: ``refused_client``, ``refused_total`` (refused over a
+        cap), ``evicted`` (idle, closed to make room), ``too_slow`` (cut by a time bound)."""
 
     @property
     def open(self) -> int:
@@ -135,9 +138,11 @@ class Limiter:
         if self._exempt(host):
             self._exempt_keys.add(key)
         elif self._per_key[key] >= self.max_per_client:
+            self.totals["refused_client"] += 1
             self._note_refusal("client", key)
             return "client"
         if self._open >= self.max_connections and not self._make_room():
+            self.totals["refused_total"] += 1
             self._note_refusal("total", key)
             return "total"
         self._open += 1
@@ -147,6 +152,7 @@ class Limiter:
     def cut(self, why: str) -> None:
         """A connection was closed for being too slow (``why`` names the bound)."""
         self._cut[why] += 1
+        self.totals["too_slow"] += 1
         self._schedule()
 
     def close(self) -> None:
@@ -182,6 +188,7 @@ class Limiter:
         evict = victim.evict
         victim.release()
         self._evicted += 1
+        self.totals["evicted"] += 1
         self._schedule()
         if evict is not None:
             evict()

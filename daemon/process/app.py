@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import func, select
 
 from frontdesk.channels.base import Channel, ChannelContext
-from frontdesk.channels.connections import raise_file_limit
+from frontdesk.channels.connections import Limiter, raise_file_limit
 from frontdesk.channels.email.channel import EmailChannel
 from frontdesk.daemon.process import registry
 from frontdesk.daemon.process.http import HttpServer
@@ -213,6 +213,7 @@ class Daemon:
                 OUTBOX_CHANNEL: self.outbox.kick, JOURNAL_CHANNEL: self.processor.kick})
         self.http = HttpServer(settings.http, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
+        self.metrics.watch_connections(self._limiters)
         context = ChannelContext(
             store=self.store, clock=clock, attachments=attachments, replies=self.replies,
             calendar=self.sla.calendar, metrics=self.metrics.registry,
@@ -289,6 +290,13 @@ class Daemon:
         if problem is not None:
             raise DataDirError(errno.EINVAL, f"daemon.data_dir {problem}")
         self._data_dir_ok = True
+
+    def _limiters(self) -> list[Limiter]:
+        """The listeners' connection caps, for the metrics."""
+        limiters = [self.http.limiter]
+        if self.email is not None and self.email.smtp is not None:
+            limiters.append(self.email.smtp.limiter)
+        return limiters
 
     async def start(self) -> None:
         self.notifier.notify("STATUS=starting")

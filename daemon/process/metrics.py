@@ -10,7 +10,7 @@ no series: the IMAP reader, the Slack desk and each channel register theirs only
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import (
@@ -24,10 +24,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
 
 from frontdesk import __version__
+from frontdesk.channels.connections import Limiter
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Conversation
 
@@ -126,5 +129,36 @@ class Metrics:
             self.conversations_open.labels(channel).set(count)
             self.sla_breached.labels(channel).set(late)
 
+    def watch_connections(self, limiters: Callable[[], Iterable[Limiter]]) -> None:
+        """Serve the listeners' connection figures (read at each scrape):
+        ``frontdesk_connections_open{server}`` and
+        ``frontdesk_connections_refused_total{server, reason}``, reason one of
+        ``per_client_cap``, ``total_cap``, ``evicted_idle`` (closed to make room),
+        ``too_slow`` (cut by a time bound)."""
+        self.registry.register(_ConnectionCollector(limiters))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ConnectionCollector(Collector):
+    _REASONS = (("refused_client", "per_client_cap"), ("refused_total", "total_cap"),
+                ("evicted", "evicted_idle"), ("too_slow", "too_slow"))
+
+    def __init__(self, limiters: Callable[[], Iterable[Limiter]]) -> None:
+        self._limiters = limiters
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily("frontdesk_connections_open",
+                                     "Client connections open, by listener", labels=["server"])
+        refused = CounterMetricFamily(
+            "frontdesk_connections_refused",
+            "Client connections refused over a cap or closed (idle to make room, too slow)",
+            labels=["server", "reason"])
+        for limiter in self._limiters():
+            server = limiter.name.lower()
+            open_now.add_metric([server], limiter.open)
+            for key, reason in self._REASONS:
+                refused.add_metric([server, reason], limiter.totals[key])
+        yield open_now
+        yield refused

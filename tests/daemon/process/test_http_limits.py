@@ -109,6 +109,14 @@ async def test_over_cap_connections_from_one_address_are_closed_once_logged(
         assert len(refusals) == 1, refusals
         assert "HTTP" in refusals[0] and ATTACKER in refusals[0]
         assert not [rec for rec in caplog.records if rec.exc_info]
+        # ... and an operator's dashboard counts them
+        status, body = await get(port, "/metrics")
+        assert status == 200
+        text = body.decode()
+        assert 'frontdesk_connections_refused_total{reason="per_client_cap",server="http"} 10.0' \
+            in text
+        assert 'frontdesk_connections_open{server="http"} 6.0' in text  # 5 held + this scrape
+        assert 'frontdesk_connections_refused_total{reason="total_cap",server="smtp"} 0.0' in text
     finally:
         close_all(held + extra)
     # An over-cap connection that says something hears why.
