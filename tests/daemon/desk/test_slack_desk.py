@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from frontdesk.domain.conversations import add_staff_reply, get_conversation
@@ -490,8 +491,11 @@ async def test_routes_pick_the_channel_and_metrics_show_the_backlog(
     async with aiohttp.ClientSession() as session, session.get(
             f"http://127.0.0.1:{d.http.port}/metrics") as r:
         metrics = await r.text()
-    assert 'frontdesk_slack_backlog{slack_channel="C0SUPPORT"} 1.0' in metrics
-    assert 'frontdesk_slack_backlog{slack_channel="C0VIP"} 0.0' in metrics
+    backlog = {sample.labels["slack_channel"]: sample.value
+               for family in text_string_to_metric_families(metrics)
+               if family.name == "frontdesk_slack_backlog" for sample in family.samples}
+    # cy's card waits (with, depending on timing, an update of an earlier card of that channel)
+    assert backlog[SUPPORT] >= 1 and backlog["C0VIP"] == 0, backlog
 
 
 async def test_rate_limit_waits_for_retry_after_then_delivers(
