@@ -442,14 +442,16 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
         doubt_roots = {f"FD-{conversation}" for kind, conversation, _ in in_doubt
                        if kind == "slack"}
         doubt_payloads = " ".join(payload for _, _, payload in in_doubt)
-        assert [k for k, n in roots().items()
-                if n > 2 or (n == 2 and k not in doubt_roots)] == []
+
+        def repeats() -> tuple[list[str], list[str]]:
+            return ([k for k, n in roots().items()
+                     if n > 2 or (n == 2 and k not in doubt_roots)],
+                    [k for k, n in acknowledgements().items()
+                     if n > 2 or (n == 2 and json.dumps(k.split(":", 1)[1]) not in doubt_payloads)])
+
+        assert repeats() == ([], [])
         assert len(roots()) == expected_conversations
-        acks = acknowledgements()
-        assert len(acks) == expected_conversations
-        assert [k for k, n in acks.items()
-                if n > 2 or (n == 2 and json.dumps(k.split(":", 1)[1]) not in doubt_payloads)
-                ] == []
+        assert len(acknowledgements()) == expected_conversations
         recorded = await _scalar(engine, "SELECT count(*) FROM acknowledgements")
         assert recorded == expected_conversations
 
@@ -469,8 +471,9 @@ async def test_three_instances_one_killed_lose_nothing_and_send_once(
         failed_sends = await _rows(engine, "SELECT kind, last_error FROM outbox "
                                            "WHERE state = 'failed'")
         assert failed_sends == []
-        assert [k for k, n in roots().items() if n > 1] == []
-        assert [k for k, n in acknowledgements().items() if n > 1] == []
+        # Draining sent nothing again: still each once, or twice only for what the killed
+        # instance had in flight (the later checks used to forget that exception).
+        assert repeats() == ([], [])
         print(f"\nTelegram leader moved from instance {first_leader.index} to "
               f"{new_leader.index} in {took_over:.1f} s")
         for instance in survivors:
