@@ -85,3 +85,11 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int
         process.kill()
         process.wait()
         return None
+
+
+def ms(seconds: float | None) -> str:
+    """A latency for a table: "4.4 ms", "1,234 ms"; "-" for none."""
+    if seconds is None:
+        return "-"
+    value = seconds * 1000
+    return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"

@@ -71,6 +71,7 @@ from benchmarks._common import (
     code_version,
     free_port,
     frontdesk_executable,
+    ms,
     start_frontdesk,
     stop_process,
 )
@@ -618,13 +619,6 @@ def hostile(daemon: Daemon, label: str, raw: bytes, subject: str, timeout: float
 
 # --- the report ----------------------------------------------------------------------------------
 
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    ms = seconds * 1000
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
-
-
 def _s(seconds: float | None) -> str:
     return "not cut" if seconds is None else f"{seconds:.1f} s"
 
@@ -640,7 +634,7 @@ def _grown(kb: int) -> str:
 def _max(values: list[float | None]) -> str:
     ok = [v for v in values if v is not None]
     failed = len(values) - len(ok)
-    text = f"{_ms(max(ok)) if ok else '-'} ({len(values)} req)"
+    text = f"{ms(max(ok)) if ok else '-'} ({len(values)} req)"
     return text + (f", {failed} FAILED" if failed else "")
 
 
@@ -695,20 +689,20 @@ def report(ex: Exhaustion, many: Hostile, nested: Hostile, dead: list[dict[str, 
          f"{ex.http_kept_2s:,} of {ex.http_total:,} (the others: {ex.http_503:,} got 503)",
          "caps 100 per client, 1,000 in all", "-"),
         ("/healthz while connecting: p50 / max",
-         f"{_ms(_percentile(sorted(flood_ok), 0.5))} / {_max(ex.flood_health)}",
+         f"{ms(_percentile(sorted(flood_ok), 0.5))} / {_max(ex.flood_health)}",
          "every 20 ms from another process", "-"),
         ("daemon open fds under attack", f"{ex.attack_fds:,}", f"quiet {ex.quiet_fds:,}", "-"),
         ("daemon RSS under attack", _mb(ex.attack_rss_kb), f"quiet {_mb(ex.quiet_rss_kb)}", "-"),
         ("/healthz p50 under attack (20 req)",
-         f"{_ms(attack_p50)} (x{attack_p50 / quiet_p50:.2f})", f"quiet {_ms(quiet_p50)}",
-         mark(f"p50 < 5 x quiet + 50 ms = {_ms(bound)}", attack_p50 < bound)),
+         f"{ms(attack_p50)} (x{attack_p50 / quiet_p50:.2f})", f"quiet {ms(quiet_p50)}",
+         mark(f"p50 < 5 x quiet + 50 ms = {ms(bound)}", attack_p50 < bound)),
         ("/healthz max under attack (20 req)",
-         f"{_ms(max(ex.attack_health))} (x{max(ex.attack_health) / max(ex.quiet_health):.2f})",
-         f"quiet {_ms(max(ex.quiet_health))}", "-"),
+         f"{ms(max(ex.attack_health))} (x{max(ex.attack_health) / max(ex.quiet_health):.2f})",
+         f"quiet {ms(max(ex.quiet_health))}", "-"),
         ("legit mail connect -> 250 (p50 of 5)",
-         (f"{_ms(attack_mail)} (x{attack_mail / quiet_mail:.2f})" if attack_mail is not None
+         (f"{ms(attack_mail)} (x{attack_mail / quiet_mail:.2f})" if attack_mail is not None
           else f"no 250: {ex.attack_mail_error}"),
-         f"quiet {_ms(quiet_mail)}",
+         f"quiet {ms(quiet_mail)}",
          mark("legitimate mail got 250", attack_mail is not None)),
         ("slowloris HTTP, 1 header byte/s: cut",
          f"{_s(loris.seconds)} after {loris.sent} bytes"
@@ -734,8 +728,8 @@ def report(ex: Exhaustion, many: Hostile, nested: Hostile, dead: list[dict[str, 
             rows.append(("ERROR", h.error, "", "-"))
         hwm = "-" if h.hwm_kb is None else _grown(h.hwm_kb - h.rss_before_kb)
         rows += [
-            ("connect -> 250 (sent, journaled)", _ms(h.receive_seconds), "", "-"),
-            ("250 -> its conversation exists", _ms(h.to_conversation), "", "-"),
+            ("connect -> 250 (sent, journaled)", ms(h.receive_seconds), "", "-"),
+            ("250 -> its conversation exists", ms(h.to_conversation), "", "-"),
             ("RSS growth: receiving / processing",
              f"{_grown(h.rss_peak_receiving_kb - h.rss_before_kb)} / "
              f"{_grown(h.rss_peak_processing_kb - h.rss_before_kb)} (VmHWM {hwm})",

@@ -70,6 +70,7 @@ from benchmarks._common import (
     asyncpg_dsn,
     code_version,
     free_port,
+    ms,
     start_frontdesk,
     stop_process,
 )
@@ -565,18 +566,11 @@ def _analyse(level: Level, run_id: str, accepted_at: dict[int, float],
         first = [min(by_message[i]) - t for i, t in order[:tenth] if i in by_message]
         last = [min(by_message[i]) - t for i, t in order[-tenth:] if i in by_message]
         if first and last:
-            level.notes.append(f"median latency of the first tenth {_ms(_percentile(first, .5))}"
-                               f", of the last tenth {_ms(_percentile(last, .5))}")
+            level.notes.append(f"median latency of the first tenth {ms(_percentile(first, .5))}"
+                               f", of the last tenth {ms(_percentile(last, .5))}")
 
 
 # --- the report ----------------------------------------------------------------------------------
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    ms = seconds * 1000
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
-
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
@@ -587,7 +581,7 @@ def print_table(levels: list[Level]) -> None:
               "max", "backlog at end", "drain s", "sustained"]
     rows = [[lv.backend, str(lv.instances), f"{lv.rate:g}", str(lv.sent),
              _rate(lv.accept_rate), _rate(lv.post_rate),
-             *((">" if lv.unposted and v is not None else "") + _ms(v)
+             *((">" if lv.unposted and v is not None else "") + ms(v)
                for v in (lv.p50, lv.p99, lv.worst)),
              "-" if lv.backlog_at_end is None else str(lv.backlog_at_end),
              "-" if lv.drain_s is None else (">" if lv.unposted else "") + f"{lv.drain_s:.1f}",
@@ -690,7 +684,7 @@ def main() -> int:
                 level = run_level(backend, url, rate, duration, instances, where,
                                   not args.no_acks, args.drain_timeout)
                 levels.append(level)
-                print(f"  p50 {_ms(level.p50)}, p99 {_ms(level.p99)}, accepted at "
+                print(f"  p50 {ms(level.p50)}, p99 {ms(level.p99)}, accepted at "
                       f"{_rate(level.accept_rate)}/s, roots posted at {_rate(level.post_rate)}/s"
                       f", {'sustained' if level.sustained else 'NOT sustained'}; "
                       f"{'checks pass' if not level.checks else 'CHECKS FAIL'} "
@@ -714,7 +708,7 @@ def main() -> int:
     for lv in levels:
         if lv.sender_late_p99 is not None and lv.sender_late_p99 > 0.05:
             print(f"note ({lv.backend}, {lv.rate:g}/s): the client started sends up to "
-                  f"{_ms(lv.sender_late_p99)} (p99) behind schedule: the server's answers held it "
+                  f"{ms(lv.sender_late_p99)} (p99) behind schedule: the server's answers held it "
                   "back")
         for note in lv.notes:
             print(f"note ({lv.backend}, {lv.rate:g}/s): {note}")

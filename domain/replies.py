@@ -63,10 +63,11 @@ class ReplyComposer:
                     answering: Message, text: str, author: str, author_name: str,
                     now: datetime, subject: str = "", automated: bool = False,
                     headers: Mapping[str, str] | None = None,
-                    to_name: str | None = "") -> Message:
+                    nameless: bool = False) -> Message:
         """Store a message to the customer (``author``: ``staff`` or ``system``) answering
         ``answering`` and queue its delivery on the conversation's channel in the outbox.
-        ``to_name``: the recipient's display name; empty: the contact's name; None: none."""
+        ``nameless``: no display name beside the recipient's address (a name the sender chose
+        is not repeated to an address nobody verified)."""
         channel = conversation.channel
         earlier = [r for r in (await session.execute(
             select(Message.external_id).where(Message.conversation_id == conversation.id,
@@ -76,9 +77,8 @@ class ReplyComposer:
         out = self.compose(
             OutboundMessage(channel=channel, to_address=answering.address, text=text,
                             subject=subject, conversation_reference=conversation.reference,
-                            to_name=("" if to_name is None else
-                                     to_name or conversation.contact.name
-                                     or answering.author_name),
+                            to_name="" if nameless else (conversation.contact.name
+                                                         or answering.author_name),
                             automated=automated),
             ReplyContext(reference=conversation.reference, subject=conversation.subject,
                          inbox_address=conversation.inbox_address,

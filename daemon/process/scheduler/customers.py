@@ -98,7 +98,7 @@ class CustomerNotices:
         message = await self.replies.queue(s, c, answering=answering, text=text, author="system",
                                            author_name=author_name, subject=subject,
                                            automated=True, headers={"X-Frontdesk-Kind": kind},
-                                           now=now, to_name=None if neutral else "")
+                                           now=now, nameless=neutral)
         audit(s, f"{kind}_sent", c, now,
               {"channel": c.channel, "to": answering.address, **(data or {})},
               message_id=message.id)
