@@ -124,6 +124,9 @@ class ChannelContext:
     """``leadership(name)``: an elector for one single consumer named ``name``."""
     kick_outbox: Callable[[], None]
     """Wake the outbox worker now (after a commit that queued work)."""
+    first_response_due: Callable[[datetime], datetime]
+    """When a new conversation opened at ``at`` is promised its first answer (the SLA's first
+    response time in business hours): what a website tells a visitor before they write."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,3 +186,8 @@ class ChannelSection(Section):
     def threading(self) -> Threading | None:
         """How replies on this channel thread on the customer's side (email), if at all."""
         return None
+
+    def replies_via(self) -> Mapping[str, str]:
+        """Customer channels of this section whose replies go out on another channel (a contact
+        form is answered by email): ``{"form": "email"}``."""
+        return {}

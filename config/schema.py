@@ -297,6 +297,18 @@ def _rate_limit(value: str) -> str:
     return value.strip()
 
 
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+"""A rate like ``"10/10m"``: at most 10 in any 10 minutes."""
+
+
+def parse_rate(value: str) -> tuple[int, timedelta]:
+    """``"10/10m"`` → (10, 10 minutes)."""
+    m = _RATE.match(value.strip())
+    if not m:
+        raise ValueError(f'{value!r} is not a rate like "10/10m"')
+    return int(m.group(1)), parse_duration(m.group(2))
+
+
 class MessageTemplate(Section):
     """One automatic message (acknowledgement, survey, reminder) for one channel and language:
     ``subject`` (email only) and ``text`` with placeholders like ``{reference}``."""
@@ -343,10 +355,10 @@ def _check_templates(kind: str, value: TemplateTable, info: ValidationInfo) -> T
 class AcknowledgementConfig(Section):
     enabled: bool = True
     delay: Delay = timedelta(0)
-    rate_limits: list[Annotated[str, AfterValidator(_rate_limit)]] = Field(
+    rate_limits: list[RateLimit] = Field(
         default_factory=lambda: ["10/10m", "15/30m", "25/1h", "50/3h", "100/10h"]
     )
-    global_rate_limits: list[Annotated[str, AfterValidator(_rate_limit)]] = Field(
+    global_rate_limits: list[RateLimit] = Field(
         default_factory=lambda: ["500/10m", "2000/1h"]
     )
     """Caps on all acknowledgements together, whoever they go to: forged senders spread over

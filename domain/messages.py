@@ -62,6 +62,12 @@ class InboundMessage:
     """The new part of a quoted reply (None: all of ``text`` is new)."""
     delivery_report: DeliveryReport | None = None
     """Set when this message is a bounce or delivery report about mail we sent."""
+    identity_channel: str = ""
+    """The kind of identity ``sender_address`` is, when not ``channel``'s own: a contact form
+    (channel ``form``) names its sender by an ``email`` identity."""
+    standalone: bool = False
+    """It opens a conversation of its own unless its thread refs, hint or subject token name one
+    (like every email); otherwise a chat-like channel continues the sender's open conversation."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

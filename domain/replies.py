@@ -54,6 +54,18 @@ class ReplyComposer:
     """The customer channels this installation has (an address may name one: ``sms:+1...``)."""
     signature: str = "our support team"
     """Who the team is, in words for a customer ("Example Support")."""
+    via: Mapping[str, str] = field(default_factory=dict)
+    """Customer channels whose replies go out on another channel: a contact form's (``form``)
+    by ``email``."""
+
+    def channel_for(self, conversation: Conversation, answering: Message | None) -> str:
+        """The channel a message to the customer goes out on: the one the customer last wrote
+        on (an answer by mail to a website chat goes back by mail), else the conversation's;
+        then where that channel's replies go (:attr:`via`)."""
+        channel = conversation.channel
+        if answering is not None and answering.direction == "in" and answering.channel:
+            channel = answering.channel
+        return self.via.get(channel, channel)
 
     def compose(self, outbound: OutboundMessage, context: ReplyContext) -> OutboundMessage:
         threading = self.threading.get(outbound.channel)
@@ -68,7 +80,7 @@ class ReplyComposer:
         ``answering`` and queue its delivery on the conversation's channel in the outbox.
         ``nameless``: no display name beside the recipient's address (a name the sender chose
         is not repeated to an address nobody verified)."""
-        channel = conversation.channel
+        channel = self.channel_for(conversation, answering)
         earlier = [r for r in (await session.execute(
             select(Message.external_id).where(Message.conversation_id == conversation.id,
                                               Message.channel == channel,

@@ -41,7 +41,7 @@ _STATUS = {
 _PRIORITY = {"low": "Low", "normal": "Normal", "high": ":small_orange_diamond: High",
              "urgent": ":red_circle: Urgent"}
 _CHANNEL = {"email": "Email", "sms": "SMS", "whatsapp": "WhatsApp", "voice": "Voicemail",
-            "telegram": "Telegram"}
+            "telegram": "Telegram", "web": "Website chat", "form": "Contact form"}
 _CUT_NOTE = " … (cut; the whole message is in `frontdesk show {ref}`)"
 
 

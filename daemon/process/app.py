@@ -217,7 +217,8 @@ class Daemon:
         context = ChannelContext(
             store=self.store, clock=clock, attachments=attachments, replies=self.replies,
             calendar=self.sla.calendar, metrics=self.metrics.registry,
-            leadership=self.leadership, kick_outbox=self.outbox.kick)
+            leadership=self.leadership, kick_outbox=self.outbox.kick,
+            first_response_due=self.sla.first_response_due)
         for channel in self.channels:
             parts = channel.bind(context)
             self.http.app.router.add_routes(parts.routes)

@@ -437,8 +437,9 @@ class Processor:
 
     async def _contact_for(self, session: AsyncSession, m: InboundMessage,
                            now: datetime) -> Contact:
+        kind = m.identity_channel or m.channel
         query = (select(Contact).join(Identity, Identity.contact_id == Contact.id)
-                 .where(Identity.channel == m.channel, Identity.address == m.sender_address))
+                 .where(Identity.channel == kind, Identity.address == m.sender_address))
         lock = self._lock_contacts
         if lock:  # held until commit: the same customer's next message waits for this one's
             # NO KEY UPDATE: it serialises the processors, yet rows that merely point at the
@@ -459,7 +460,7 @@ class Processor:
         contact = Contact(name=m.sender_name, created_at=now, updated_at=now, tags={})
         session.add(contact)
         await session.flush()
-        session.add(Identity(contact_id=contact.id, channel=m.channel, address=m.sender_address,
+        session.add(Identity(contact_id=contact.id, channel=kind, address=m.sender_address,
                              created_at=now))
         await session.flush()
         return contact
@@ -505,7 +506,7 @@ class Processor:
             conversation = await session.get(Conversation, m.subject_token)
             if conversation is not None and await _belongs(session, conversation, contact, m):
                 return conversation
-        if m.channel == "email":
+        if m.channel == "email" or m.standalone:
             return None
         # Chat-like channels: the contact's open conversation there, or a recently resolved one.
         since = now - self._rules.reopen_window

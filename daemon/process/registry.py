@@ -16,6 +16,7 @@ from frontdesk.channels.base import Channel, ChannelSection
 from frontdesk.channels.email import EmailConfig
 from frontdesk.channels.telegram import TelegramConfig
 from frontdesk.channels.twilio import TwilioConfig
+from frontdesk.channels.web import WebConfig
 from frontdesk.config.schema import CHAT_TEMPLATES, CoreSettings
 from frontdesk.domain.replies import ReplyComposer, Threading
 
@@ -26,6 +27,7 @@ class Settings(CoreSettings):
     email: EmailConfig = Field(default_factory=EmailConfig)
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
 
     @model_validator(mode="after")
@@ -73,9 +75,12 @@ def build_channels(settings: Settings) -> tuple[list[Channel], list[str]]:
 def reply_composer(settings: Settings) -> ReplyComposer:
     """The composer every message to a customer goes through (staff replies, notices, codes)."""
     threading: dict[str, Threading] = {}
+    via: dict[str, str] = {}
     for key, section in channel_sections(settings).items():
         if (made := section.threading()) is not None:
             threading[key] = made
+        via.update(section.replies_via())
     return ReplyComposer(threading=threading, channels=frozenset(customer_channels(settings)),
+                         via=via,
                          signature=parseaddr(settings.email.outbound.from_)[0]
                          or "our support team")

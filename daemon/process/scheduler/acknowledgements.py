@@ -106,7 +106,8 @@ class Acknowledgements:
                               .where(Acknowledgement.conversation_id == c.id))).first():
             reason = "it was already acknowledged"
         else:
-            reason = await self.customers.refusal(s, c.channel, first.address)
+            reason = await self.customers.refusal(
+                    s, self.customers.replies.channel_for(c, first), first.address)
             if reason is None:
                 if not await self._recipient_lock(s, first.address):
                     c.ack_due_at = now + _BUSY_RETRY  # another instance acknowledges them

@@ -87,7 +87,8 @@ class CustomerNotices:
         display name on the To line), no subject of theirs."""
         if language is None:
             language = self.language(contact, answering)
-        template = notices.choose(kind, c.channel, language, self.default_language, templates)
+        template = notices.choose(kind, self.replies.channel_for(c, answering), language,
+                                  self.default_language, templates)
         words = self._values(c, contact, answering, language) | dict(values or {})
         if neutral:
             nobody, _ = notices.greeting_name("", language)

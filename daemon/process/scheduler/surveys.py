@@ -120,7 +120,8 @@ class FollowUps:
         last = await last_from_customer(s, c)
         if reason is None:
             reason = "there is no customer message" if last is None \
-                else await self.customers.refusal(s, c.channel, last.address)
+                else await self.customers.refusal(
+                    s, self.customers.replies.channel_for(c, last), last.address)
         if reason is not None or last is None:
             audit(s, f"{kind}_skipped", c, now, {"reason": reason})
             return False
