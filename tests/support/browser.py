@@ -89,6 +89,7 @@ class Site:
         # the host page's own CSS tries hard to break the widget; the shadow root keeps it out
         return web.Response(content_type="text/html", text=f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Example Shop</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>* {{ color: red !important; font-size: 40px !important; display: inline }}
 button {{ display: none !important }}</style></head>
 <body><h1>Example Shop: {request.path}</h1>

@@ -30,7 +30,7 @@
   const sentence = (s) => s.charAt(0).toUpperCase() + s.slice(1);
   const EMAIL_RE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
   const AUTHORS = ['customer', 'staff', 'system'];
-  const STATES = { sending: 'Sending…', sent: 'Sent', failed: 'Not sent' };
+  const STATES = { sending: 'Sending\u2026', sent: 'Sent', failed: 'Not sent' };
 
   // Build an element: attributes via setAttribute, children as nodes or plain text.
   const h = (tag, attrs = {}, ...kids) => {
@@ -222,7 +222,7 @@ max-height:none;border:0;border-radius:0}.open .launcher{display:none}}
     changeBtn);
 
   const input = h('textarea', { id: 'fd-text', 'data-frontdesk': 'input', rows: '1',
-    placeholder: 'Write a message…', enterkeyhint: 'send' });
+    placeholder: 'Write a message\u2026', enterkeyhint: 'send' });
   const chosen = h('ul', { class: 'files', 'aria-label': 'Files to send' });
   const fileErr = h('div');
   const fileInput = h('input', { type: 'file', id: 'fd-file', class: 'file vh', multiple: true,
@@ -258,7 +258,7 @@ max-height:none;border:0;border-radius:0}.open .launcher{display:none}}
   const toReport = new Set(); // ids shown, POST /seen not yet done
 
   const showStatus = () => {
-    status.textContent = unreachable ? "Can't reach us right now — we'll keep trying." : notice;
+    status.textContent = unreachable ? "Can't reach us right now \u2014 we'll keep trying." : notice;
   };
 
   const updateLauncher = () => {
@@ -528,7 +528,7 @@ max-height:none;border:0;border-radius:0}.open .launcher{display:none}}
   function renderFiles() {
     chosen.replaceChildren(...files.map((f) => {
       const rm = h('button', { type: 'button', class: 'rm', 'aria-label': 'Remove ' + f.name },
-        '×');
+        '\u00d7');
       rm.addEventListener('click', () => {
         files = files.filter((x) => x !== f);
         renderFiles();

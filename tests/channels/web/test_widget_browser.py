@@ -337,3 +337,22 @@ allowed_origins = ["{site.origin}"]
             process.send_signal(signal.SIGTERM)
             process.wait(15)
 
+
+
+async def test_on_a_phone_the_panel_takes_the_screen_and_inputs_do_not_zoom(
+        web_settings: Any, daemon_factory: Any, site: Site, browser: Any) -> None:
+    d = await daemon_factory(web_settings(web={"allowed_origins": [site.origin]}))
+    site.widget_base = base_of(d)
+    phone = await browser.new_context(viewport={"width": 375, "height": 667},
+                                      device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = await phone.new_page()
+    await open_widget(page, site.origin)
+    box = await page.locator(PANEL).bounding_box()
+    assert box is not None and box["width"] >= 370 and box["height"] >= 600
+    for selector in (INPUT, EMAIL):
+        size = await page.locator(selector).evaluate("e => getComputedStyle(e).fontSize")
+        assert float(size.removesuffix("px")) >= 16  # iOS zooms into smaller inputs
+    await write(page, "Written on a phone")
+    from playwright.async_api import expect
+
+    await expect(page.locator(mine())).to_have_attribute("data-state", "sent")
