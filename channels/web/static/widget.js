@@ -150,7 +150,7 @@ font-size:12px}
 .m[data-author=system] .meta{justify-content:center}
 .err{margin:4px 0 0;color:var(--err);font-size:14px;font-weight:600}
 .btn{display:inline-flex;align-items:center;gap:6px;padding:7px 12px;border:1px solid #8a93a3;
-border-radius:8px;background:#fff;color:var(--fg);font-size:14px;cursor:pointer}
+border-radius:8px;background:#fff;color:var(--fg);font-size:14px;line-height:20px;cursor:pointer}
 .btn:hover{background:var(--bub)}
 .btn svg{width:18px;height:18px}
 .retry{margin-top:6px}
@@ -174,7 +174,7 @@ color:var(--mut);font-size:20px;line-height:1}
 .rm:hover{background:var(--bub)}
 .row{display:flex;align-items:center;gap:8px}
 .send{margin-left:auto;padding:8px 18px;border:0;border-radius:8px;background:var(--acc);
-color:#fff;font-weight:600}
+color:#fff;font-weight:600;line-height:20px}
 .send:hover{background:var(--acc2)}
 @media (max-width:479.98px){.panel{inset:0;width:auto;height:auto;max-width:none;
 max-height:none;border:0;border-radius:0}.open .launcher{display:none}}
