@@ -138,6 +138,10 @@ class ChannelParts:
     inbound_hooks: Sequence[InboundHook] = ()
     delivery_hooks: Sequence[DeliveryHook] = ()
     outbox_handlers: Mapping[str, OutboxHandler] = dataclasses.field(default_factory=dict)
+    answers: Callable[[OutboundMessage], bool] | None = None
+    """For a customer channel that two channels send (WhatsApp through Twilio and through
+    Meta): whether this one sends ``outbound`` (it received the message it answers). A channel
+    without it sends what no other one claims."""
 
 
 class Channel(Protocol):

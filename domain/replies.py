@@ -69,7 +69,11 @@ class ReplyComposer:
 
     def compose(self, outbound: OutboundMessage, context: ReplyContext) -> OutboundMessage:
         threading = self.threading.get(outbound.channel)
-        return threading.thread(outbound, context) if threading is not None else outbound
+        if threading is not None:
+            return threading.thread(outbound, context)
+        # Which message it answers: where two providers serve one channel (WhatsApp through
+        # Twilio and through Meta), the one that received it sends the answer.
+        return replace(outbound, in_reply_to=outbound.in_reply_to or context.answering)
 
     async def queue(self, session: AsyncSession, conversation: Conversation, *,
                     answering: Message, text: str, author: str, author_name: str,

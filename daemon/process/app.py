@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select
 
-from frontdesk.channels.base import Channel, ChannelContext
+from frontdesk.channels.base import Channel, ChannelContext, ChannelParts
 from frontdesk.channels.connections import Limiter, raise_file_limit
 from frontdesk.channels.email.channel import EmailChannel
 from frontdesk.daemon.process import registry
@@ -49,6 +49,7 @@ from frontdesk.daemon.process.processor import (
 from frontdesk.daemon.process.registry import Settings, reply_composer
 from frontdesk.daemon.process.systemd import Notifier
 from frontdesk.domain.business_hours import BusinessCalendar, calendar_from_settings
+from frontdesk.domain.messages import OutboundMessage, Receipt
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock, utcnow
 from frontdesk.storage.db import Store
@@ -198,8 +199,9 @@ class Daemon:
         self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
                                on_commit=self.processor.kick)
         d = settings.daemon
+        senders = _senders(self.channels)
         self.outbox = OutboxWorker(
-            self.store, senders=_senders(self.channels), clock=clock,
+            self.store, senders=senders, clock=clock,
             metrics=self.metrics,
             policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
             poll=d.outbox_poll, handlers=self.outbox_handlers, hooks=self.delivery_hooks,
@@ -219,13 +221,19 @@ class Daemon:
             calendar=self.sla.calendar, metrics=self.metrics.registry,
             leadership=self.leadership, kick_outbox=self.outbox.kick,
             first_response_due=self.sla.first_response_due)
+        claims: dict[str, list[tuple[Channel, ChannelParts]]] = {}
         for channel in self.channels:
             parts = channel.bind(context)
+            for name in channel.channel_names:
+                claims.setdefault(name, []).append((channel, parts))
             self.http.app.router.add_routes(parts.routes)
             self.inbound_filters.extend(parts.inbound_filters)
             self.inbound_hooks.extend(parts.inbound_hooks)
             self.delivery_hooks.extend(parts.delivery_hooks)
             self.outbox_handlers.update(parts.outbox_handlers)
+        for name, sharing in claims.items():
+            if len(sharing) > 1:
+                senders[name] = _shared_sender(sharing)
         self.desk: SlackDesk | None = None
         """The Slack staff desk, when configured (slack-bolt is imported only then)."""
         if desk_missing(settings) is None:
@@ -409,6 +417,22 @@ async def _finish(task: asyncio.Task[None], seconds: float) -> bool | None:
 def _parsers(channels: list[Channel]) -> dict[str, Parser]:
     """Journal rows are parsed by the channel that journaled them under that name."""
     return {name: c.parse for c in channels for name in c.journal_names}
+
+
+def _shared_sender(sharing: list[tuple[Channel, ChannelParts]]) -> Sender:
+    """The send of a customer channel several channels serve: the first whose ``answers``
+    claims the message, else the first that claims nothing (it takes the rest)."""
+    def choose(outbound: OutboundMessage) -> Sender:
+        for channel, parts in sharing:
+            if parts.answers is not None and parts.answers(outbound):
+                return channel.send
+        fallback = next((c for c, p in sharing if p.answers is None), sharing[0][0])
+        return fallback.send
+
+    async def send(outbound: OutboundMessage) -> Receipt:
+        return await choose(outbound)(outbound)
+
+    return send
 
 
 def _senders(channels: list[Channel]) -> dict[str, Sender]:

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from frontdesk.channels.base import Channel, ChannelSection
 from frontdesk.channels.email import EmailConfig
+from frontdesk.channels.meta import MetaConfig
 from frontdesk.channels.telegram import TelegramConfig
 from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.channels.web import WebConfig
@@ -28,6 +29,7 @@ class Settings(CoreSettings):
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
 
 
     @model_validator(mode="after")
@@ -50,8 +52,8 @@ class Settings(CoreSettings):
 
 def customer_channels(settings: Settings) -> tuple[str, ...]:
     """Every customer channel name this installation knows (whether or not it runs)."""
-    return tuple(name for section in channel_sections(settings).values()
-                 for name in section.channel_names)
+    return tuple(dict.fromkeys(name for section in channel_sections(settings).values()
+                               for name in section.channel_names))
 
 
 def channel_sections(settings: Settings) -> dict[str, ChannelSection]:

@@ -69,7 +69,8 @@ def test_a_daemon_without_the_sdks_runs_email_alone(
     assert sorted(line.split(":")[0] for line in d.disabled) == sorted([
         "imap mailbox disabled", "slack desk disabled", "telegram channel disabled",
         "twilio channel (sms, whatsapp, voice) disabled",
-        "web channel (chat widget, contact form) disabled"])
+        "web channel (chat widget, contact form) disabled",
+        "meta channel (messenger, instagram, whatsapp) disabled"])
 
 
 # Run in a fresh interpreter: the SDKs cannot be imported at all (as in an install without the

@@ -1,0 +1,315 @@
+"""The Meta channel: one webhook for Messenger, Instagram and WhatsApp, replies through the
+Graph API.
+
+Receive: ``GET /webhooks/meta`` answers the subscription handshake (``hub.verify_token``).
+``POST /webhooks/meta`` checks ``X-Hub-Signature-256`` over the raw body with ``app_secret``
+(constant time) before anything else: 403 and nothing stored when it is wrong or missing. Every
+customer message of the POST is journaled under its own id in one group commit, then statuses,
+receipts and reactions are applied, then 200. Events of a product that is not configured are
+dropped with one log line (and still answered 200: Meta would retry them for days).
+
+Send: split at the platform's text limit (Messenger and Instagram 2,000 characters, WhatsApp
+4,096), each part once (a retry after a failure in the middle sends only the rest). Windows:
+a free-form reply goes within 24 hours of the customer's last message on that channel;
+Messenger and Instagram up to 7 days with ``human_agent_tag`` (tag HUMAN_AGENT); WhatsApp after
+24 hours sends the configured template once and holds the reply in the outbox until the customer
+writes again (:mod:`.records` releases it); without a template it fails at once saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from frontdesk.channels.base import (
+    Accept,
+    ChannelContext,
+    ChannelParts,
+    Deferred,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from frontdesk.channels.chat import split_text
+from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.meta import HUMAN_AGENT_WINDOW, WINDOW, MetaConfig
+from frontdesk.channels.meta.graph import Graph, WindowClosed
+from frontdesk.channels.meta.parse import BadPayload, parse, split
+from frontdesk.channels.meta.records import (
+    HELD,
+    MEDIA_JOB,
+    PART_CHANNEL,
+    PROFILE_JOB,
+    MetaRecords,
+)
+from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.storage.clock import Clock
+from frontdesk.storage.models import Outbox
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/meta"
+MAX_TEXT = {"messenger": 2000, "instagram": 1000, "whatsapp": 4096}
+MAX_BODY = 4 * 1024 * 1024
+MAX_FILE = 100 * 1024 * 1024
+HOLD_FOR = timedelta(days=30).total_seconds()
+"""How long a held reply waits for the customer before the outbox looks at it again."""
+_OBJECT_PRODUCT = {"page": "messenger", "instagram": "instagram",
+                   "whatsapp_business_account": "whatsapp"}
+
+
+class MetaChannel:
+    name = "meta"
+    journal_names = ("meta",)
+
+    def __init__(self, config: MetaConfig, *, products: tuple[str, ...]) -> None:
+        self._config = config
+        self.products = products
+        self._secret = config.app_secret.get_secret_value().encode()
+        self._page_token = config.page_access_token.get_secret_value()
+        self._wa_token = config.whatsapp_access_token.get_secret_value()
+        self._graph = Graph(config.api_base_url, config.api_version,
+                            timeout=config.request_timeout.total_seconds())
+        self._accept: Accept | None = None
+        self._records: MetaRecords | None = None
+        self._clock: Clock | None = None
+        self._dropped: set[str] = set()
+        self._profiles_failed: dict[str, float] = {}
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return self.products
+
+    # -- composition ---------------------------------------------------------------------------
+
+    def bind(self, context: ChannelContext) -> ChannelParts:
+        files = AttachmentJob(MEDIA_JOB, context.store, context.attachments, self._fetch,
+                              clock=context.clock)
+        self._records = MetaRecords(context.store, clock=context.clock, files=files,
+                                    kick=context.kick_outbox)
+        self._clock = context.clock
+        return ChannelParts(
+            routes=[web.get(WEBHOOK_PATH, self._handshake), web.post(WEBHOOK_PATH, self._post)],
+            inbound_hooks=(self._records.after_store,),
+            delivery_hooks=(self._records.after_delivery,),
+            outbox_handlers={MEDIA_JOB: files, PROFILE_JOB: self._profile},
+            answers=self._answers)
+
+    def _answers(self, outbound: OutboundMessage) -> bool:
+        """Whether this channel sends a reply on a channel it shares (WhatsApp with Twilio):
+        when the message it answers came through Meta."""
+        return bool(outbound.in_reply_to and outbound.in_reply_to.startswith("wamid."))
+
+    async def start(self, accept: Accept) -> None:
+        self._accept = accept
+        await self._graph.start()
+        log.info("meta channel: %s at %s", ", ".join(self.products), WEBHOOK_PATH)
+
+    async def stop(self) -> None:
+        self._accept = None
+        await self._graph.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._accept is not None
+
+    def parse(self, raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
+        return parse(raw, meta)
+
+    # -- webhook ---------------------------------------------------------------------------------
+
+    async def _handshake(self, request: web.Request) -> web.Response:
+        q = request.query
+        if q.get("hub.mode") == "subscribe" and self._config.verify_token and hmac.compare_digest(
+                q.get("hub.verify_token", "").encode(), self._config.verify_token.encode()):
+            log.info("meta: webhook subscription confirmed")
+            return web.Response(text=q.get("hub.challenge", ""), content_type="text/plain")
+        return web.Response(status=403, text="verify token mismatch\n")
+
+    async def _post(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return web.Response(status=413, text="too large\n")
+        body = bytearray()
+        while chunk := await request.content.read(65536):
+            body += chunk
+            if len(body) > MAX_BODY:
+                return web.Response(status=413, text="too large\n")
+        raw = bytes(body)
+        given = request.headers.get("X-Hub-Signature-256", "")
+        expected = "sha256=" + hmac.new(self._secret, raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("meta: a webhook with a %s signature was refused",
+                        "wrong" if given else "missing")
+            return web.Response(status=403, text="bad signature\n")
+        try:
+            rows, notes = split(json.loads(raw))
+        except (ValueError, UnicodeDecodeError, BadPayload) as exc:
+            return web.Response(status=400, text=f"not a Meta webhook: {exc}\n")
+        accept, records = self._accept, self._records
+        if accept is None or records is None:
+            return web.Response(status=503, text="starting or stopping\n")
+        wanted = [r for r in rows if self._wanted(r.channel, r.raw)]
+        notes = [n for n in notes if n.channel in self.products]
+        try:
+            import asyncio
+
+            await asyncio.gather(*(accept("meta", r.remote_id, r.raw, {"remote_id": r.remote_id})
+                                   for r in wanted))
+            await records.apply(notes)
+        except Exception as exc:  # noqa: BLE001 - Meta retries a non-200
+            log.warning("meta: could not store a webhook (%s); Meta will retry", exc)
+            return web.Response(status=503, text="try again\n")
+        return web.Response(text="ok\n")
+
+    def _wanted(self, channel: str, raw: bytes) -> bool:
+        if channel not in self.products:
+            self._drop(channel, f"meta {channel} is not configured")
+            return False
+        if channel == "whatsapp":
+            number = json.loads(raw).get("phone_number_id")
+            if number and number != self._config.whatsapp_phone_number_id:
+                self._drop(f"whatsapp:{number}", f"WhatsApp number id {number} is not "
+                           "meta.whatsapp_phone_number_id")
+                return False
+        return True
+
+    def _drop(self, key: str, why: str) -> None:
+        if key not in self._dropped:
+            self._dropped.add(key)
+            log.info("meta: dropping events: %s (logged once)", why)
+
+    # -- send ------------------------------------------------------------------------------------
+
+    async def send(self, outbound: OutboundMessage) -> Receipt:
+        records = self._records
+        if records is None or self._accept is None or self._clock is None:
+            raise TemporaryFailure("the meta channel is not running")
+        channel = outbound.channel
+        if channel not in self.products:
+            raise PermanentFailure(f"meta {channel} is not configured here")
+        parts = split_text(outbound.text, MAX_TEXT[channel])
+        if not parts:
+            raise PermanentFailure("the message is empty")
+        now = self._clock()
+        last = await records.last_written(channel, outbound.to_address)
+        age = now - last if last is not None else None
+        tag = None
+        if age is None or age > WINDOW:
+            if channel != "whatsapp" and self._config.human_agent_tag and age is not None \
+                    and age <= HUMAN_AGENT_WINDOW:
+                tag = "HUMAN_AGENT"
+            elif channel == "whatsapp" and self._config.whatsapp_template.name \
+                    and not outbound.automated:
+                await self._reengage(outbound)
+                raise Deferred(HELD + "; the template asking them to write went out",
+                               retry_after=HOLD_FOR)
+            else:
+                raise PermanentFailure(self._window_words(channel, age))
+        key = outbound.idempotency_key
+        done = await records.parts.sent(PART_CHANNEL, key)
+        ids: list[str] = []
+        for index, text in enumerate(parts):
+            if index in done:
+                ids.append(done[index])
+                continue
+            try:
+                remote = await self._send_text(channel, outbound.to_address, text, tag)
+            except WindowClosed as exc:
+                raise PermanentFailure(exc.reason) from None
+            ids.append(remote)
+            await records.parts.record(PART_CHANNEL, key, index, len(parts), remote, "sent",
+                                       rank=lambda s: {"sent": 1, "delivered": 2}.get(s, 0))
+        return Receipt(remote_id=",".join(ids),
+                       detail=f"{len(parts)} message(s) on {channel}"
+                              + (" with the HUMAN_AGENT tag" if tag else ""))
+
+    def _window_words(self, channel: str, age: timedelta | None) -> str:
+        when = ("has not written on this channel" if age is None
+                else f"last wrote {int(age.total_seconds() // 3600)} hours ago")
+        if channel == "whatsapp":
+            return (f"WhatsApp allows free-form replies only within 24 hours of the customer's "
+                    f"last message, and the customer {when}; set [meta.whatsapp_template] to "
+                    "send an approved template that asks them to write again")
+        extra = ("" if self._config.human_agent_tag else
+                 "; with Meta's Human Agent permission, set meta.human_agent_tag = true to "
+                 "answer for 7 days")
+        return (f"{channel.capitalize()} allows replies only within the 24-hour window after "
+                f"the customer's last message, and the customer {when}{extra}")
+
+    async def _send_text(self, channel: str, to: str, text: str, tag: str | None) -> str:
+        if channel == "whatsapp":
+            answer = await self._graph.post(
+                f"{self._config.whatsapp_phone_number_id}/messages",
+                {"messaging_product": "whatsapp", "recipient_type": "individual",
+                 "to": to.lstrip("+"), "type": "text", "text": {"body": text}}, self._wa_token)
+            return str((answer.get("messages") or [{}])[0].get("id", ""))
+        body: dict[str, Any] = {"recipient": {"id": to}, "message": {"text": text},
+                                "messaging_type": "MESSAGE_TAG" if tag else "RESPONSE"}
+        if tag:
+            body["tag"] = tag
+        answer = await self._graph.post(f"{self._config.page_id}/messages", body,
+                                        self._page_token)
+        return str(answer.get("message_id", ""))
+
+    async def _reengage(self, outbound: OutboundMessage) -> None:
+        """The approved template, once per held reply (its parts record says it went)."""
+        records = self._records
+        assert records is not None
+        key = f"template:{outbound.idempotency_key}"
+        if await records.parts.sent(PART_CHANNEL, key):
+            return
+        template = self._config.whatsapp_template
+        values = {"reference": outbound.conversation_reference or "your request",
+                  "name": outbound.to_name or "there",
+                  "first_name": (outbound.to_name or "there").split()[0],
+                  "subject": outbound.subject or "your request"}
+        parameters = [{"type": "text", "text": p.format_map(values)[:1000]}
+                      for p in template.parameters]
+        answer = await self._graph.post(
+            f"{self._config.whatsapp_phone_number_id}/messages",
+            {"messaging_product": "whatsapp", "to": outbound.to_address.lstrip("+"),
+             "type": "template",
+             "template": {"name": template.name, "language": {"code": template.language},
+                          **({"components": [{"type": "body", "parameters": parameters}]}
+                             if parameters else {})}}, self._wa_token)
+        remote = str((answer.get("messages") or [{}])[0].get("id", "template"))
+        await records.parts.record(PART_CHANNEL, key, 0, 1, remote, "sent")
+        log.info("meta: the WhatsApp window of %s is closed: template %r sent, the reply waits "
+                 "for their answer", outbound.conversation_reference or "a customer",
+                 template.name)
+
+    # -- background jobs -------------------------------------------------------------------------
+
+    async def _fetch(self, item: Mapping[str, Any]) -> Attachment:
+        name = str(item.get("filename") or "file")
+        if item.get("media_id"):
+            info = await self._graph.get(str(item["media_id"]), self._wa_token)
+            url = str(info.get("url") or "")
+            if not url:
+                raise PermanentFailure("Meta named no URL for the media")
+            data, kind = await self._graph.download(url, self._wa_token, max_bytes=MAX_FILE)
+            return Attachment(name, str(info.get("mime_type") or kind
+                                        or item.get("content_type") or ""), data)
+        data, kind = await self._graph.download(str(item.get("url")), None, max_bytes=MAX_FILE)
+        return Attachment(name, kind or str(item.get("content_type") or ""), data)
+
+    async def _profile(self, row: Outbox) -> Receipt:
+        records = self._records
+        assert records is not None
+        payload = row.payload or {}
+        channel, user = str(payload.get("channel")), str(payload.get("user"))
+        fields = "first_name,last_name" if channel == "messenger" else "name,username"
+        profile = await self._graph.get(user, self._page_token, fields=fields)
+        name = (" ".join(str(profile.get(k) or "") for k in ("first_name", "last_name")).strip()
+                if channel == "messenger"
+                else str(profile.get("name") or profile.get("username") or ""))
+        if not name:
+            return Receipt(detail="the profile has no name")
+        changed = await records.set_name(int(payload.get("contact_id") or 0), name)
+        return Receipt(detail=f"named {name!r}" if changed else "already named")
