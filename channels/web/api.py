@@ -232,10 +232,10 @@ class VisitorApi:
         async with self._records.reader() as s:
             conversations = await self._records.conversations(s, visitor)
         sub = self._hub.subscribe(visitor, conversations)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no"})
         try:
-            response = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no"})
             self._origins.cors(request, response)
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
@@ -257,6 +257,8 @@ class VisitorApi:
                     continue
                 sent.add(item["id"])
                 await response.write(_event(item))
+            return response
+        except ConnectionResetError:  # the visitor left (closed the tab, lost the network)
             return response
         finally:
             self._hub.unsubscribe(sub)

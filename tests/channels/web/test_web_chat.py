@@ -285,3 +285,22 @@ async def test_a_reply_committed_on_one_instance_reaches_a_visitor_on_another(
         event = await stream.next(timeout=2.0)
         assert event["text"] == "Answered through instance one"
         assert time.monotonic() - started < 2.0
+
+
+async def test_a_visitor_who_leaves_ends_the_stream_quietly(
+        web_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from frontdesk.channels.web.api import VisitorApi
+
+    monkeypatch.setattr(VisitorApi, "heartbeat", 0.1)
+    d = await daemon_factory(web_settings())
+    ada = Visitor(http, base_of(d))
+    await ada.send("hello")
+    c = await only_conversation(d)
+    for _ in range(3):
+        async with ada.stream() as stream:
+            await stream.next()
+    await staff_reply(d, c.reference, "anyone there?")
+    await asyncio.sleep(1.5)  # heartbeats and the reply meet closed connections
+    assert d.channels[-1].hub.open_streams == 0
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
