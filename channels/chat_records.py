@@ -24,7 +24,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -163,6 +163,43 @@ class OutboundParts:
             if rank(status) > rank(existing.status):
                 existing.status = status
             existing.updated_at = now
+
+
+HELD = "waiting for the customer to write again: the 24-hour window is closed"
+"""How a reply held for a closed WhatsApp window starts its outbox ``last_error`` (``frontdesk
+show`` prints it): the approved template went out and the reply waits, without counting
+attempts, until the customer's next message releases it (:func:`release_held`)."""
+HOLD_FOR = 30 * 24 * 3600.0
+"""How long a held reply waits before the outbox looks at it again anyway (seconds)."""
+
+
+async def last_written(store: Store, channel: str, address: str) -> datetime | None:
+    """When the customer at ``address`` last wrote on ``channel`` (a messaging window's
+    start), or None if they never did."""
+    async with store.reader() as s:
+        return (await s.execute(
+            select(Message.created_at).where(Message.channel == channel,
+                                             Message.direction == "in",
+                                             Message.address == address,
+                                             Message.automated.is_(False))
+            .order_by(Message.id.desc()).limit(1))).scalar()
+
+
+async def release_held(session: AsyncSession, message: Message, now: datetime) -> int:
+    """The customer wrote (``message``): every reply held for a closed window in their
+    conversation on that channel is due now. The number released (audited)."""
+    result = await session.execute(
+        update(Outbox).where(Outbox.state == "pending", Outbox.kind == "deliver",
+                             Outbox.channel == message.channel,
+                             Outbox.conversation_id == message.conversation_id,
+                             Outbox.last_error.like(HELD + "%"))
+        .values(next_attempt_at=now))
+    released = int(getattr(result, "rowcount", 0) or 0)
+    if released:
+        session.add(Event(kind="held_replies_released", conversation_id=message.conversation_id,
+                          message_id=message.id, created_at=now,
+                          data={"channel": message.channel, "replies": released}))
+    return released
 
 
 def kick_after_commit(session: AsyncSession, kick: Callable[[], None]) -> None:

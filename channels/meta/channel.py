@@ -37,12 +37,11 @@ from frontdesk.channels.base import (
     TemporaryFailure,
 )
 from frontdesk.channels.chat import split_text
-from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob
 from frontdesk.channels.meta import HUMAN_AGENT_WINDOW, WINDOW, MetaConfig
 from frontdesk.channels.meta.graph import Graph, WindowClosed
 from frontdesk.channels.meta.parse import BadPayload, parse, split
 from frontdesk.channels.meta.records import (
-    HELD,
     MEDIA_JOB,
     PART_CHANNEL,
     PROFILE_JOB,
@@ -58,8 +57,6 @@ WEBHOOK_PATH = "/webhooks/meta"
 MAX_TEXT = {"messenger": 2000, "instagram": 1000, "whatsapp": 4096}
 MAX_BODY = 4 * 1024 * 1024
 MAX_FILE = 100 * 1024 * 1024
-HOLD_FOR = timedelta(days=30).total_seconds()
-"""How long a held reply waits for the customer before the outbox looks at it again."""
 _OBJECT_PRODUCT = {"page": "messenger", "instagram": "instagram",
                    "whatsapp_business_account": "whatsapp"}
 

@@ -25,7 +25,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import DeliveryError
-from frontdesk.channels.chat_records import AttachmentJob, OutboundParts, kick_after_commit
+from frontdesk.channels.chat_records import (
+    AttachmentJob,
+    OutboundParts,
+    kick_after_commit,
+    last_written,
+    release_held,
+)
 from frontdesk.channels.meta.parse import MEDIA, Note
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
@@ -42,8 +48,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_JOB = "meta_media"
 PROFILE_JOB = "meta_profile"
-HELD = "waiting for the customer to write again: the 24-hour window is closed"
-"""The start of a held reply's outbox ``last_error`` (``frontdesk show`` prints it)."""
 PART_CHANNEL = "meta"
 _RANK = {"queued": 0, "sent": 1, "delivered": 2}
 CHANNELS = ("messenger", "instagram", "whatsapp")
@@ -78,14 +82,7 @@ class MetaRecords:
 
     async def last_written(self, channel: str, address: str) -> datetime | None:
         """When the customer at ``address`` last wrote on ``channel``."""
-        async with self._store.reader() as s:
-            found = (await s.execute(
-                select(Message.created_at).where(Message.channel == channel,
-                                                 Message.direction == "in",
-                                                 Message.address == address,
-                                                 Message.automated.is_(False))
-                .order_by(Message.id.desc()).limit(1))).scalar()
-        return found
+        return await last_written(self._store, channel, address)
 
     # -- processing hooks ------------------------------------------------------------------------
 
@@ -105,17 +102,7 @@ class MetaRecords:
                 session.add(self.files.row(message, items, now))
                 wake = True
         # The customer wrote: the window is open again; replies held for it go now.
-        released = await session.execute(
-            update(Outbox).where(Outbox.state == "pending", Outbox.kind == "deliver",
-                                 Outbox.channel == message.channel,
-                                 Outbox.conversation_id == conversation.id,
-                                 Outbox.last_error.like(HELD + "%"))
-            .values(next_attempt_at=now))
-        if getattr(released, "rowcount", 0):
-            session.add(Event(kind="held_replies_released", conversation_id=conversation.id,
-                              message_id=message.id, created_at=now,
-                              data={"channel": message.channel,
-                                    "replies": int(getattr(released, "rowcount", 0))}))
+        if await release_held(session, message, now):
             wake = True
         if message.channel != "whatsapp":
             contact = await session.get(Contact, conversation.contact_id)

@@ -8,6 +8,7 @@ runs.
 from __future__ import annotations
 
 import importlib.util
+import re
 from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator
@@ -53,6 +54,19 @@ class TwilioConfig(ChannelSection):
                                   "we open.")
     voice_max_length: Duration = timedelta(minutes=2)
     request_timeout: Duration = timedelta(seconds=15)
+    whatsapp_template_sid: str = ""
+    """A Content Template (``HX...``) approved for WhatsApp: sent when a staff reply finds the
+    customer's 24-hour window closed; the reply then waits until they write again."""
+    whatsapp_template_variables: list[str] = Field(default_factory=lambda: ["{reference}"])
+    """The template's variables 1, 2, ... in order; placeholders ``{reference}``, ``{name}``,
+    ``{first_name}``, ``{subject}``."""
+
+    @field_validator("whatsapp_template_sid")
+    @classmethod
+    def _content_sid(cls, value: str) -> str:
+        if value.strip() and not re.fullmatch(r"HX[0-9a-fA-F]{32}", value.strip()):
+            raise ValueError("a Content SID: HX and 32 hexadecimal digits")
+        return value.strip()
 
     @field_validator("media_hosts")
     @classmethod

@@ -35,8 +35,10 @@ import base64
 import functools
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -58,12 +60,13 @@ from frontdesk.channels.base import (
     Accept,
     ChannelContext,
     ChannelParts,
+    Deferred,
     DeliveryError,
     PermanentFailure,
     TemporaryFailure,
 )
 from frontdesk.channels.chat import split_text
-from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob, last_written
 from frontdesk.channels.media import MediaFetcher, MediaHosts
 from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
@@ -78,6 +81,8 @@ from frontdesk.channels.twilio.voice import (
     voicemail_twiml,
 )
 from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.storage.clock import Clock
+from frontdesk.storage.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ STATUS_PATH = "/webhooks/twilio/status"
 VOICE_PATH = "/webhooks/twilio/voice"
 
 MAX_BODY = 1600  # Twilio's limit for one message's Body
+WHATSAPP_WINDOW = timedelta(hours=24)
 MAX_MEDIA_BYTES = 50 * 1024 * 1024
 MAX_FORM_FIELDS = 500
 """A webhook form with more fields is refused (413) before it is parsed or its signature
@@ -207,6 +213,8 @@ class TwilioChannel:
         self._accept: Accept | None = None
         self._records: TwilioRecords | None = None
         self._is_open: Callable[[], bool] = lambda: True
+        self._store: Store | None = None
+        self._clock: Clock | None = None
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
         self._media: MediaFetcher | None = None
@@ -231,6 +239,7 @@ class TwilioChannel:
                                 help_text=self._config.help_text, media=media,
                                 kick=context.kick_outbox)
         self._records = records
+        self._store, self._clock = context.store, context.clock
         calendar, clock = context.calendar, context.clock
         self._is_open = lambda: bool(calendar.is_open(clock()))
         return ChannelParts(
@@ -427,6 +436,8 @@ class TwilioChannel:
         parts = split_text(outbound.text, MAX_BODY)
         if not parts:
             raise PermanentFailure("the message is empty")
+        if outbound.channel == "whatsapp":
+            await self._window(client, sender, to, number, outbound)
         key = outbound.idempotency_key
         done = await records.parts.sent("twilio", key)
         callback = f"{self._public_url}{STATUS_PATH}"
@@ -441,6 +452,52 @@ class TwilioChannel:
                                        rank=status_rank)
         return Receipt(remote_id=",".join(sids),
                        detail=f"{len(parts)} message(s) from {sender} to {to}")
+
+    async def _window(self, client: Client, sender: str, to: str, number: str,
+                      outbound: OutboundMessage) -> None:
+        """WhatsApp takes free-form text only within 24 hours of the customer's last message.
+        Past that, the configured template goes out once and the reply is held (the customer's
+        next message releases it); without a template the reply fails saying why."""
+        if self._store is None or self._clock is None:
+            raise TemporaryFailure("the twilio channel is not running")
+        last = await last_written(self._store, "whatsapp", outbound.to_address)
+        if last is not None and self._clock() - last <= WHATSAPP_WINDOW:
+            return
+        sid = self._config.whatsapp_template_sid
+        if not sid or outbound.automated:
+            when = ("has not written on WhatsApp" if last is None else
+                    f"last wrote {int((self._clock() - last).total_seconds() // 3600)} hours ago")
+            raise PermanentFailure(
+                "WhatsApp allows free-form replies only within 24 hours of the customer's last "
+                f"message, and the customer {when}; set twilio.whatsapp_template_sid to send an "
+                "approved template that asks them to write again")
+        records = self._records
+        assert records is not None
+        key = f"template:{outbound.idempotency_key}"
+        if not await records.parts.sent("twilio", key):
+            name = outbound.to_name or "there"
+            values = {"reference": outbound.conversation_reference or "your request",
+                      "name": name, "first_name": name.split()[0],
+                      "subject": outbound.subject or "your request"}
+            variables = {str(i): v.format_map(values)[:500] for i, v in
+                         enumerate(self._config.whatsapp_template_variables, start=1)}
+            timeout = self._config.request_timeout.total_seconds()
+            try:
+                message = await asyncio.wait_for(
+                    client.api.account.messages.create_async(
+                        to=to, from_=sender, content_sid=sid,
+                        content_variables=json.dumps(variables)), timeout=timeout + 5)
+            except (TwilioRestException, TwilioServiceException) as exc:
+                raise await self._rest_failure(exc, number) from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise TemporaryFailure(f"could not reach Twilio: {type(exc).__name__}") from None
+            await records.parts.record("twilio", key, 0, 1, str(message.sid), "sent",
+                                       rank=status_rank)
+            log.info("twilio: the WhatsApp window of %s is closed: template %s sent, the reply "
+                     "waits for their answer", outbound.conversation_reference or "a customer",
+                     sid)
+        raise Deferred(HELD + "; the template asking them to write went out",
+                       retry_after=HOLD_FOR)
 
     async def _create(self, client: Client, sender: str, to: str, body: str, callback: str,
                       number: str) -> tuple[str, str]:

@@ -33,6 +33,7 @@ from frontdesk.channels.chat_records import (
     insert_for,
     journal_siblings,
     kick_after_commit,
+    release_held,
 )
 from frontdesk.channels.twilio.parse import (
     HELP_WORDS,
@@ -261,6 +262,10 @@ class TwilioRecords:
             items = media_items(headers)
             if items:
                 session.add(self.media.row(message, items, now))
+            # a WhatsApp customer wrote: replies held for their closed window go now
+            released = message.channel == "whatsapp" and await release_held(session, message,
+                                                                              now)
+            if items or released:
                 kick_after_commit(session, self._kick)
         elif kind == "recording":
             sid = str(headers.get("RecordingSid", ""))

@@ -109,7 +109,7 @@ class FakeTwilio:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         if not form.get("To") or not form.get("From"):
             return self._error(400, 21604, "A 'To' phone number is required.")
-        if not form.get("Body") and not form.get("MediaUrl"):
+        if not form.get("Body") and not form.get("MediaUrl") and not form.get("ContentSid"):
             return self._error(400, 21602, "Message body is required.")
         if len(form.get("Body", "")) > 1600:
             return self._error(400, 21617, "The concatenated message body exceeds the 1600 "
@@ -127,10 +127,11 @@ class FakeTwilio:
         now = formatdate(usegmt=True)
         return web.json_response({
             "account_sid": self.account_sid, "api_version": "2010-04-01",
-            "body": form["Body"], "date_created": now, "date_sent": None, "date_updated": now,
+            "body": form.get("Body", ""), "date_created": now, "date_sent": None,
+            "date_updated": now,
             "direction": "outbound-api", "error_code": None, "error_message": None,
             "from": form["From"], "messaging_service_sid": None, "num_media": "0",
-            "num_segments": str(max(1, -(-len(form["Body"]) // 153))), "price": None,
+            "num_segments": str(max(1, -(-len(form.get("Body", "")) // 153))), "price": None,
             "price_unit": "USD", "sid": message_sid, "status": "queued",
             "subresource_uris": {"media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/"
                                           f"{message_sid}/Media.json"},

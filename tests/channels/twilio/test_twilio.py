@@ -4,6 +4,7 @@ SDK sending to a loopback fake of Twilio's REST API, media and recordings fetche
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -401,6 +402,45 @@ async def test_whatsapp_reply_goes_from_the_whatsapp_sender(make_settings: Any,
     await eventually(lambda: status_is(d, mid, "sent"))
     [sent] = fake.messages
     assert (sent["From"], sent["To"]) == ("whatsapp:+14155238886", f"whatsapp:{CUSTOMER}")
+
+
+async def test_a_closed_whatsapp_window_sends_the_content_template_and_holds_the_reply(
+        make_settings: Any, daemon_factory: Any, clock: Any, fake: FakeTwilio) -> None:
+    template = "HX" + "0123456789abcdef" * 2
+    d = await start(make_settings, daemon_factory, clock, fake,
+                    twilio={"whatsapp_from": "whatsapp:+14155238886",
+                            "whatsapp_template_sid": template,
+                            "whatsapp_template_variables": ["{reference}", "{first_name}"]})
+    await text_in(fake, d, "Hi on WhatsApp", sender=f"whatsapp:{CUSTOMER}",
+                  to="whatsapp:+14155238886", profile_name="Ada Lovelace")
+    [conv] = await conversations(d.store)
+    clock.advance(hours=25)
+    mid = await reply(d, clock, conv.id, "Your parcel is on its way")
+    await eventually(lambda: _true(bool(fake.messages)))
+    [sent] = fake.messages
+    assert sent["ContentSid"] == template and "Body" not in sent
+    assert json.loads(sent["ContentVariables"]) == {"1": conv.reference, "2": "Ada"}
+    assert (await message(d, mid)).delivery_status == "queued"  # held
+    await text_in(fake, d, "Yes?", sender=f"whatsapp:{CUSTOMER}", to="whatsapp:+14155238886")
+    await eventually(lambda: status_is(d, mid, "sent"))
+    assert [m.get("Body") for m in fake.messages] == [None, "Your parcel is on its way"]
+
+
+async def test_a_closed_whatsapp_window_without_a_template_fails_saying_why(
+        make_settings: Any, daemon_factory: Any, clock: Any, fake: FakeTwilio) -> None:
+    d = await start(make_settings, daemon_factory, clock, fake)
+    await text_in(fake, d, "Hi", sender=f"whatsapp:{CUSTOMER}", to=f"whatsapp:{OURS}")
+    [conv] = await conversations(d.store)
+    clock.advance(hours=25)
+    mid = await reply(d, clock, conv.id, "Late")
+    await eventually(lambda: status_is(d, mid, "failed"))
+    reason = (await message(d, mid)).failure_reason or ""
+    assert "24 hours" in reason and "whatsapp_template_sid" in reason
+    assert fake.messages == []
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 # -- voicemail --------------------------------------------------------------------------------
