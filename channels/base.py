@@ -63,6 +63,12 @@ class Deferred(TemporaryFailure):
     as a failed attempt, so a long queue behind a rate limit never gives up."""
 
 
+class Held(Deferred):
+    """Not sent: the reply waits for the customer (a closed messaging window; the template that
+    asks them to write went out). The outbox waits ``retry_after`` (or until the channel makes
+    the row due again) and, the first time, tells the delivery hooks, so staff see it."""
+
+
 class PermanentFailure(DeliveryError):
     """Retrying cannot help (5xx from the relay, opted-out number, unknown user)."""
 
@@ -88,7 +94,8 @@ OutboxHandler = Callable[[Outbox], Awaitable[Receipt]]
 """Work of a kind of its own in the outbox (a Slack post, a media fetch): ``handler(row)``."""
 
 DeliveryHook = Callable[[AsyncSession, Outbox, "DeliveryError | None"], Awaitable[None]]
-"""Runs in the transaction that marks an outbox row sent (error None) or failed for good."""
+"""Runs in the transaction that marks an outbox row sent (error None) or failed for good, and
+once when a reply is first held for the customer (a :class:`Held` error)."""
 
 Consumer = Callable[[], Coroutine[Any, Any, None]]
 """A single consumer's loop (see :class:`Leader`)."""

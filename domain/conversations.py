@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.sla import sla_view
-from frontdesk.storage.models import Contact, Conversation, Event, Message
+from frontdesk.storage.models import Contact, Conversation, Event, Message, Outbox
 
 _REF = re.compile(r"^\s*(?:FD-?)?(\d+)\s*$", re.IGNORECASE)
 
@@ -272,11 +272,30 @@ def message_view(m: Message) -> dict[str, Any]:
     return view
 
 
+async def waiting_reasons(session: AsyncSession, messages: list[Message]) -> dict[int, str]:
+    """Why queued replies have not gone yet (a rate limit, a reply held for the customer's
+    closed messaging window), by message id."""
+    queued = [m.id for m in messages if m.delivery_status == "queued"]
+    if not queued:
+        return {}
+    rows = await session.execute(
+        select(Outbox.message_id, Outbox.last_error).where(
+            Outbox.message_id.in_(queued), Outbox.kind == "deliver",
+            Outbox.state == "pending", Outbox.last_error.is_not(None)))
+    return {int(mid): str(error) for mid, error in rows if mid is not None}
+
+
 def conversation_detail(c: Conversation, messages: list[Message],
-                        other_conversations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                        other_conversations: list[dict[str, Any]] | None = None,
+                        waiting: Mapping[int, str] | None = None) -> dict[str, Any]:
     """The conversation with its messages and (when given, see
-    :func:`.contacts.other_conversations`) the contact's other conversations on every channel."""
-    detail = {**conversation_view(c), "messages": [message_view(m) for m in messages]}
+    :func:`.contacts.other_conversations`) the contact's other conversations on every channel;
+    ``waiting`` (:func:`waiting_reasons`) says why queued replies wait."""
+    views = [message_view(m) for m in messages]
+    for view in views:
+        if waiting and view["id"] in waiting:
+            view["waiting_reason"] = waiting[view["id"]]
+    detail = {**conversation_view(c), "messages": views}
     if other_conversations is not None:
         detail["other_conversations"] = other_conversations
     return detail

@@ -32,7 +32,7 @@ from frontdesk.channels.base import (
     Accept,
     ChannelContext,
     ChannelParts,
-    Deferred,
+    Held,
     PermanentFailure,
     TemporaryFailure,
 )
@@ -204,7 +204,7 @@ class MetaChannel:
             elif channel == "whatsapp" and self._config.whatsapp_template.name \
                     and not outbound.automated:
                 await self._reengage(outbound)
-                raise Deferred(HELD + "; the template asking them to write went out",
+                raise Held(HELD + "; the template asking them to write went out",
                                retry_after=HOLD_FOR)
             else:
                 raise PermanentFailure(self._window_words(channel, age))

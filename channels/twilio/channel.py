@@ -60,8 +60,8 @@ from frontdesk.channels.base import (
     Accept,
     ChannelContext,
     ChannelParts,
-    Deferred,
     DeliveryError,
+    Held,
     PermanentFailure,
     TemporaryFailure,
 )
@@ -496,7 +496,7 @@ class TwilioChannel:
             log.info("twilio: the WhatsApp window of %s is closed: template %s sent, the reply "
                      "waits for their answer", outbound.conversation_reference or "a customer",
                      sid)
-        raise Deferred(HELD + "; the template asking them to write went out",
+        raise Held(HELD + "; the template asking them to write went out",
                        retry_after=HOLD_FOR)
 
     async def _create(self, client: Client, sender: str, to: str, body: str, callback: str,

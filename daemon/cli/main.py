@@ -305,6 +305,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         conversation_detail,
         get_conversation,
         messages_of,
+        waiting_reasons,
     )
 
     settings = settings_of(args)
@@ -312,8 +313,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         async with store.reader() as s:
             conversation = await get_conversation(s, args.ref)
-            detail = conversation_detail(conversation, await messages_of(s, conversation.id),
-                                         await other_conversations(s, conversation))
+            messages = await messages_of(s, conversation.id)
+            detail = conversation_detail(conversation, messages,
+                                         await other_conversations(s, conversation),
+                                         waiting=await waiting_reasons(s, messages))
         if args.json:
             print_json(detail)
         else:
@@ -351,6 +354,8 @@ def _format_detail(d: dict[str, Any], when: Callable[[str | None], str]) -> str:
         lines.append(f"{arrow} {when(m['created_at'])} {m['author']} {who}{status}{flags}")
         if m.get("failure_reason"):
             lines.append(f"   failed: {m['failure_reason']}")
+        if m.get("waiting_reason"):
+            lines.append(f"   waiting: {m['waiting_reason']}")
         for a in m["attachments"]:
             lines.append(f"   attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
         text = folded(m["text"] or "", m.get("text_new"))  # quoted history folded away

@@ -41,7 +41,8 @@ _STATUS = {
 _PRIORITY = {"low": "Low", "normal": "Normal", "high": ":small_orange_diamond: High",
              "urgent": ":red_circle: Urgent"}
 _CHANNEL = {"email": "Email", "sms": "SMS", "whatsapp": "WhatsApp", "voice": "Voicemail",
-            "telegram": "Telegram", "web": "Website chat", "form": "Contact form"}
+            "telegram": "Telegram", "web": "Website chat", "form": "Contact form",
+            "messenger": "Messenger", "instagram": "Instagram"}
 _CUT_NOTE = " … (cut; the whole message is in `frontdesk show {ref}`)"
 
 
@@ -318,6 +319,16 @@ def failure_line(reason: str, *, address: str, channel: str, author: str = "",
     if text:
         line += "\n" + quote(text, 1200, note=_CUT_NOTE.format(ref=reference))
     return line
+
+
+def held_line(reason: str, *, address: str, channel: str, author: str = "") -> str:
+    """A reply that waits for the customer (their messaging window is closed; a template asking
+    them to write went out): it goes the moment they answer."""
+    to = f"{escape(address)} ({_channel_name(channel)})" if address else \
+        _channel_name(channel)
+    who = f"The reply by *{cut(author, 200)}*" if author else "The reply"
+    return (f":hourglass_flowing_sand: {who} to {to} is waiting: {cut(reason, 1500)}. It goes "
+            "out as soon as they write again.")
 
 
 def action_line(what: str, actor: str) -> str:

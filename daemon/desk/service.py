@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from frontdesk.channels.base import (
     DeliveryError,
     DeliveryHook,
+    Held,
     InboundHook,
     OutboxHandler,
     PermanentFailure,
@@ -263,7 +264,13 @@ class SlackDesk:
             select(SlackMessage).where(SlackMessage.message_id == row.message_id)
         )).scalars().first()
         message = await session.get_one(Message, row.message_id)
-        if error is None:
+        if isinstance(error, Held):
+            await self.queue.text(
+                session, conversation,
+                blocks.held_line(error.reason, address=message.address, channel=message.channel,
+                                 author=message.author_name),
+                now, key=f"slack-held-{row.id}")
+        elif error is None:
             if origin is not None:
                 await self.queue.reaction(session, conversation, channel=origin.channel_id,
                                           ts=origin.ts, name=SENT_REACTION, now=now)

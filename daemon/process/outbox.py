@@ -55,6 +55,7 @@ from frontdesk.channels.base import (
     Deferred,
     DeliveryError,
     DeliveryHook,
+    Held,
     OutboxHandler,
     PermanentFailure,
     TemporaryFailure,
@@ -471,8 +472,15 @@ class OutboxWorker:
                 if current is None:
                     return
                 current.next_attempt_at = now + timedelta(seconds=max(0.0, exc.retry_after or 0))
+                first_hold = isinstance(exc, Held) and current.last_error != exc.reason
                 current.last_error = exc.reason
                 current.claimed_by = None
+                if first_hold:
+                    s.add(Event(kind="reply_held", conversation_id=row.conversation_id,
+                                message_id=row.message_id, created_at=now,
+                                data={"channel": target.channel, "reason": exc.reason}))
+                    for hook in self._hooks:
+                        await hook(s, current, exc)
             log.debug("outbox #%d (%s) deferred %.1fs: %s", row.id, row.kind,
                       exc.retry_after or 0, exc.reason)
             return

@@ -156,6 +156,8 @@ async def test_a_closed_whatsapp_window_sends_the_template_and_holds_the_reply(
 
     await eventually(held)
     assert (await _reply(d, reply)).delivery_status == "queued"
+    shown = await _show(d, c.reference)
+    assert "waiting: waiting for the customer to write again" in shown
     assert not [s for s in graph.sent if s["json"].get("type") == "text"]
     # the customer answers the template: the window is open, the reply goes at once
     await hooks.post(whatsapp_payload(messages=[wa_text("16315551234", "wamid.IN2", "Yes?")]))
@@ -163,6 +165,22 @@ async def test_a_closed_whatsapp_window_sends_the_template_and_holds_the_reply(
     texts = [s["json"]["text"]["body"] for s in graph.sent if s["json"].get("type") == "text"]
     assert texts == ["Your refund is approved."]
     assert len([s for s in graph.sent if s["json"].get("type") == "template"]) == 1
+
+
+async def _show(d: Any, reference: str) -> str:
+    import asyncio
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(str(d.settings.daemon.data_dir)).parent / "show.toml"
+    config.write_text(f'[database]\nurl = "{d.settings.database.url}"\n[daemon]\n'
+                      f'data_dir = "{d.settings.daemon.data_dir}"\n')
+    result = await asyncio.to_thread(subprocess.run, [
+        str(Path(sys.executable).parent / "frontdesk"), "show", reference, "-c", str(config)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 async def test_a_closed_whatsapp_window_without_a_template_fails_at_once(
@@ -200,3 +218,47 @@ async def test_a_shared_channel_is_sent_by_the_provider_that_received_the_messag
                                 in_reply_to="SM123")
     assert (await send(by_meta)).detail == "meta"
     assert (await send(by_twilio)).detail == "twilio"
+
+
+async def test_the_slack_thread_says_a_reply_is_held_and_then_sent(
+        make_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession,
+        graph: FakeGraph, clock: Any) -> None:
+    from tests.daemon.desk.test_slack_desk import (
+        SUPPORT,
+        _thread,
+        desk_settings,
+        events_url,
+        root_of,
+        start,
+    )
+    from tests.fakes.meta import APP_SECRET, PHONE_NUMBER_ID, WHATSAPP_TOKEN
+    from tests.fakes.slack import FakeSlack, thread_message
+
+    async with FakeSlack() as slack:
+        meta = {"app_secret": APP_SECRET, "verify_token": "v", "api_base_url": graph.base_url,
+                "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+                "whatsapp_access_token": WHATSAPP_TOKEN,
+                "whatsapp_template": {"name": "answer_ready", "parameters": ["{reference}"]}}
+        d = await start(daemon_factory, desk_settings(make_settings, slack, meta=meta), clock)
+        hooks = Hooks(http, d)
+        await hooks.post(whatsapp_payload(messages=[wa_text("16315551234", "wamid.1", "Hi")]))
+        root = await root_of(slack, SUPPORT)
+        clock.advance(hours=30)
+        await slack.event(events_url(d), thread_message(SUPPORT, root["ts"], "Here you go",
+                                                        ts="1790000600.000001"))
+
+        async def held() -> Any:
+            lines = [m for m in await _thread(slack, root["ts"]) if "is waiting" in m["text"]]
+            return lines[0] if lines else None
+
+        line = await eventually(held)
+        assert line["text"].startswith(":hourglass_flowing_sand: The reply by")
+        assert "24-hour window is closed" in line["text"]
+        await hooks.post(whatsapp_payload(messages=[wa_text("16315551234", "wamid.2", "ok")]))
+
+        async def reacted() -> bool:
+            found = slack.find(SUPPORT, "1790000600.000001")
+            return bool(found and found.get("reactions"))
+
+        await eventually(reacted)
+        assert [s["json"]["type"] for s in graph.sent] == ["template", "text"]
