@@ -262,3 +262,28 @@ async def test_the_slack_thread_says_a_reply_is_held_and_then_sent(
 
         await eventually(reacted)
         assert [s["json"]["type"] for s in graph.sent] == ["template", "text"]
+
+
+async def test_a_rate_limit_waits_and_sends_later_in_order(
+        meta_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession,
+        graph: FakeGraph, clock: Any) -> None:
+    d = await daemon_factory(meta_settings(), clock=clock)
+    hooks = Hooks(http, d)
+    await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", text="Hi", mid="m_1")))
+    c = await _conversation(d)
+    graph.fail_next("rate")
+    first = await staff_reply(d, c.reference, "first")
+    second = await staff_reply(d, c.reference, "second")
+
+    async def waiting() -> bool:
+        async with d.store.reader() as s:
+            row = (await s.execute(select(Outbox).where(Outbox.message_id == first))
+                   ).scalars().one()
+        return "rate limit" in (row.last_error or "")
+
+    await eventually(waiting)
+    assert graph.sent == [] and (await _reply(d, second)).delivery_status == "queued"
+    clock.advance(seconds=61)
+    d.outbox.kick()
+    await _status(d, second, "sent")
+    assert [s["json"]["message"]["text"] for s in graph.sent] == ["first", "second"]
