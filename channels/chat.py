@@ -72,3 +72,11 @@ def preview(text: str, length: int = 60) -> str:
     if space >= length // 2:
         cut = cut[:space]
     return cut.rstrip(" ,;:.") + "…"
+
+
+def template_words(reference: str, name: str, subject: str) -> dict[str, str]:
+    """The values of a re-engagement template's placeholders (``{reference}``, ``{name}``,
+    ``{first_name}``, ``{subject}``), with plain words where one is unknown."""
+    name = " ".join(name.split()) or "there"
+    return {"reference": reference or "your request", "name": name,
+            "first_name": name.split()[0], "subject": subject or "your request"}

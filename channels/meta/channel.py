@@ -36,7 +36,7 @@ from frontdesk.channels.base import (
     PermanentFailure,
     TemporaryFailure,
 )
-from frontdesk.channels.chat import split_text
+from frontdesk.channels.chat import split_text, template_words
 from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob
 from frontdesk.channels.meta import HUMAN_AGENT_WINDOW, WINDOW, MetaConfig
 from frontdesk.channels.meta.graph import Graph, WindowClosed
@@ -262,10 +262,8 @@ class MetaChannel:
         if await records.parts.sent(PART_CHANNEL, key):
             return
         template = self._config.whatsapp_template
-        values = {"reference": outbound.conversation_reference or "your request",
-                  "name": outbound.to_name or "there",
-                  "first_name": (outbound.to_name or "there").split()[0],
-                  "subject": outbound.subject or "your request"}
+        values = template_words(outbound.conversation_reference, outbound.to_name,
+                                outbound.subject)
         parameters = [{"type": "text", "text": p.format_map(values)[:1000]}
                       for p in template.parameters]
         answer = await self._graph.post(

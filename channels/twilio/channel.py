@@ -65,7 +65,7 @@ from frontdesk.channels.base import (
     PermanentFailure,
     TemporaryFailure,
 )
-from frontdesk.channels.chat import split_text
+from frontdesk.channels.chat import split_text, template_words
 from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob, last_written
 from frontdesk.channels.media import MediaFetcher, MediaHosts
 from frontdesk.channels.twilio import TwilioConfig
@@ -475,10 +475,8 @@ class TwilioChannel:
         assert records is not None
         key = f"template:{outbound.idempotency_key}"
         if not await records.parts.sent("twilio", key):
-            name = outbound.to_name or "there"
-            values = {"reference": outbound.conversation_reference or "your request",
-                      "name": name, "first_name": name.split()[0],
-                      "subject": outbound.subject or "your request"}
+            values = template_words(outbound.conversation_reference, outbound.to_name,
+                                    outbound.subject)
             variables = {str(i): v.format_map(values)[:500] for i, v in
                          enumerate(self._config.whatsapp_template_variables, start=1)}
             timeout = self._config.request_timeout.total_seconds()
