@@ -253,8 +253,8 @@ class VisitorApi:
                     continue
                 if item is None:
                     break
-                if item["id"] in sent:
-                    continue
+                if item["id"] in sent or item["id"] <= after:
+                    continue  # sent already, or the visitor had it before resuming
                 sent.add(item["id"])
                 await response.write(_event(item))
             return response

@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from frontdesk.channels.web.records import message_view, messages_after, newest_message_id, shown
+from frontdesk.channels.web.records import (
+    message_ids_after,
+    message_view,
+    messages_by_id,
+    newest_message_id,
+    shown,
+)
 from frontdesk.storage.db import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,9 @@ class Subscriber:
 
 
 class StreamHub:
+    first_look = 100
+    """How many ids before the newest the first read after a quiet spell covers."""
+
     def __init__(self, store: Store, *, poll: float = 1.0, lookback: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
@@ -108,6 +117,7 @@ class StreamHub:
     async def _run(self) -> None:
         delay = self._poll
         while not self._stopping and self._visitors:
+            self._wake.clear()  # before the step: a wake during it is not lost
             try:
                 await self._step()
                 delay = self._poll
@@ -117,7 +127,6 @@ class StreamHub:
                 log.warning("web: reading new messages for the open widgets failed (%s); "
                             "retrying", type(exc).__name__)
                 delay = min(delay * 2, 10.0)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -136,13 +145,17 @@ class StreamHub:
         now = self._clock()
         async with self._store.reader() as s:
             if self._cursor is None:
+                # A stream read its history just before: look back a little, so a message
+                # committed between that read and this one is not missed (streams skip what
+                # they already sent).
                 self._cursor = await newest_message_id(s)
-                self._marks.append((now, self._cursor))
-                return
+                self._marks.append((now, max(0, self._cursor - self.first_look)))
             floor = self._floor(now)
-            rows = await messages_after(s, floor)
-            views = [(m, message_view(m)) for m in rows
-                     if m.id not in self._fanned and shown(m)]
+            # The ids alone (an index scan), then whole rows only for ids not fanned out yet:
+            # the look-back costs little however busy the last seconds were.
+            ids = [i for i in await message_ids_after(s, floor) if i not in self._fanned]
+            rows = await messages_by_id(s, ids) if ids else []
+            views = [(m, message_view(m)) for m in rows if shown(m)]
         for m, view in views:
             self._fanned.add(m.id)
             if m.channel == "web" and m.direction == "in" and m.address in self._visitors:
@@ -151,6 +164,8 @@ class StreamHub:
                     self._by_conversation[m.conversation_id].add(sub)
             for sub in self._by_conversation.get(m.conversation_id, ()):
                 sub.put(view)
+        for m in rows:
+            self._fanned.add(m.id)  # not shown ones too: never read again
         if rows:
             self._cursor = max(self._cursor, rows[-1].id)
         self._marks.append((now, self._cursor))

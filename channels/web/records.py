@@ -323,11 +323,17 @@ class WebRecords:
                 f"the same conversation.{back}")
 
 
-async def messages_after(session: AsyncSession, floor: int,
-                         limit: int = 2000) -> Sequence[Message]:
-    """Messages with an id above ``floor``, oldest first (the live streams' feed)."""
+async def message_ids_after(session: AsyncSession, floor: int,
+                            limit: int = 5000) -> Sequence[int]:
+    """The ids of the messages above ``floor``, in order (the live streams' feed)."""
     return (await session.execute(
-        select(Message).where(Message.id > floor).order_by(Message.id).limit(limit)
+        select(Message.id).where(Message.id > floor).order_by(Message.id).limit(limit)
+    )).scalars().all()
+
+
+async def messages_by_id(session: AsyncSession, ids: Sequence[int]) -> Sequence[Message]:
+    return (await session.execute(
+        select(Message).where(Message.id.in_(list(ids))).order_by(Message.id)
     )).scalars().all()
 
 

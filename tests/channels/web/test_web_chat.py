@@ -304,3 +304,20 @@ async def test_a_visitor_who_leaves_ends_the_stream_quietly(
     await asyncio.sleep(1.5)  # heartbeats and the reply meet closed connections
     assert d.channels[-1].hub.open_streams == 0
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_a_stream_resumed_after_a_quiet_spell_repeats_nothing(
+        web_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession) -> None:
+    d = await daemon_factory(web_settings())
+    ada = Visitor(http, base_of(d))
+    await ada.send("first")
+    c = await only_conversation(d)
+    reply = await staff_reply(d, c.reference, "an answer")
+    async with ada.stream() as stream:
+        assert [(await stream.next())["text"] for _ in range(2)] == ["first", "an answer"]
+    await asyncio.sleep(1.5)  # the hub stops with nobody listening
+    later = await staff_reply(d, c.reference, "a later answer")
+    async with ada.stream(last_event_id=reply) as resumed:
+        assert (await resumed.next())["id"] == later
+        with pytest.raises(TimeoutError):
+            await resumed.next(timeout=1.5)
