@@ -40,6 +40,8 @@ class Row:
     channel: str
     remote_id: str
     raw: bytes
+    owner: str = ""
+    """The page, Instagram account or WhatsApp phone number id the message was sent to."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,10 @@ def split(payload: Any) -> tuple[list[Row], list[Note]]:
     return rows, notes
 
 
-def _row(channel: str, remote_id: str, data: Mapping[str, Any]) -> Row:
+def _row(channel: str, remote_id: str, data: dict[str, Any], owner: str) -> Row:
+    data["channel"] = channel
     return Row(channel, remote_id[:250],
-               json.dumps({"channel": channel, **data}, ensure_ascii=False).encode())
+               json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(), owner)
 
 
 def _messaging_entry(channel: str, entry: Mapping[str, Any], rows: list[Row],
@@ -90,12 +93,12 @@ def _messaging_entry(channel: str, entry: Mapping[str, Any], rows: list[Row],
             if message.get("is_echo"):
                 notes.append(Note("echo", channel, {"mid": mid, "app_id": message.get("app_id")}))
             elif mid and sender:
-                rows.append(_row(channel, mid, {"owner": owner, "event": event}))
+                rows.append(_row(channel, mid, {"owner": owner, "event": event}, owner))
             continue
         postback = event.get("postback")
         if isinstance(postback, dict) and sender:
             mid = str(postback.get("mid") or f"postback-{sender}-{event.get('timestamp', '')}")
-            rows.append(_row(channel, mid, {"owner": owner, "event": event}))
+            rows.append(_row(channel, mid, {"owner": owner, "event": event}, owner))
         elif isinstance(event.get("reaction"), dict):
             notes.append(Note("reaction", channel, {"sender": sender, **event["reaction"]}))
         elif isinstance(event.get("delivery"), dict):
@@ -120,9 +123,10 @@ def _whatsapp_entry(entry: Mapping[str, Any], rows: list[Row], notes: list[Note]
                 notes.append(Note("reaction", "whatsapp", {"sender": sender,
                                                            **(message.get("reaction") or {})}))
             elif wamid and sender:
+                number = str(metadata.get("phone_number_id", ""))
                 rows.append(_row("whatsapp", wamid, {
-                    "phone_number_id": str(metadata.get("phone_number_id", "")),
-                    "message": message, "contact": contacts.get(sender, {})}))
+                    "phone_number_id": number, "message": message,
+                    "contact": contacts.get(sender, {})}, number))
         for status in _dicts(value.get("statuses")):
             notes.append(Note("status", "whatsapp", {
                 "id": str(status.get("id", "")), "status": str(status.get("status", "")),
