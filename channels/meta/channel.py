@@ -33,9 +33,9 @@ from frontdesk.channels.base import (
     Accept,
     ChannelContext,
     ChannelParts,
+    Deferred,
     Held,
     PermanentFailure,
-    TemporaryFailure,
 )
 from frontdesk.channels.chat import split_text, template_words
 from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob
@@ -183,7 +183,7 @@ class MetaChannel:
     async def send(self, outbound: OutboundMessage) -> Receipt:
         records = self._records
         if records is None or self._accept is None or self._clock is None:
-            raise TemporaryFailure("the meta channel is not running")
+            raise Deferred("the meta channel is not running", retry_after=5.0)
         channel = outbound.channel
         if channel not in self.products:
             raise PermanentFailure(f"meta {channel} is not configured here")

@@ -58,8 +58,8 @@ class Graph:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise TemporaryFailure("the meta channel is not running")
+        if self._session is None:  # stopping (or not started): the work waits, quietly
+            raise Deferred("the meta channel is not running", retry_after=5.0)
         return self._session
 
     async def post(self, path: str, body: Mapping[str, Any], token: str) -> dict[str, Any]:

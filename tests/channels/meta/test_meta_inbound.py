@@ -96,6 +96,7 @@ async def test_messenger_attachments_postbacks_and_the_name_arrive_in_the_backgr
         return files == ["receipt.jpg"] and names == ["Ada Lovelace"]
 
     await eventually(fetched)
+    await eventually(lambda: processed(d.store))
     [c] = await conversations(d.store)
     shown = await detail(d.store, c.reference)
     assert [m["text"] for m in shown["messages"]] == ["my receipt", "Talk to a person", "Yes"]
@@ -152,6 +153,7 @@ async def test_whatsapp_messages_media_and_the_profile_name(
                 "invoice.pdf"]
 
     await eventually(fetched)
+    await eventually(lambda: processed(d.store))
     [c] = await conversations(d.store)
     texts = [m["text"] for m in (await detail(d.store, c.reference))["messages"]]
     assert texts[0] == "Hi, my order?" and texts[1] == "the invoice"
