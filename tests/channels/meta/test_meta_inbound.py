@@ -189,23 +189,3 @@ async def test_not_a_webhook_is_a_400(meta_settings: Any, daemon_factory: Any,
     assert (await hooks.post(b'["a list"]'))[0] == 400
     assert await _journal(d) == []
 
-
-async def test_a_messenger_read_receipt_makes_replies_delivered(
-        meta_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession,
-        graph: FakeGraph) -> None:
-    from tests.channels.web.test_web_chat import staff_reply
-
-    d = await daemon_factory(meta_settings())
-    hooks = Hooks(http, d)
-    await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", text="Hi", mid="m_1")))
-    await eventually(lambda: processed(d.store))
-    [c] = await conversations(d.store)
-    reply = await staff_reply(d, c.reference, "Hello!")
-
-    async def status(wanted: str) -> bool:
-        async with d.store.reader() as s:
-            return (await s.get_one(Message, reply)).delivery_status == wanted
-
-    await eventually(lambda: status("sent"))
-    await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", read=1790000000000)))
-    await eventually(lambda: status("delivered"))

@@ -287,3 +287,15 @@ async def test_a_rate_limit_waits_and_sends_later_in_order(
     d.outbox.kick()
     await _status(d, second, "sent")
     assert [s["json"]["message"]["text"] for s in graph.sent] == ["first", "second"]
+
+
+async def test_a_messenger_read_receipt_makes_replies_delivered(
+        meta_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession) -> None:
+    d = await daemon_factory(meta_settings())
+    hooks = Hooks(http, d)
+    await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", text="Hi", mid="m_1")))
+    c = await _conversation(d)
+    reply = await staff_reply(d, c.reference, "Hello!")
+    await _status(d, reply, "sent")
+    await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", read=1790000000000)))
+    await _status(d, reply, "delivered")
