@@ -76,6 +76,20 @@ def start_frontdesk(config: Path, http_port: int, log: Path,
     sys.exit(f"frontdesk not ready within {timeout:.0f} s:\n" + log.read_text())
 
 
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Until ``url`` answers 200 (a bare peer server starting); ends the benchmark otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int | None:
     """SIGTERM, then the exit code; None if it had to be killed after ``timeout`` seconds."""
     process.send_signal(signal.SIGTERM)

@@ -69,13 +69,19 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import code_version, free_port, ms, start_frontdesk, stop_process
+from benchmarks._common import (
+    code_version,
+    free_port,
+    ms,
+    start_frontdesk,
+    stop_process,
+    wait_http,
+)
 
 TARGET_RATIO = 0.4
 PATH = "/webhooks/meta"
@@ -326,19 +332,6 @@ def bare_main(port: int) -> None:
     app.router.add_post(PATH, handler)
     app.router.add_get("/healthz", health)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 class GraphThread:

@@ -90,7 +90,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,6 +103,7 @@ from benchmarks._common import (
     ms,
     start_frontdesk,
     stop_process,
+    wait_http,
 )
 
 TARGET_RATIO = 0.4
@@ -785,19 +785,6 @@ def _load(port: int, requests: list[bytes], concurrency: int, clients: int, tmp:
     return {"elapsed": max(r["end"] for r in results) - min(r["start"] for r in results),
             "latencies": sorted(x for r in results for x in r["latencies"]),
             "statuses": dict(statuses), "client_cpu": sum(r["cpu"] for r in results)}, server
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 async def daemon_round(daemon: Daemon, view: StoreView, n: int, concurrency: int, clients: int,

@@ -42,13 +42,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from benchmarks._common import free_port, start_frontdesk, stop_process
+from benchmarks._common import free_port, start_frontdesk, stop_process, wait_http
 
 HERE = Path(__file__).resolve()
 TARGET_RATIO = 0.4
@@ -167,19 +166,6 @@ def send(port: int, requests: list[bytes], connections: int, clients: int,
 
 
 # --- the servers --------------------------------------------------------------------------------
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s")
-
 
 def bare_main(port: int) -> None:
     from aiohttp import web
