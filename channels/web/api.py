@@ -241,7 +241,9 @@ class VisitorApi:
             await response.write(b"retry: 2000\n\n")
             sent: set[int] = set()
             if after or conversations:
-                for view in (await self._records.history(visitor, after=after)).messages:
+                history = await self._records.history(visitor, after=after,
+                                                      conversations=conversations)
+                for view in history.messages:
                     sent.add(view["id"])
                     await response.write(_event(view))
             while True:

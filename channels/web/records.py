@@ -121,10 +121,13 @@ class WebRecords:
             .group_by(Message.conversation_id))).scalars().all()
         return sorted(mine)
 
-    async def history(self, visitor: str, *, after: int = 0,
-                      limit: int = HISTORY_LIMIT) -> History:
+    async def history(self, visitor: str, *, after: int = 0, limit: int = HISTORY_LIMIT,
+                      conversations: Sequence[int] | None = None) -> History:
+        """The visitor's messages after ``after`` (``conversations``: theirs, when the caller
+        has just looked them up)."""
         async with self._store.reader() as s:
-            ids = await self.conversations(s, visitor)
+            ids = list(conversations) if conversations is not None \
+                else await self.conversations(s, visitor)
             if not ids:
                 return History(None, None, [])
             rows = (await s.execute(
