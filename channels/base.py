@@ -77,8 +77,17 @@ class ParseError(ValueError):
     """The raw message cannot be turned into an InboundMessage; it stays in the journal."""
 
 
-Accept = Callable[[str, str, bytes, Mapping[str, Any]], Awaitable[bool]]
-"""``accept(channel, remote_id, raw, meta)``: journal and commit; True if new, False if seen."""
+class Accept(Protocol):
+    """The journal as a channel reaches it: journal and commit, then answer."""
+
+    def __call__(self, channel: str, remote_id: str, raw: bytes,
+                 meta: Mapping[str, Any], /) -> Awaitable[bool]:
+        """``accept(channel, remote_id, raw, meta)``: True if new, False if seen; raises when
+        the commit failed."""
+
+    def many(self, channel: str, items: Sequence[tuple[str, bytes]], /) -> Awaitable[list[bool]]:
+        """Several messages of one delivery, each (remote id, raw) under its own id, in the
+        same commit: one answer each, as a call answers."""
 
 
 InboundHook = Callable[[AsyncSession, Conversation, Message, bool], Awaitable[None]]

@@ -18,15 +18,14 @@ writes again (:mod:`.records` releases it); without a template it fails at once 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from frontdesk.channels.base import (
@@ -144,7 +143,7 @@ class MetaChannel:
                         "wrong" if given else "missing")
             return web.Response(status=403, text="bad signature\n")
         try:
-            rows, notes = split(json.loads(raw))
+            rows, notes = split(orjson.loads(raw))
         except (ValueError, UnicodeDecodeError, BadPayload) as exc:
             return web.Response(status=400, text=f"not a Meta webhook: {exc}\n")
         accept, records = self._accept, self._records
@@ -153,11 +152,12 @@ class MetaChannel:
         wanted = [r for r in rows if self._wanted(r.channel, r.owner)]
         notes = [n for n in notes if n.channel in self.products]
         try:
-            if len(wanted) == 1:  # the usual case: no task for it
+            if len(wanted) == 1:
                 await accept("meta", wanted[0].remote_id, wanted[0].raw, {})
-            elif wanted:
-                await asyncio.gather(*(accept("meta", r.remote_id, r.raw, {}) for r in wanted))
-            await records.apply(notes)
+            elif wanted:  # one commit, one answer for them all
+                await accept.many("meta", [(r.remote_id, r.raw) for r in wanted])
+            if notes:
+                await records.apply(notes)
         except Exception as exc:  # noqa: BLE001 - Meta retries a non-200
             log.warning("meta: could not store a webhook (%s); Meta will retry", exc)
             return web.Response(status=503, text="try again\n")

@@ -328,7 +328,7 @@ class Daemon:
         for service in self.services:
             await service.start()
         for channel in self.channels:
-            await channel.start(self.journal.accept)
+            await channel.start(self.journal)
             self._started.append(channel)
             self.metrics.channel_up.labels(channel.name).set(1)
         self._watchdog = asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog")

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -107,13 +107,32 @@ class Journal:
         if self._sqlite is not None:
             self._sqlite.close()
 
-    async def accept(self, channel: str, remote_id: str, raw: bytes,
-                     meta: Mapping[str, Any]) -> bool:
-        """Journal one message; True if new, False if it was already there. Raises on failure."""
+    def accept(self, channel: str, remote_id: str, raw: bytes,
+               meta: Mapping[str, Any]) -> asyncio.Future[bool]:
+        """Journal one message; the answer is True if new, False if it was already there, and
+        an exception on failure (a future, so a caller gathering many makes no task each)."""
+        return self._offer(channel, ((remote_id, raw),), meta, many=False)
+
+    __call__ = accept
+
+    def many(self, channel: str,
+             items: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[bool]]:
+        """Journal several messages of one channel together, in the same commit: one webhook
+        delivery's events. The answer is one boolean per (remote id, raw) item, as ``accept``
+        answers; a second copy of an id in ``items`` is a duplicate."""
+        if not items:
+            done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        return self._offer(channel, items, {}, many=True)
+
+    def _offer(self, channel: str, items: Sequence[tuple[str, bytes]],
+               meta: Mapping[str, Any], *, many: bool) -> asyncio.Future[Any]:
         if self._closing:
             raise RuntimeError("frontdesk is shutting down")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        pending = Pending(channel, remote_id, raw, dict(meta), self._clock(), future)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = Pending(channel, items, dict(meta) if meta else {}, self._clock(), future,
+                          many)
         if self._sqlite is None:
             self._count(1)
             self._queue.append(pending)
@@ -121,11 +140,11 @@ class Journal:
         else:
             # the parameters are made here so that the writer's thread, whose commits are the
             # sender's wait, needs the GIL as little as possible
-            pending.row = self._sqlite.row(pending)
+            pending.rows = self._sqlite.rows(pending)
             self._count(1)
             if not self._sqlite.offer(pending):  # no drain running that will take it
                 self._wakeup.set()
-        return await future
+        return future
 
     async def _committer(self) -> None:
         while True:
@@ -151,9 +170,9 @@ class Journal:
 
     async def _commit(self, batch: list[Pending]) -> None:
         rows = [
-            {"channel": p.channel, "remote_id": p.remote_id, "raw": p.raw, "meta": p.meta,
+            {"channel": p.channel, "remote_id": remote_id, "raw": raw, "meta": p.meta,
              "received_at": p.received_at, "state": "pending", "attempts": 0}
-            for p in batch
+            for p in batch for remote_id, raw in p.items
         ]
         started = time.perf_counter()
         outcome: Outcomes
@@ -176,16 +195,23 @@ class Journal:
         metrics.journal_batch_size.observe(len(batch))
         counters = self._counters
         for p in batch:
-            key = (p.channel, p.remote_id)
-            is_new = key in outcome
-            outcome.discard(key)  # a second copy in the same batch is a duplicate
-            pair = counters.get(p.channel)
+            channel = p.channel
+            answers = []
+            for remote_id, _ in p.items:
+                key = (channel, remote_id)
+                answers.append(key in outcome)
+                outcome.discard(key)  # a second copy in the same batch is a duplicate
+            pair = counters.get(channel)
             if pair is None:
-                pair = counters[p.channel] = (metrics.messages_in.labels(p.channel),
-                                              metrics.duplicates.labels(p.channel))
-            pair[0 if is_new else 1].inc()
+                pair = counters[channel] = (metrics.messages_in.labels(channel),
+                                            metrics.duplicates.labels(channel))
+            new = sum(answers)
+            if new:
+                pair[0].inc(new)
+            if new < len(answers):
+                pair[1].inc(len(answers) - new)
             if not p.future.done():
-                p.future.set_result(is_new)
+                p.future.set_result(answers if p.many else answers[0])
         self._on_commit()
 
     def _fail(self, batch: list[Pending], exc: BaseException) -> None:

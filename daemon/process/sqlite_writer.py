@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,13 +27,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Pending:
+    """One sender's wait: the message it offered, or the messages of one webhook offered
+    together (``many``), which go into the same commit and are answered at once."""
+
     channel: str
-    remote_id: str
-    raw: bytes
+    items: Sequence[tuple[str, bytes]]
+    """(remote id, raw bytes) of each message."""
     meta: Mapping[str, Any]
     received_at: datetime
-    future: asyncio.Future[bool] = field(repr=False)
-    row: tuple[Any, ...] = ()  # SQLite: the INSERT's parameters, made on the loop
+    future: asyncio.Future[Any] = field(repr=False)
+    many: bool = False
+    """The answer is a list of booleans, one per item (else the one item's boolean)."""
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    """SQLite: the INSERT's parameters, made on the loop."""
 
 
 Outcomes = set[tuple[str, str]] | BaseException
@@ -59,9 +65,12 @@ class SqliteJournalWriter:
                 "attempts) VALUES ")
     _values = "(?, ?, ?, ?, ?, 'pending', 0)"
     _conflict = " ON CONFLICT (channel, remote_id) DO NOTHING"
-    rows_per_commit = 100
-    """At most this many rows in one commit's statement (500 parameters: under SQLite's oldest
-    limit of 999; every size up to it stays in the connection's statement cache)."""
+    rows_per_statement = 100
+    """At most this many rows in one statement (500 parameters: under SQLite's oldest limit of
+    999; every size up to it stays in the connection's statement cache)."""
+    rows_per_commit = 1000
+    """At most this many rows in one commit (in several statements), unless a single sender's
+    messages are more: they go in one commit whatever their number."""
     linger = 0.002
     """Seconds the thread waits for another message before a drain ends."""
     checkpoint_interval = 0.2
@@ -137,14 +146,20 @@ class SqliteJournalWriter:
                         self._cond.wait(wait)
                     finally:
                         self._lingering = False
-            batch = self._pending
-            if not batch or time.monotonic() >= deadline:
+            pending = self._pending
+            if not pending or time.monotonic() >= deadline:
                 self._draining = False
                 return []
-            if len(batch) > self.rows_per_commit:
-                batch, self._pending = batch[:self.rows_per_commit], batch[self.rows_per_commit:]
-            else:
+            rows, taken = 0, 0
+            for p in pending:  # whole senders, up to rows_per_commit rows (at least one sender)
+                rows += len(p.rows)
+                if taken and rows > self.rows_per_commit:
+                    break
+                taken += 1
+            if taken == len(pending):
                 self._pending = []
+                return pending
+            batch, self._pending = pending[:taken], pending[taken:]
             return batch
 
     def _drain(self, loop: asyncio.AbstractEventLoop, limit: float) -> None:
@@ -193,12 +208,14 @@ class SqliteJournalWriter:
             conn.close()
 
     @staticmethod
-    def row(p: Pending) -> tuple[Any, ...]:
-        """The INSERT's parameters for one message, as the models write them (UTCDateTime: naive
-        UTC text with microseconds; JSON: json.dumps)."""
-        received = p.received_at.astimezone(UTC).replace(tzinfo=None)
-        return (p.channel, p.remote_id, p.raw, json.dumps(p.meta),
-                received.isoformat(" ", "microseconds"))
+    def rows(p: Pending) -> list[tuple[Any, ...]]:
+        """The INSERT's parameters for each of the sender's messages, as the models write them
+        (UTCDateTime: naive UTC text with microseconds; JSON: json.dumps)."""
+        received = p.received_at.astimezone(UTC).replace(tzinfo=None).isoformat(
+            " ", "microseconds")
+        meta = json.dumps(p.meta) if p.meta else "{}"
+        channel = p.channel
+        return [(channel, remote_id, raw, meta, received) for remote_id, raw in p.items]
 
     def _statement(self, rows: int) -> str:
         sql = self._statements.get(rows)
@@ -210,15 +227,34 @@ class SqliteJournalWriter:
     def _insert(self, batch: list[Pending]) -> set[tuple[str, str]]:
         """The batch's rows in one statement outside any explicit transaction, which SQLite
         runs as a transaction of its own: the write lock, the rows and the synced commit in a
-        single call, one release of the GIL. Returns the (channel, remote id) pairs that were
-        new; when some were there already (a retried delivery), those are the rows the
-        statement inserted, whose ids are the block that ends at its last insert rowid."""
+        single call, one release of the GIL; more rows than ``rows_per_statement``: several
+        statements in one explicit transaction, still one synced commit. Returns the
+        (channel, remote id) pairs that were new."""
         conn = self._connect()
-        params = [p.row or self.row(p) for p in batch]
+        params = [row for p in batch for row in (p.rows or self.rows(p))]
+        size = self.rows_per_statement
+        if len(params) <= size:
+            return self._insert_rows(conn, params)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            new: set[tuple[str, str]] = set()
+            for start in range(0, len(params), size):
+                new |= self._insert_rows(conn, params[start:start + size])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return new
+
+    def _insert_rows(self, conn: sqlite3.Connection,
+                     params: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
+        """One INSERT of ``params``; the pairs it inserted. When some were there already (a
+        retried delivery), those are the rows the statement inserted, whose ids are the block
+        that ends at its last insert rowid."""
         cursor = conn.execute(self._statement(len(params)), [x for row in params for x in row])
         inserted = cursor.rowcount
         if inserted == len(params):
-            return {(p.channel, p.remote_id) for p in batch}
+            return {(row[0], row[1]) for row in params}
         if inserted <= 0:
             return set()
         last = cursor.lastrowid

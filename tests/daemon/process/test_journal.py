@@ -74,8 +74,8 @@ async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path, clock: An
     def pending(key: str) -> Any:
         from frontdesk.daemon.process.sqlite_writer import Pending as _Pending
 
-        p = _Pending("sms", key, b"x", {}, clock(), loop.create_future())
-        p.row = writer.row(p)
+        p = _Pending("sms", [(key, b"x")], {}, clock(), loop.create_future())
+        p.rows = writer.rows(p)
         return p
 
     try:
@@ -91,9 +91,36 @@ async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path, clock: An
 async def test_more_than_one_commit_holds(journal: Any) -> None:
     if journal._sqlite is None:
         pytest.skip("SQLite's writer splits big batches")
-    n = SqliteJournalWriter.rows_per_commit * 2 + 5
+    n = SqliteJournalWriter.rows_per_commit * 2 + 5  # more commits, several statements each
     answers = await asyncio.gather(*(journal.accept("sms", f"k{i}", b"x", {}) for i in range(n)))
     assert all(answers) and len(await rows(journal)) == n
+
+
+async def test_many_journals_a_delivery_in_one_commit(journal: Any) -> None:
+    """A webhook's several messages: one answer per id, in order, duplicates (earlier or in the
+    same delivery) answered False; all of them in the journal at once."""
+    assert await journal.accept("meta", "m2", b"earlier", {}) is True
+    answers = await journal.many("meta", [("m1", b"one"), ("m2", b"two"), ("m3", b"three"),
+                                          ("m1", b"one again")])
+    assert answers == [True, False, True, False]
+    stored = {r.remote_id: r.raw for r in await rows(journal)}
+    assert stored == {"m1": b"one", "m2": b"earlier", "m3": b"three"}
+    assert await journal.many("meta", []) == []
+    text = journal.metrics.render().decode()
+    assert 'frontdesk_messages_in_total{channel="meta"} 3.0' in text
+    assert 'frontdesk_duplicates_total{channel="meta"} 2.0' in text
+
+
+async def test_many_larger_than_a_statement_is_still_one_commit(journal: Any) -> None:
+    """More messages in one delivery than one SQLite statement holds: several statements, one
+    transaction, every answer right (the retry of the whole delivery stores nothing)."""
+    n = SqliteJournalWriter.rows_per_commit + 7
+    items = [(f"b{i}", b"x") for i in range(n)]
+    others = [journal.accept("sms", f"s{i}", b"x", {}) for i in range(5)]
+    assert await journal.many("meta", items) == [True] * n
+    assert all(await asyncio.gather(*others))
+    assert await journal.many("meta", items) == [False] * n
+    assert len(await rows(journal)) == n + 5
 
 
 async def test_a_failed_commit_fails_its_senders_then_recovers(journal: Any) -> None:
