@@ -7,11 +7,13 @@ settings object shows ``**********`` instead of the value.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -307,6 +309,76 @@ def parse_rate(value: str) -> tuple[int, timedelta]:
     if not m:
         raise ValueError(f'{value!r} is not a rate like "10/10m"')
     return int(m.group(1)), parse_duration(m.group(2))
+
+
+WEBHOOK_EVENTS = ("conversation.created", "message.received", "message.sent",
+                  "conversation.resolved", "sla.warning", "sla.escalated", "rating.received")
+"""The events an outgoing webhook can subscribe to (CONTRACT.md, "REST API and outgoing
+webhooks")."""
+
+_WEBHOOK_SECRET = re.compile(r"^whsec_([A-Za-z0-9+/]+={0,2})$")
+
+
+class ApiConfig(Section):
+    """``[api]``: the REST API under ``/api/v1`` on ``http.listen`` (tokens from
+    ``frontdesk token create``)."""
+
+    enabled: bool = False
+    rate_limit: RateLimit = "600/1m"
+    """Requests per token (each instance counts its own): past it, 429 with Retry-After."""
+    max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """The largest request body in bytes (413 past it)."""
+    idempotency_window: Duration = timedelta(hours=24)
+    """How long a POST's ``Idempotency-Key`` and its first answer are kept."""
+
+
+class WebhookConfig(Section):
+    """One ``[[webhooks]]`` receiver: signed per the Standard Webhooks specification, delivered
+    through the outbox in a lane of its own."""
+
+    url: str
+    secret: SecretStr
+    events: list[Literal["conversation.created", "message.received", "message.sent",
+                         "conversation.resolved", "sla.warning", "sla.escalated",
+                         "rating.received"]] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    name: str = ""
+    """How the outbox, the metrics and the logs name this receiver (default: the URL's host);
+    the lane its deliveries queue in, so keep it when the URL changes."""
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.strip()
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        m = _WEBHOOK_SECRET.match(value.get_secret_value().strip())
+        if not m:
+            raise ValueError('must be a Standard Webhooks secret: "whsec_" and the key in base64')
+        try:
+            key = base64.b64decode(m.group(1), validate=True)
+        except ValueError:
+            raise ValueError('the part after "whsec_" is not base64') from None
+        if len(key) < 24:
+            raise ValueError("the key is too short: at least 24 bytes (32 recommended)")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,24}", value):
+            raise ValueError(f"{value!r}: letters, digits, '.', '-' and '_', at most 24")
+        return value
+
+    @property
+    def receiver(self) -> str:
+        """The receiver's name: ``name``, else the URL's host (cut to 24 characters)."""
+        return self.name or (urlsplit(self.url).hostname or "webhook")[:24]
 
 
 class MessageTemplate(Section):
@@ -618,10 +690,23 @@ class CoreSettings(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     reminder: ReminderConfig = Field(default_factory=ReminderConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
     saved_replies: dict[Annotated[str, AfterValidator(_reply_name)], str] = Field(
         default_factory=dict)
     """Answers a team gives every day, by name: ``refund = "Hi {name}, ..."`` (see
     :func:`frontdesk.domain.conversations.render_saved_reply` for the placeholders)."""
+
+    @field_validator("webhooks")
+    @classmethod
+    def _receivers_apart(cls, value: list[WebhookConfig]) -> list[WebhookConfig]:
+        seen: set[str] = set()
+        for hook in value:
+            if hook.receiver in seen:
+                raise ValueError(f"two receivers are named {hook.receiver!r}: give each a "
+                                 "name of its own (name = ...)")
+            seen.add(hook.receiver)
+        return value
 
     @field_validator("escalation")
     @classmethod

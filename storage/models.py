@@ -464,3 +464,35 @@ class Acknowledgement(Base):
     channel: Mapped[str] = mapped_column(String(16))
     recipient: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A REST API token (``frontdesk token create``): its public id and the SHA-256 of its
+    secret, never the token itself."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("name", name="uq_api_tokens_name"),)
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the token's public part
+    name: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(8), default="read")  # read | write
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ApiIdempotency(Base):
+    """A POST's ``Idempotency-Key`` and its first answer, written in the transaction of the
+    change it made: a repeat gets the same status and JSON, a crash cannot make it twice."""
+
+    __tablename__ = "api_idempotency"
+    __table_args__ = (Index("ix_api_idempotency_created_at", "created_at"),)
+
+    token_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

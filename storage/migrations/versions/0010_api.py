@@ -1,0 +1,53 @@
+"""api: REST API tokens and idempotency keys
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-06
+
+``api_tokens`` keeps each token's public id, name, scope and the SHA-256 of its secret;
+``api_idempotency`` keeps a POST's ``Idempotency-Key`` with its first answer (per token).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.String(length=16), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("scope", sa.String(length=8), nullable=False),
+        sa.Column("secret_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=256), nullable=False),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_api_tokens"),
+        sa.UniqueConstraint("name", name="uq_api_tokens_name"),
+    )
+    op.create_table(
+        "api_idempotency",
+        sa.Column("token_id", sa.String(length=16), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("token_id", "key", name="pk_api_idempotency"),
+    )
+    op.create_index("ix_api_idempotency_created_at", "api_idempotency", ["created_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_api_idempotency_created_at", table_name="api_idempotency")
+    op.drop_table("api_idempotency")
+    op.drop_table("api_tokens")
