@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -311,8 +311,9 @@ def parse_rate(value: str) -> tuple[int, timedelta]:
     return int(m.group(1)), parse_duration(m.group(2))
 
 
-WEBHOOK_EVENTS = ("conversation.created", "message.received", "message.sent",
-                  "conversation.resolved", "sla.warning", "sla.escalated", "rating.received")
+WebhookEvent = Literal["conversation.created", "message.received", "message.sent",
+                       "conversation.resolved", "sla.warning", "sla.escalated", "rating.received"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = get_args(WebhookEvent)
 """The events an outgoing webhook can subscribe to (CONTRACT.md, "REST API and outgoing
 webhooks")."""
 
@@ -338,9 +339,7 @@ class WebhookConfig(Section):
 
     url: str
     secret: SecretStr
-    events: list[Literal["conversation.created", "message.received", "message.sent",
-                         "conversation.resolved", "sla.warning", "sla.escalated",
-                         "rating.received"]] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
     name: str = ""
     """How the outbox, the metrics and the logs name this receiver (default: the URL's host);
     the lane its deliveries queue in, so keep it when the URL changes."""

@@ -6,7 +6,7 @@ Also the JSON views of conversations and messages that CONTRACT.md fixes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -84,6 +84,7 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
 # --- staff actions: the same from Slack, the command line and the scheduler ----------------------
 
 PRIORITIES = ("low", "normal", "high", "urgent")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
 
 class InvalidAction(ValueError):
@@ -98,10 +99,21 @@ def _audit(session: AsyncSession, conversation: Conversation, kind: str, *, acto
 
 
 async def resolve(session: AsyncSession, conversation: Conversation, *, actor: str,
-                  now: datetime, data: Mapping[str, Any] | None = None) -> bool:
-    """Mark the conversation resolved; False (and no audit) if it already was."""
+                  now: datetime, data: Mapping[str, Any] | None = None,
+                  note: str | None = None) -> bool:
+    """Mark the conversation resolved; False (and no audit) if it already was. ``note``: what
+    solved it, kept as the conversation's ``resolution_note`` (also when it already was
+    resolved: then the note alone changes, audited)."""
+    note = note.strip() if note else None
     if conversation.status == "resolved":
-        return False
+        if not note or note == conversation.resolution_note:
+            return False
+        conversation.resolution_note, conversation.updated_at = note, now
+        _audit(session, conversation, "resolution_noted", actor=actor, now=now, data=data)
+        await session.flush()
+        return True
+    if note:
+        conversation.resolution_note = note
     previous = conversation.status
     conversation.status, conversation.resolved_at = "resolved", now
     conversation.snoozed_until = None
@@ -180,6 +192,56 @@ async def set_priority(session: AsyncSession, conversation: Conversation, priori
 _MORNING = frozenset({"morning", "next-business-morning", "next_business_morning", "tomorrow"})
 
 
+def conversation_tag(text: str) -> str:
+    """A conversation tag as stored: lower-case letters and digits, ``-`` and ``_``."""
+    tag = text.strip().lower()
+    if not _TAG.match(tag):
+        raise InvalidAction(f"{text!r} is not a tag: lower-case letters, digits, - and _ "
+                            "(at most 48)")
+    return tag
+
+
+async def set_tags(session: AsyncSession, conversation: Conversation, *, add: Sequence[str] = (),
+                   remove: Sequence[str] = (), replace: Sequence[str] | None = None,
+                   actor: str, now: datetime, data: Mapping[str, Any] | None = None) -> bool:
+    """Change a conversation's tags (``replace``: exactly these); False if nothing changed."""
+    before = list(conversation.tags or [])
+    if replace is not None:
+        after = sorted({conversation_tag(t) for t in replace})
+    else:
+        gone = {conversation_tag(t) for t in remove}
+        after = sorted(({*before} | {conversation_tag(t) for t in add}) - gone)
+    if len(after) > 50:
+        raise InvalidAction("a conversation has at most 50 tags")
+    if after == sorted(before):
+        return False
+    conversation.tags, conversation.updated_at = after, now
+    _audit(session, conversation, "tags_changed", actor=actor, now=now, data=data,
+           added=sorted(set(after) - set(before)), removed=sorted(set(before) - set(after)))
+    await session.flush()
+    return True
+
+
+async def add_note(session: AsyncSession, conversation: Conversation, text: str, *,
+                   author: str, now: datetime, actor: str | None = None,
+                   data: Mapping[str, Any] | None = None) -> Message:
+    """An internal note in the conversation: staff see it, the customer never does."""
+    text = text.strip()
+    if not text:
+        raise InvalidAction("the note is empty")
+    message = Message(conversation_id=conversation.id, direction="out", author="staff",
+                      author_name=author[:256], channel=conversation.channel, address="",
+                      subject="", text=text, headers={}, is_note=True, delivery_status=None,
+                      created_at=now)
+    session.add(message)
+    await session.flush()
+    session.add(Event(kind="note_added", actor=actor or author, conversation_id=conversation.id,
+                      contact_id=conversation.contact_id, message_id=message.id,
+                      created_at=now, data=dict(data or {})))
+    conversation.updated_at = now
+    return message
+
+
 def snooze_until(spec: str, now: datetime, calendar: BusinessCalendar) -> datetime:
     """When a snooze given as ``"2h"``, ``"30m"``, ``"1d"`` or ``"morning"`` ends.
 
@@ -253,6 +315,7 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
         "escalation_level": c.escalation_level, "inbox_address": c.inbox_address,
         "contact": contact_view(c.contact),
         **sla_view(c),  # the scheduler's due times, SLA policy and pause, survey and rating
+        "tags": list(c.tags or []), "resolution_note": c.resolution_note,
     }
 
 

@@ -183,6 +183,8 @@ class Conversation(Base):
     sla_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rating: Mapped[int | None] = mapped_column(Integer)
     rated_at: Mapped[datetime | None]
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))  # 0010
+    resolution_note: Mapped[str | None] = mapped_column(Text)  # what solved it; 0010
 
     contact: Mapped[Contact] = relationship(lazy="joined")
 

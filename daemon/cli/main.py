@@ -23,6 +23,7 @@ from frontdesk.config.loader import ConfigError, load_settings, resolve_path
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
 from frontdesk.daemon.cli import outbox as cli_outbox
+from frontdesk.daemon.cli import tokens as cli_tokens
 from frontdesk.daemon.cli.common import (
     Failure,
     Parser,
@@ -109,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_desk.add_parsers(sub, common, as_json, Parser)
     cli_contacts.add_parsers(sub, common, as_json, Parser)
     cli_outbox.add_parsers(sub, common, as_json, Parser)
+    cli_tokens.add_parsers(sub, common, as_json, Parser)
     _with_examples(p)
     return p
 
@@ -509,6 +511,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **cli_desk.COMMANDS,  # search, resolve, reopen, assign, snooze
     **cli_contacts.COMMANDS,  # contact show|merge|link
     **cli_outbox.COMMANDS,  # outbox [retry|cancel]
+    **cli_tokens.COMMANDS,  # token create|list|revoke
 }
 
 

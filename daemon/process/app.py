@@ -56,6 +56,7 @@ from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal, Outbox
 
 if TYPE_CHECKING:
+    from frontdesk.daemon.api.server import ApiServer
     from frontdesk.daemon.desk.service import SlackDesk
 
 log = logging.getLogger(__name__)
@@ -247,12 +248,27 @@ class Daemon:
         self.scheduler = Scheduler(self)  # registers its ingest hook and outbox handler
         if settings.scheduler.enabled:
             self.services.append(self.scheduler)
+        self.api: ApiServer | None = None
+        """The REST API (``[api] enabled``)."""
+        if settings.api.enabled:
+            self.api = self._api(settings)
+            self.http.app.router.add_routes(self.api.routes())
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self.stop_failed = False
         """A step of the stop raised (logged): ``frontdesk run`` then exits 1, not 0."""
         self._watchdog: asyncio.Task[None] | None = None
         self._data_dir_ok = False
+
+    def _api(self, settings: Settings) -> ApiServer:
+        from frontdesk.daemon.api import operations
+        from frontdesk.daemon.api.server import ApiServer
+
+        services = operations.Services(
+            replies=self.replies, calendar=self.sla.calendar,
+            known_channels=registry.customer_channels(settings), kick_outbox=self.outbox.kick)
+        return ApiServer(settings.api, self.store, clock=self.clock,
+                         operations=operations.build(services))
 
     def leadership(self, name: str) -> Leadership:
         """An elector for one single consumer (``imap:<mailbox>``, ``telegram:<bot id>``): on

@@ -1,4 +1,4 @@
-"""api: REST API tokens and idempotency keys
+"""api: REST API tokens and idempotency keys; conversation tags and resolution notes
 
 Revision ID: 0010
 Revises: 0009
@@ -6,6 +6,7 @@ Create Date: 2026-12-06
 
 ``api_tokens`` keeps each token's public id, name, scope and the SHA-256 of its secret;
 ``api_idempotency`` keeps a POST's ``Idempotency-Key`` with its first answer (per token).
+Conversations get ``tags`` (a JSON list, empty for the existing ones) and ``resolution_note``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # plain ALTER TABLE ADD COLUMN on both stores (no table copy: other tables refer to it)
+    op.add_column("conversations", sa.Column("tags", sa.JSON(), nullable=False,
+                                             server_default=sa.text("'[]'")))
+    op.add_column("conversations", sa.Column("resolution_note", sa.Text(), nullable=True))
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.String(length=16), nullable=False),
@@ -51,3 +56,6 @@ def downgrade() -> None:
     op.drop_index("ix_api_idempotency_created_at", table_name="api_idempotency")
     op.drop_table("api_idempotency")
     op.drop_table("api_tokens")
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_column("resolution_note")
+        batch_op.drop_column("tags")
