@@ -127,7 +127,7 @@ async def find_contact(session: AsyncSession, key: str | int, *,
     """A contact by id (``7``) or by one of its addresses (``known``: the channel names an
     address may start with); a merged contact gives the one it was merged into."""
     text = str(key).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= 18:  # an id (a BIGINT at most)
         contact = await session.get(Contact, int(text))
         if contact is None:
             raise ContactError(f"no contact {text}")

@@ -18,7 +18,7 @@ from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.sla import sla_view
 from frontdesk.storage.models import Contact, Conversation, Event, Message, Outbox
 
-_REF = re.compile(r"^\s*(?:FD-?)?(\d+)\s*$", re.IGNORECASE)
+_REF = re.compile(r"^\s*(?:FD-?)?([0-9]{1,18})\s*$", re.IGNORECASE | re.ASCII)
 
 
 class UnknownConversation(LookupError):

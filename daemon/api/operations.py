@@ -53,6 +53,7 @@ from frontdesk.domain.report import build_report
 from frontdesk.domain.search import InvalidQuery, search_conversations
 from frontdesk.storage.models import Conversation, Message
 
+REF_EXAMPLE = {"ref": "FD-1"}
 _NOT_FOUND = ("No such conversation", ErrorOut)
 
 
@@ -219,20 +220,20 @@ def build(services: Services) -> list[Operation]:
         Operation("GET", conv, "showConversation", "One conversation with its messages (the "
                   "`frontdesk show --json` object)", show,
                   {200: ("The conversation", ConversationDetail), 404: _NOT_FOUND},
-                  path_types=ref),
+                  path_types=ref, path_examples=REF_EXAMPLE),
         Operation("POST", f"{conv}/replies", "replyToConversation",
                   "A staff reply, sent on the customer's channel like a Slack reply", reply,
                   {202: ("Queued to be sent", MessageOut), 404: _NOT_FOUND,
                    409: ("There is nothing to answer", ErrorOut)},
-                  body=ReplyIn, path_types=ref, idempotent=True),
+                  body=ReplyIn, path_types=ref, path_examples=REF_EXAMPLE, idempotent=True),
         Operation("POST", f"{conv}/notes", "addNote", "An internal note (never sent)", note,
                   {201: ("The note", MessageOut), 404: _NOT_FOUND}, body=NoteIn,
-                  path_types=ref, idempotent=True),
+                  path_types=ref, path_examples=REF_EXAMPLE, idempotent=True),
         Operation("POST", f"{conv}/actions", "actOnConversation",
                   "Resolve, reopen, assign, snooze, set the priority or the tags", action,
                   {200: ("The conversation after the action", ConversationSummary),
                    404: _NOT_FOUND},
-                  body=ActionIn, path_types=ref, idempotent=True),
+                  body=ActionIn, path_types=ref, path_examples=REF_EXAMPLE, idempotent=True),
         Operation("GET", f"{PREFIX}/report", "report", "Service figures (the `frontdesk "
                   "report --json` object)", report, {200: ("The figures", ReportOut)},
                   query=ReportQuery),

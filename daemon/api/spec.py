@@ -41,6 +41,7 @@ class Operation:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     path_types: Mapping[str, Literal["string", "integer"]] = field(default_factory=dict)
+    path_examples: Mapping[str, str | int] = field(default_factory=dict)
     idempotent: bool = False
     """Takes an ``Idempotency-Key`` header (a POST that creates or sends)."""
     description: str = ""
@@ -71,10 +72,13 @@ def openapi(operations: Sequence[Operation], *, version: str) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True,
-             "schema": {"type": op.path_types.get(name, "string")}}
-            for name in op.path_params()]
+        parameters: list[dict[str, Any]] = []
+        for name in op.path_params():
+            parameter = {"name": name, "in": "path", "required": True,
+                         "schema": {"type": op.path_types.get(name, "string")}}
+            if name in op.path_examples:
+                parameter["example"] = op.path_examples[name]
+            parameters.append(parameter)
         if op.query is not None:
             schema = op.query.model_json_schema()
             required = set(schema.get("required", []))
