@@ -139,6 +139,10 @@ EXAMPLES = {
     "outbox": "frontdesk outbox --failed",
     "outbox retry": "frontdesk outbox retry 42\n  frontdesk outbox retry --all",
     "outbox cancel": "frontdesk outbox cancel 42 --as Grace",
+    "token": "frontdesk token create shop --scope write",
+    "token create": "frontdesk token create shop --scope write\n  frontdesk token create dashboard",
+    "token list": "frontdesk token list --json",
+    "token revoke": "frontdesk token revoke shop --as Grace",
 }
 """An example under each command's ``--help`` (keyed by the command's words)."""
 
