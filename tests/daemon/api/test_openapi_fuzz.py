@@ -97,6 +97,6 @@ def test_generated_requests_make_no_5xx_and_fit_the_document(
         [str(BIN / "schemathesis"), "run", f"{base}/api/openapi.json",
          "-H", f"Authorization: Bearer {token}", "--checks", CHECKS, "--max-examples", "40",
          "--workers", "1", "--seed", "17", "--no-color"],
-        capture_output=True, text=True, timeout=600, check=False)
+        capture_output=True, text=True, timeout=600, check=False, cwd=log.parent)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "Traceback" not in log.read_text()
