@@ -93,6 +93,21 @@ class ApiServer:
         self._last_used: dict[str, float] = {}
         self._document = json.dumps(openapi(self._operations, version=__version__))
 
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Under ``/api/``, aiohttp's own answers (no such route 404, wrong method 405) are
+        JSON errors too."""
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            return error(405, f"{request.method} is not allowed here; allowed: "
+                              f"{', '.join(sorted(exc.allowed_methods))}",
+                         {"Allow": ", ".join(sorted(exc.allowed_methods))})
+        except web.HTTPNotFound:
+            return error(404, f"no such route: {request.path} (GET {OPENAPI_PATH} lists them)")
+
     def routes(self) -> list[web.RouteDef]:
         out = [web.get(OPENAPI_PATH, self._openapi)]
         for op in self._operations:

@@ -253,6 +253,7 @@ class Daemon:
         if settings.api.enabled:
             self.api = self._api(settings)
             self.http.app.router.add_routes(self.api.routes())
+            self.http.app.middlewares.append(self.api.middleware)
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self.stop_failed = False

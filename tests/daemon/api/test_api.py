@@ -259,3 +259,10 @@ async def test_token_commands(make_settings: Callable[..., Any], daemon_factory:
     code, out, _ = await run_cli(capsys, "-c", config, "token", "list", "--json")
     assert json.loads(out) == []
     assert (await run_cli(capsys, "-c", config, "token", "revoke", "shop"))[0] == 1
+
+
+async def test_unknown_routes_and_methods_are_json_errors(api: Api) -> None:
+    status, body, _ = await api.call("GET", "/api/v1/nothing-here")
+    assert status == 404 and "no such route" in body["error"]
+    status, body, headers = await api.call("DELETE", "/api/v1/conversations")
+    assert status == 405 and "GET" in headers["Allow"] and body["error"]
