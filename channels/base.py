@@ -57,6 +57,12 @@ class TemporaryFailure(DeliveryError):
     """Try again later (connection refused, 4xx, timeouts, rate limits)."""
 
 
+class Unanswered(TemporaryFailure):
+    """Try again later, for as long as it takes: a receiver that must get every event (an
+    outgoing webhook). Past ``daemon.outbox_max_attempts`` the row is not given up but retried
+    at the longest backoff (``daemon.outbox_retry_max``) until it is taken or cancelled."""
+
+
 class Deferred(TemporaryFailure):
     """Not tried now: a rate limit (the remote side's Retry-After, or a pace of our own) says
     wait ``retry_after`` seconds. The outbox waits exactly that long, and the wait does not count

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from frontdesk.storage.modes import FILE_MODE, tighten
 
@@ -371,10 +372,17 @@ class Store:
         self.ping_timeout = ping_timeout  # /readyz answers within this even with the store away
         self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
         self.dialect = self.engine.dialect.name
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+        class StoreSession(Session):
+            """This store's sessions, a class of their own: see :meth:`add_session_listener`."""
+
+        self._session_class = StoreSession
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False,
+                                            sync_session_class=StoreSession)
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
         """The engine for transactions that only read (SQLite: never holding the write lock)."""
-        self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._readers = async_sessionmaker(self.read_engine, expire_on_commit=False,
+                                           sync_session_class=StoreSession)
         # SQLite has one writer. In-process writers (journal, processor, outbox, desk,
         # scheduler) queue on this lock, first come first served; left to SQLite's busy handler
         # (sleeps of up to 100 ms between tries) a busy writer would starve the journal.
@@ -388,6 +396,13 @@ class Store:
         bound = database.pool_timeout + database.connect_timeout
         return cls(database.url, synchronous=database.sqlite_synchronous,
                    ping_timeout=bound.total_seconds(), **engine_options(database))
+
+    def add_session_listener(self, event_name: str, fn: Callable[..., Any]) -> None:
+        """Run ``fn`` at ``event_name``, a SQLAlchemy session event (``after_flush``,
+        ``after_commit``...), in every session of this store and of no other store: what must
+        happen in the same transaction as a change, wherever in frontdesk the change is made
+        (the outgoing webhooks' outbox rows). ``fn`` runs in the synchronous session."""
+        event.listen(self._session_class, event_name, fn)
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:

@@ -29,6 +29,7 @@ from frontdesk.config.loader import load_settings, resolve_path
 from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.process.registry import Settings
 from frontdesk.domain.notices import check_template
+from frontdesk.domain.webhooks import WebhookEmitter
 from frontdesk.storage.db import Store
 
 
@@ -110,6 +111,8 @@ async def with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]
     the daemon does); a ``read_only`` one never creates or migrates it: a missing or older store
     is a one-line error naming it."""
     store = Store.from_settings(settings.database)
+    if settings.webhooks:  # a change made here (`frontdesk resolve`) queues its webhooks too
+        WebhookEmitter(settings.webhooks).install(store)
     try:
         if read_only:
             await store.require_current()

@@ -1,8 +1,9 @@
 """``frontdesk outbox [--failed] [--json]``, ``outbox retry ID|--all``, ``outbox cancel ID``.
 
 The outbound work waiting in the store, made visible and manageable from the shell: what is
-queued (replies, acknowledgements, verification codes, Slack posts, attachment fetches) with its
-attempts, next attempt and the reason of its last failure, and what failed for good. ``retry``
+queued (replies, acknowledgements, verification codes, Slack posts, attachment fetches, outgoing
+webhooks: kind ``webhook``, channel ``webhook:<receiver>``) with its attempts, next attempt and
+the reason of its last failure, and what failed for good. ``retry``
 makes rows due now (a failed one is queued again with its attempts reset); ``cancel`` gives one up
 ("cancelled by NAME", shown on the message and written to the audit). A running daemon picks a
 retried row up at its next look at the outbox (``daemon.outbox_poll``; on PostgreSQL at once,

@@ -48,8 +48,11 @@ from frontdesk.daemon.process.processor import (
 )
 from frontdesk.daemon.process.registry import Settings, reply_composer
 from frontdesk.daemon.process.systemd import Notifier
+from frontdesk.daemon.process.webhooks import KIND as WEBHOOK
+from frontdesk.daemon.process.webhooks import WebhookDelivery
 from frontdesk.domain.business_hours import BusinessCalendar, calendar_from_settings
 from frontdesk.domain.messages import OutboundMessage, Receipt
+from frontdesk.domain.webhooks import WebhookEmitter
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock, utcnow
 from frontdesk.storage.db import Store
@@ -170,6 +173,9 @@ class Daemon:
         self.instance = instance_id()
         """This process among the instances sharing the store (``outbox.claimed_by``)."""
         self.store = Store.from_settings(settings.database)
+        if settings.webhooks:  # every audited event of a subscribed type queues its webhooks
+            WebhookEmitter(settings.webhooks, clock=clock,
+                           wake=lambda: self.outbox.kick()).install(self.store)
         self.replies = reply_composer(settings)
         self.sla = SlaClock(calendar_from_settings(settings.sla), settings.sla.first_response)
         # Services beside the channels (the Slack desk, the scheduler) plug in through these:
@@ -248,6 +254,12 @@ class Daemon:
         self.scheduler = Scheduler(self)  # registers its ingest hook and outbox handler
         if settings.scheduler.enabled:
             self.services.append(self.scheduler)
+        # Always the handler: rows of a receiver since removed from the config fail, saying so.
+        self.webhooks = WebhookDelivery(settings.webhooks, store=self.store, clock=clock,
+                                        metrics=self.metrics)
+        self.outbox_handlers[WEBHOOK] = self.webhooks.handle
+        if settings.webhooks:
+            self.services.append(self.webhooks)
         self.api: ApiServer | None = None
         """The REST API (``[api] enabled``)."""
         if settings.api.enabled:

@@ -67,6 +67,11 @@ class Metrics:
             "frontdesk_delivery_failures",
             "Outbound send attempts that failed, by channel and kind",
             ["channel", "kind"], registry=r)
+        self.webhook_deliveries = Counter(
+            "frontdesk_webhook_deliveries",
+            "Outgoing webhook attempts, by receiver and outcome (delivered, failed: retried, "
+            "gone: 410, dropped: the receiver no longer configured or subscribed, skipped: the "
+            "conversation erased)", ["receiver", "outcome"], registry=r)
         self.journal_failed = Counter(
             "frontdesk_journal_failed", "Inbound messages that failed to process", ["channel"],
             registry=r)

@@ -59,6 +59,7 @@ from frontdesk.channels.base import (
     OutboxHandler,
     PermanentFailure,
     TemporaryFailure,
+    Unanswered,
 )
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.notify import OUTBOX_CHANNEL, instance_id
@@ -498,7 +499,8 @@ class OutboxWorker:
             current.attempts += 1
             current.last_error = exc.reason
             current.claimed_by = None
-            give_up = permanent or current.attempts >= self._policy.max_attempts
+            give_up = permanent or (current.attempts >= self._policy.max_attempts
+                                    and not isinstance(exc, Unanswered))
             if give_up:
                 self._pulled.discard(row.id)
                 self._spent.discard(row.id)
