@@ -73,7 +73,7 @@ enabled = false
                         break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("the daemon did not start:\n" + log.read_text())
+                    raise AssertionError("the daemon did not start:\n" + log.read_text()) from None
                 time.sleep(0.1)
         for n in range(3):
             m = EmailMessage()
