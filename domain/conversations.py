@@ -21,6 +21,12 @@ from frontdesk.storage.models import Contact, Conversation, Event, Message, Outb
 _REF = re.compile(r"^\s*(?:FD-?)?([0-9]{1,18})\s*$", re.IGNORECASE | re.ASCII)
 
 
+CALLBACK_NEEDED = "callback_needed"
+"""The audit event of a staff reply kept as a note because nothing reaches the customer."""
+CALL_BACK = ("not sent: there is no email address or phone number for this customer, so the "
+             "reply is kept as an internal note; the customer must be called back")
+
+
 class UnknownConversation(LookupError):
     pass
 
@@ -54,7 +60,9 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
                           author: str, replies: ReplyComposer, now: datetime,
                           actor: str | None = None,
                           event_data: Mapping[str, Any] | None = None) -> Message:
-    """Store a staff reply and queue its delivery on the customer's channel.
+    """Store a staff reply and queue its delivery on the customer's channel; where nothing
+    reaches the customer (:meth:`ReplyComposer.unreachable`) it is kept as a note saying they must
+    be called back (:data:`CALL_BACK`, audited as :data:`CALLBACK_NEEDED`).
 
     ``actor`` names the staff member in the audit (default: ``author``); ``event_data`` adds to
     the audit event (where the reply came from, the Slack user)."""
@@ -66,6 +74,20 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
     if not customer:
         raise CannotReply(f"{conversation.reference} has no customer message to answer")
     channel = conversation.channel
+    if replies.unreachable(customer[-1]):  # a contact logged with no address: call them back
+        message = Message(conversation_id=conversation.id, direction="out", author="staff",
+                          author_name=author, channel=channel, address="", subject="",
+                          text=text, headers={}, is_note=True, failure_reason=CALL_BACK,
+                          created_at=now)
+        session.add(message)
+        await session.flush()
+        conversation.updated_at = now
+        session.add(Event(kind=CALLBACK_NEEDED, actor=actor or author,
+                          conversation_id=conversation.id, contact_id=conversation.contact_id,
+                          message_id=message.id, created_at=now,
+                          data={"channel": channel, **(event_data or {})}))
+        await session.flush()
+        return message
     message = await replies.queue(session, conversation, answering=customer[-1], text=text,
                                   author="staff", author_name=author, now=now)
     if conversation.first_responded_at is None:

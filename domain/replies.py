@@ -21,6 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.domain.messages import OutboundMessage
 from frontdesk.storage.models import Conversation, Message, Outbox
 
+REPLY_VIA = "X-Frontdesk-Reply-Via"
+"""The header key, on a customer message, of the channel replies to it go out on when the
+message says so itself: a contact staff logged (a phone call, a letter) is answered by ``email``
+or ``sms`` at the address given. Empty: nothing reaches the customer (no email address, no phone
+number): a staff reply is kept as a note and they must be called back."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyContext:
@@ -61,11 +67,19 @@ class ReplyComposer:
     def channel_for(self, conversation: Conversation, answering: Message | None) -> str:
         """The channel a message to the customer goes out on: the one the customer last wrote
         on (an answer by mail to a website chat goes back by mail), else the conversation's;
-        then where that channel's replies go (:attr:`via`)."""
+        then where that channel's replies go (:attr:`via`, or the message's :data:`REPLY_VIA`)."""
         channel = conversation.channel
         if answering is not None and answering.direction == "in" and answering.channel:
             channel = answering.channel
+            named = (answering.headers or {}).get(REPLY_VIA)
+            if isinstance(named, str) and named in self.channels:
+                return named
         return self.via.get(channel, channel)
+
+    @staticmethod
+    def unreachable(answering: Message) -> bool:
+        """Nothing reaches the customer who wrote ``answering`` (:data:`REPLY_VIA` empty)."""
+        return answering.direction == "in" and (answering.headers or {}).get(REPLY_VIA) == ""
 
     def compose(self, outbound: OutboundMessage, context: ReplyContext) -> OutboundMessage:
         threading = self.threading.get(outbound.channel)

@@ -57,6 +57,9 @@ def contact_tags(contact: Contact | None) -> set[str]:
     if contact is None or not contact.tags:
         return set()
     tags = {str(k).lower() for k, v in contact.tags.items() if v is True}
+    language = contact.tags.get("language")
+    if isinstance(language, str) and language.strip():  # shown and set as the tag lang:de
+        tags.add(f"lang:{language.strip().lower()}")
     listed = contact.tags.get("tags")
     if isinstance(listed, list):
         tags |= {str(t).lower() for t in listed}

@@ -495,6 +495,8 @@ class ApiIdempotency(Base):
     token_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[int | None] = mapped_column(Id, index=True)
+    """The conversation the answer is about (an erasure deletes the answers it holds)."""
     status: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

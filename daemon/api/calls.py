@@ -43,3 +43,8 @@ class Call:
 class Answer:
     status: int
     body: Any = None  # JSON-able, or None for no body
+    conversation_id: int | None = None
+    """The conversation the answer is about: an erasure deletes a kept answer with it."""
+    final: bool = True
+    """False for an answer that says "not yet" (202 while the daemon works): not kept for a
+    repeat of its Idempotency-Key, which gets the real answer once there is one."""

@@ -124,7 +124,7 @@ class ContactOut(Open):
 
 
 class InboundOut(Open):
-    reference: str
+    reference: str | None = Field(description='"FD-12"; null while it is being made (202)')
 
 
 class ReportOut(Open):

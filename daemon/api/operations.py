@@ -9,15 +9,21 @@ from typing import Any, Literal
 
 from sqlalchemy import and_, or_, select
 
+from frontdesk.channels.logged.contact import LoggedContact
+from frontdesk.channels.logged.intake import Intake, IntakeError, IntakePending
 from frontdesk.config.schema import parse_duration
 from frontdesk.daemon.api.calls import Answer, ApiError, Call
 from frontdesk.daemon.api.models import (
     ActionIn,
+    ContactOut,
+    ContactPatch,
     ConversationDetail,
     ConversationPage,
     ConversationQuery,
     ConversationSummary,
     ErrorOut,
+    ExportOut,
+    InboundOut,
     MessageOut,
     NoteIn,
     ReplyIn,
@@ -27,7 +33,12 @@ from frontdesk.daemon.api.models import (
 from frontdesk.daemon.api.server import PREFIX, decode_cursor, encode_cursor
 from frontdesk.daemon.api.spec import Operation
 from frontdesk.domain.business_hours import BusinessCalendar
-from frontdesk.domain.contacts import ContactError, find_contact, other_conversations
+from frontdesk.domain.contacts import (
+    ContactError,
+    contact_detail,
+    find_contact,
+    other_conversations,
+)
 from frontdesk.domain.conversations import (
     CannotReply,
     InvalidAction,
@@ -48,10 +59,20 @@ from frontdesk.domain.conversations import (
     snooze_until,
     waiting_reasons,
 )
+from frontdesk.domain.privacy import (
+    change_contact,
+    contact_tag_list,
+    erase_contact,
+    export_contact,
+    finish_erasure,
+    live_contact,
+)
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.report import build_report
 from frontdesk.domain.search import InvalidQuery, search_conversations
-from frontdesk.storage.models import Conversation, Message
+from frontdesk.storage.attachments import AttachmentStore
+from frontdesk.storage.db import Store
+from frontdesk.storage.models import Contact, Conversation, Message
 
 REF_EXAMPLE = {"ref": "FD-1"}
 _NOT_FOUND = ("No such conversation", ErrorOut)
@@ -65,6 +86,9 @@ class Services:
     calendar: BusinessCalendar
     known_channels: Collection[str]
     kick_outbox: Callable[[], None]
+    store: Store
+    attachments: AttachmentStore
+    intake: Intake
 
 
 async def _conversation(call: Call) -> Conversation:
@@ -76,6 +100,26 @@ async def _conversation(call: Call) -> Conversation:
 
 def _summary(c: Conversation) -> dict[str, Any]:
     return conversation_view(c)
+
+
+async def _contact(call: Call) -> Contact:
+    """The contact of ``{id}`` (a merged one: the one it lives on); 404 when there is none or it
+    was erased."""
+    text = call.params["id"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ApiError(404, f"no contact {text!r}: a contact id is a number")
+    contact = await call.session.get(Contact, int(text))
+    try:
+        if contact is None:
+            raise ContactError(f"no contact {text}")
+        return await live_contact(call.session, contact)
+    except ContactError as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+async def _contact_view(call: Call, contact: Contact) -> dict[str, Any]:
+    detail = await contact_detail(call.session, contact)
+    return {**detail, "tags": contact_tag_list(contact)}
 
 
 async def _message(call: Call, message: Message) -> dict[str, Any]:
@@ -148,7 +192,7 @@ def build(services: Services) -> list[Operation]:
         except CannotReply as exc:
             raise ApiError(409, str(exc)) from None
         call.after_commit.append(services.kick_outbox)
-        return Answer(202, await _message(call, message))
+        return Answer(202, await _message(call, message), c.id)
 
     async def note(call: Call) -> Answer:
         body: NoteIn = call.body
@@ -158,7 +202,7 @@ def build(services: Services) -> list[Operation]:
                                      now=call.now, data=call.audit)
         except InvalidAction as exc:
             raise ApiError(422, str(exc)) from None
-        return Answer(201, await _message(call, message))
+        return Answer(201, await _message(call, message), c.id)
 
     async def action(call: Call) -> Answer:
         body: ActionIn = call.body
@@ -193,7 +237,7 @@ def build(services: Services) -> list[Operation]:
                 await set_tags(call.session, c, replace=tags, **kw)
         except InvalidAction as exc:
             raise ApiError(422, str(exc)) from None
-        return Answer(200, _summary(c))
+        return Answer(200, _summary(c), c.id)
 
     async def report(call: Call) -> Answer:
         q: ReportQuery = call.query
@@ -206,7 +250,55 @@ def build(services: Services) -> list[Operation]:
         return Answer(200, await build_report(call.session, since=since, now=call.now,
                                               calendar=services.calendar))
 
+    async def get_contact(call: Call) -> Answer:
+        return Answer(200, await _contact_view(call, await _contact(call)))
+
+    async def patch_contact(call: Call) -> Answer:
+        body: ContactPatch = call.body
+        contact = await _contact(call)
+        try:
+            await change_contact(call.session, contact, name=body.name, tags=body.tags,
+                                 language=body.language, actor=f"api:{call.caller.name}",
+                                 now=call.now)
+        except ContactError as exc:
+            raise ApiError(422, str(exc)) from None
+        return Answer(200, await _contact_view(call, contact))
+
+    async def export(call: Call) -> Answer:
+        contact = await _contact(call)
+        try:
+            return Answer(200, await export_contact(call.session, contact, now=call.now))
+        except ContactError as exc:
+            raise ApiError(404, str(exc)) from None
+
+    async def erase(call: Call) -> Answer:
+        contact = await _contact(call)
+        report = await erase_contact(call.session, contact, actor=f"api:{call.caller.name}",
+                                     now=call.now)
+
+        async def finish() -> None:
+            await finish_erasure(services.store, services.attachments, report)
+
+        call.after_commit.extend([finish, services.kick_outbox])
+        return Answer(204)
+
+    async def inbound(call: Call) -> Answer:
+        item: LoggedContact = call.body
+        try:
+            reference, created = await services.intake.record(item)
+        except IntakePending as exc:
+            return Answer(202, {"reference": None, "error": f"{exc}: repeat the request (same "
+                                                            "external_id) to get it"},
+                          final=False)
+        except IntakeError as exc:
+            raise ApiError(422, str(exc)) from None
+        number = int(reference.removeprefix("FD-"))
+        return Answer(201 if created else 200, {"reference": reference}, number)
+
     conv = f"{PREFIX}/conversations/{{ref}}"
+    contact = f"{PREFIX}/contacts/{{id}}"
+    ident: dict[str, Literal["string", "integer"]] = {"id": "integer"}
+    no_contact = ("No such contact (or it was erased)", ErrorOut)
     ref: dict[str, Literal["string", "integer"]] = {"ref": "string"}
     return [
         Operation("GET", f"{PREFIX}/conversations", "listConversations",
@@ -234,6 +326,33 @@ def build(services: Services) -> list[Operation]:
                   {200: ("The conversation after the action", ConversationSummary),
                    404: _NOT_FOUND},
                   body=ActionIn, path_types=ref, path_examples=REF_EXAMPLE, idempotent=True),
+        Operation("POST", f"{PREFIX}/inbound", "logContact",
+                  "A contact staff took by phone, in person or by letter: a conversation with "
+                  "the SLA, acknowledgement and Slack card of any other", inbound,
+                  {201: ("Logged: the new conversation", InboundOut),
+                   200: ("This external_id was logged before: its conversation", InboundOut),
+                   202: ("Stored, not yet a conversation: repeat the request", InboundOut)},
+                  body=LoggedContact, idempotent=True, own_transactions=True,
+                  description="The contact is found or made by the email or phone given. "
+                              "Replies go to the email, else by SMS; with neither, a staff "
+                              "reply is kept as a note saying to call the customer back."),
+        Operation("GET", contact, "showContact", "A contact: name, tags, identities and "
+                  "conversations", get_contact, {200: ("The contact", ContactOut),
+                                                 404: no_contact},
+                  path_types=ident, path_examples={"id": 1}),
+        Operation("PATCH", contact, "changeContact", "Name, tags and language of a contact "
+                  "(SLA policies and routes use the tags from its next conversation)",
+                  patch_contact, {200: ("The contact", ContactOut), 404: no_contact},
+                  body=ContactPatch, path_types=ident, path_examples={"id": 1}),
+        Operation("GET", f"{contact}/export", "exportContact", "Everything stored about a "
+                  "person, as one JSON document (as `frontdesk contact export`)", export,
+                  {200: ("The export", ExportOut), 404: no_contact}, path_types=ident,
+                  path_examples={"id": 1}),
+        Operation("DELETE", contact, "eraseContact", "GDPR erasure (as `frontdesk contact "
+                  "erase`): identities, names, texts and files go; anonymous conversation "
+                  "shells stay for the figures", erase,
+                  {204: ("Erased", None), 404: no_contact}, path_types=ident,
+                  path_examples={"id": 1}),
         Operation("GET", f"{PREFIX}/report", "report", "Service figures (the `frontdesk "
                   "report --json` object)", report, {200: ("The figures", ReportOut)},
                   query=ReportQuery),

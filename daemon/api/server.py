@@ -201,6 +201,8 @@ class ApiServer:
         if not op.writes:
             async with self._store.reader() as s:
                 return await op.handler(Call(caller, s, self._clock(), params, query, body))
+        if op.own_transactions:
+            return await self._on_its_own(op, caller, params, query, body, key, fingerprint)
         for attempt in range(2):
             call: Call | None = None
             try:
@@ -211,9 +213,10 @@ class ApiServer:
                             return self._replay(earlier, fingerprint)
                     call = Call(caller, s, self._clock(), params, query, body)
                     answer = await op.handler(call)
-                    if key is not None and answer.status < 500:
+                    if key is not None and answer.status < 500 and answer.final:
                         s.add(ApiIdempotency(token_id=caller.token_id, key=key,
                                              request_hash=fingerprint, status=answer.status,
+                                             conversation_id=answer.conversation_id,
                                              body={"json": answer.body}, created_at=call.now))
             except IntegrityError:
                 if key is None or attempt:
@@ -225,6 +228,33 @@ class ApiServer:
                     await result
             return answer
         raise AssertionError("unreachable")
+
+    async def _on_its_own(self, op: Operation, caller: Caller, params: dict[str, str],
+                          query: Any, body: Any, key: str | None, fingerprint: str) -> Answer:
+        async with self._store.reader() as s:
+            if key is not None:
+                earlier = await s.get(ApiIdempotency, (caller.token_id, key))
+                if earlier is not None:
+                    return self._replay(earlier, fingerprint)
+            call = Call(caller, s, self._clock(), params, query, body)
+            answer = await op.handler(call)
+        if key is not None and answer.status < 300 and answer.final:
+            try:
+                async with self._store.session() as w:
+                    w.add(ApiIdempotency(token_id=caller.token_id, key=key,
+                                         request_hash=fingerprint, status=answer.status,
+                                         conversation_id=answer.conversation_id,
+                                         body={"json": answer.body}, created_at=call.now))
+            except IntegrityError:  # the same key answered a moment ago: that answer stands
+                async with self._store.reader() as s:
+                    earlier = await s.get(ApiIdempotency, (caller.token_id, key))
+                    if earlier is not None:
+                        return self._replay(earlier, fingerprint)
+        for step in call.after_commit:
+            result = step()
+            if result is not None:
+                await result
+        return answer
 
     def _replay(self, earlier: ApiIdempotency, fingerprint: str) -> Answer:
         if earlier.request_hash != fingerprint:

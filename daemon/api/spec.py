@@ -44,6 +44,9 @@ class Operation:
     path_examples: Mapping[str, str | int] = field(default_factory=dict)
     idempotent: bool = False
     """Takes an ``Idempotency-Key`` header (a POST that creates or sends)."""
+    own_transactions: bool = False
+    """The operation commits on its own (it waits for the daemon to process what it wrote), so
+    it gets a read session and the Idempotency-Key's record is written after it."""
     description: str = ""
 
     @property

@@ -1,9 +1,14 @@
-"""``frontdesk contact show|merge|link``: one customer across channels, from the command line.
+"""``frontdesk contact show|merge|link|tag|export|erase``: one customer across channels, and
+their data, from the command line.
 
 ``show`` lists a contact's identities and every conversation on every channel; ``merge A B``
 makes B part of A (identities and conversations move, both histories stay, the audit records
 who did it); ``link CONTACT ADDRESS`` sends a verification code to an address the customer gave,
-which links it when the customer sends the code back in their conversation.
+which links it when the customer sends the code back in their conversation. ``tag`` sets the
+contact tags SLA policies and Slack routes read (``vip``, the language ``lang:de``); ``export``
+prints everything stored about the person as one JSON document; ``erase --confirm`` is the GDPR
+erasure (:mod:`frontdesk.domain.privacy`): without ``--confirm`` it says what would go and
+changes nothing (exit 1).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +58,26 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
     link.add_argument("address", metavar="ADDRESS", help="ada@example.org or +15550001111")
     link.add_argument("--ref", metavar="REF",
                       help="the conversation to send the code back in (default: the latest)")
+    tag = actions.add_parser("tag", parents=[common, as_json, who],
+                             help="add (or --remove) contact tags: vip, lang:de, ...; used by "
+                                  "SLA policies and Slack routes")
+    tag.add_argument("contact", metavar="ID|ADDRESS", help="a contact id or one of its addresses")
+    tag.add_argument("tags", metavar="TAG", nargs="+",
+                     help="lower-case letters, digits, '-', '_' and ':'; lang:de names the "
+                          "language of automatic messages")
+    tag.add_argument("--remove", action="store_true", help="remove these tags instead")
+    export = actions.add_parser("export", parents=[common],
+                                help="everything stored about a contact as one JSON document")
+    export.add_argument("contact", metavar="ID|ADDRESS",
+                        help="a contact id or one of its addresses")
+    erase = actions.add_parser("erase", parents=[common, who],
+                               help="GDPR erasure: identities, names, message texts and "
+                                    "attachment files go; conversations stay as anonymous "
+                                    "shells for the figures")
+    erase.add_argument("contact", metavar="ID|ADDRESS",
+                       help="a contact id or one of its addresses")
+    erase.add_argument("--confirm", action="store_true",
+                       help="really erase (without it nothing changes)")
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -69,6 +95,15 @@ def cmd_contact(args: argparse.Namespace) -> int:
         request_link,
     )
     from frontdesk.domain.conversations import get_conversation
+    from frontdesk.domain.privacy import (
+        change_contact,
+        contact_tag_list,
+        erase_contact,
+        export_contact,
+        finish_erasure,
+        live_contact,
+    )
+    from frontdesk.storage.attachments import AttachmentStore
 
     settings = settings_of(args)
     replies = reply_composer(settings)
@@ -76,7 +111,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
 
     async def show(store: Any) -> int:
         async with store.reader() as s:
-            detail = await contact_detail(s, await find_contact(s, args.contact, known=known))
+            detail = await contact_detail(
+                s, await live_contact(s, await find_contact(s, args.contact, known=known)))
         if args.json:
             print_json(detail)
         else:
@@ -85,8 +121,8 @@ def cmd_contact(args: argparse.Namespace) -> int:
 
     async def merge(store: Any) -> int:
         async with store.session() as s:
-            keep = await find_contact(s, args.keep, known=known)
-            other = await find_contact(s, args.other, known=known)
+            keep = await live_contact(s, await find_contact(s, args.keep, known=known))
+            other = await live_contact(s, await find_contact(s, args.other, known=known))
             result = await merge_contacts(s, keep, other, actor=_actor(args), now=utcnow())
             detail = await contact_detail(s, keep)
         if args.json:
@@ -101,7 +137,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
 
     async def link(store: Any) -> int:
         async with store.session() as s:
-            contact = await find_contact(s, args.contact, known=known)
+            contact = await live_contact(s, await find_contact(s, args.contact, known=known))
             conversation = await get_conversation(s, args.ref) if args.ref else None
             if conversation is not None and conversation.contact_id != contact.id:
                 raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
@@ -115,7 +151,52 @@ def cmd_contact(args: argparse.Namespace) -> int:
               "hours")
         return 0
 
-    work = {"show": show, "merge": merge, "link": link}[args.contact_command]
+    async def tag(store: Any) -> int:
+        async with store.session() as s:
+            contact = await live_contact(s, await find_contact(s, args.contact, known=known))
+            changes = {"remove": args.tags} if args.remove else {"add": args.tags}
+            await change_contact(s, contact, actor=_actor(args), now=utcnow(), **changes)
+            tags = contact_tag_list(contact)
+            contact_id = contact.id
+        if args.json:
+            print_json({"id": contact_id, "tags": tags})
+        else:
+            print(f"contact {contact_id}: {' '.join(tags) if tags else '(no tags)'}")
+        return 0
+
+    async def export(store: Any) -> int:
+        async with store.reader() as s:
+            document = await export_contact(s, await find_contact(s, args.contact, known=known))
+        print_json(document)
+        return 0
+
+    async def erase(store: Any) -> int:
+        if not args.confirm:
+            async with store.reader() as s:
+                contact = await live_contact(
+                    s, await find_contact(s, args.contact, known=known))
+                found = await export_contact(s, contact)
+            messages = sum(len(c["messages"]) for c in found["conversations"])
+            raise Failure(
+                f"this erases contact {contact.id} for good: {len(found['identities'])} "
+                f"identities, its name, the texts of {messages} messages in "
+                f"{len(found['conversations'])} conversations and their attachment files; "
+                "nothing was changed: run it again with --confirm")
+        async with store.session() as s:
+            contact = await find_contact(s, args.contact, known=known)
+            report = await erase_contact(s, contact, actor=_actor(args), now=utcnow())
+        report = await finish_erasure(store, AttachmentStore(settings.daemon.data_dir), report)
+        counts = report.counts
+        print(f"contact {report.contact_id} erased: {counts['identities']} identities, "
+              f"{counts['messages']} messages in {counts['conversations']} conversations, "
+              f"{counts['attachments']} attachments ({report.files_deleted} files deleted); "
+              "the conversations stay as anonymous shells")
+        for note in report.notes:
+            print(f"frontdesk: {terminal_text(note)}", file=sys.stderr)
+        return 0
+
+    work = {"show": show, "merge": merge, "link": link, "tag": tag, "export": export,
+            "erase": erase}[args.contact_command]
 
     async def guarded(store: Any) -> int:
         try:
@@ -124,7 +205,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
             raise Failure(str(exc)) from None
 
     return asyncio.run(with_store(settings, guarded,
-                                  read_only=args.contact_command == "show"))
+                                  read_only=args.contact_command in ("show", "export")))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"contact": cmd_contact}

@@ -22,6 +22,7 @@ from frontdesk import __version__
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
+from frontdesk.daemon.cli import log as cli_log
 from frontdesk.daemon.cli import outbox as cli_outbox
 from frontdesk.daemon.cli import tokens as cli_tokens
 from frontdesk.daemon.cli.common import (
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_desk.add_parsers(sub, common, as_json, Parser)
     cli_contacts.add_parsers(sub, common, as_json, Parser)
     cli_outbox.add_parsers(sub, common, as_json, Parser)
+    cli_log.add_parsers(sub, common, as_json, Parser)
     cli_tokens.add_parsers(sub, common, as_json, Parser)
     _with_examples(p)
     return p
@@ -136,6 +138,12 @@ EXAMPLES = {
     "contact show": "frontdesk contact show ada@example.org",
     "contact merge": "frontdesk contact merge 7 +15550001111",
     "contact link": "frontdesk contact link 7 ada@example.org --ref FD-12",
+    "contact tag": "frontdesk contact tag ada@example.org vip lang:de\n"
+                   "  frontdesk contact tag 7 vip --remove",
+    "contact export": "frontdesk contact export ada@example.org > ada.json",
+    "contact erase": "frontdesk contact erase ada@example.org --confirm --as Grace",
+    "log": 'frontdesk log phone "Parcel arrived crushed, wants a refund" --name "Ada Lovelace" '
+           "--email ada@example.org --as Grace",
     "outbox": "frontdesk outbox --failed",
     "outbox retry": "frontdesk outbox retry 42\n  frontdesk outbox retry --all",
     "outbox cancel": "frontdesk outbox cancel 42 --as Grace",
@@ -392,6 +400,9 @@ def cmd_reply(args: argparse.Namespace) -> int:
             conversation = await get_conversation(s, args.ref)
             message = await add_staff_reply(s, conversation, args.text, author=author,
                                             replies=reply_composer(settings), now=utcnow())
+        if message.is_note:  # nothing reaches the customer (a logged contact, no address)
+            print(f"{conversation.reference}: {message.failure_reason}")
+            return 0
         print(f"queued reply #{message.id} to {terminal_text(message.address)} on "
               f"{conversation.reference}")
         return 0
@@ -515,6 +526,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **cli_desk.COMMANDS,  # search, resolve, reopen, assign, snooze
     **cli_contacts.COMMANDS,  # contact show|merge|link
     **cli_outbox.COMMANDS,  # outbox [retry|cancel]
+    **cli_log.COMMANDS,  # log phone|in-person|letter
     **cli_tokens.COMMANDS,  # token create|list|revoke
 }
 

@@ -44,7 +44,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
     actions.add_parser("list", parents=[common, as_json], help="the tokens not revoked")
     revoke = actions.add_parser("revoke", parents=[common, who],
                                 help="end a token at once")
-    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("name", metavar="NAME", help="the token's name (frontdesk token list)")
 
 
 def _actor(args: argparse.Namespace) -> str:

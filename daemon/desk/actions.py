@@ -9,7 +9,10 @@ raises the priority one step.
 ``/frontdesk SUBCOMMAND [REF] [ARGS]``: ``resolve FD-12``, ``reopen FD-12``, ``claim FD-12``,
 ``assign FD-12 @user`` (or ``me``, ``nobody``), ``snooze FD-12 2h`` (or ``morning``),
 ``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``; the answer
-is shown only to the person who typed it.
+is shown only to the person who typed it. ``log phone|in-person|letter`` opens a form
+(:func:`blocks.log_modal`) whose submission records a contact taken by phone, in person or by
+letter through the daemon's :class:`~frontdesk.channels.logged.intake.Intake`, with the Slack
+user as the staff member who took it.
 
 Every change goes through :mod:`frontdesk.domain.conversations` (the same functions as the
 command line), is written to the events audit with the Slack user as actor, is said in the
@@ -24,9 +27,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from frontdesk.channels.logged.contact import LoggedContact, problems
+from frontdesk.channels.logged.intake import Intake, IntakeError, IntakePending
 from frontdesk.config.schema import CoreSettings, SlackConfig
 from frontdesk.daemon.desk import blocks
-from frontdesk.daemon.desk.api import SlackApi, SlackUser
+from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, SlackUser, describe
 from frontdesk.daemon.desk.cards import RootCards
 from frontdesk.daemon.desk.queue import SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
@@ -59,13 +66,17 @@ USAGE = """*/frontdesk* — what it does:
 • `snooze FD-12 2h` (or `30m`, `1d`, `morning` for the next business morning)
 • `priority FD-12 high` (low, normal, high, urgent)
 • `search words` — earlier conversations that mention them
-• `reply-with FD-12 NAME` — send a saved reply{saved}"""
+• `reply-with FD-12 NAME` — send a saved reply
+• `log phone` (or `in-person`, `letter`) — log a contact you took: opens a form{saved}"""
 
 _BUTTONS = {blocks.ACTION_CLAIM: "claim", blocks.ACTION_RESOLVE: "resolve",
             blocks.ACTION_REOPEN: "reopen", blocks.ACTION_SNOOZE: "snooze",
             blocks.ACTION_PRIORITY: "priority"}
 _USER_MENTION = re.compile(r"^<@([A-Z0-9]+)(?:\|([^>]*))?>$")
 _NOBODY = frozenset({"nobody", "none", "-", "no-one", "noone"})
+_LOG_CHANNELS = {"phone": "phone", "call": "phone", "in-person": "in_person",
+                 "in_person": "in_person", "visit": "in_person", "letter": "letter"}
+_LOG_WAIT = 2.0  # seconds: Slack wants a form's submission answered within three
 
 
 def _id_of(field: Any) -> str:
@@ -93,6 +104,7 @@ class DeskParts(Protocol):
     queue: SlackQueue
     api: SlackApi
     cards: RootCards
+    intake: Intake | None
 
     def kick(self) -> None:
         """Wake the outbox worker and the root refresh after a commit that queued desk work or
@@ -186,6 +198,8 @@ class DeskActions:
         sub, rest = words[0].lower(), words[1:]
         if sub == "search":
             return await self.search(" ".join(rest))
+        if sub == "log":
+            return await self.open_log_form(rest, str(command.get("trigger_id") or ""))
         if sub not in ("resolve", "reopen", "claim", "assign", "snooze", "priority", "show",
                        "reply-with", "reply_with", "replywith"):
             return f"I don't know `{blocks.escape(sub)}`.\n{self._usage()}"
@@ -211,6 +225,67 @@ class DeskActions:
         else:
             ok, text = await self.change(sub, reference, "", user)
         return text if ok else f":warning: {text}"
+
+    # -- /frontdesk log: a contact taken by phone, in person or by letter -------------------------
+
+    async def open_log_form(self, args: list[str], trigger_id: str) -> str:
+        """Open the form; "" when it is open (nothing more to say), else why not."""
+        channel = _LOG_CHANNELS.get(args[0].lower()) if args else None
+        if channel is None:
+            return "`log` needs how the customer got in touch: `log phone`, `log in-person` " \
+                   "or `log letter`."
+        if self.desk.intake is None or not trigger_id:
+            return ":warning: The form cannot be opened here; use `frontdesk log` instead."
+        try:
+            await self.desk.api.open_view(trigger_id, blocks.log_modal(channel))
+        except CALL_ERRORS as exc:
+            log.warning("views.open for /frontdesk log failed: %s", describe(exc))
+            return f":warning: The form could not be opened ({blocks.escape(describe(exc))})."
+        return ""
+
+    async def log_submitted(self, body: dict[str, Any],
+                            view: dict[str, Any]) -> tuple[dict[str, str], str]:
+        """The form sent: ({block: why} for fields to fix, "") or ({}, what to show). The view's
+        id is the contact's external id: the same form sent twice is logged once."""
+        state = view.get("state")
+        values = state.get("values") if isinstance(state, dict) else None
+
+        def value(block: str) -> str:
+            field = (values or {}).get(block) if isinstance(values, dict) else None
+            answer = field.get("value") if isinstance(field, dict) else None
+            text = answer.get("value") if isinstance(answer, dict) else None
+            return text if isinstance(text, str) else ""
+
+        user = await self.desk.api.users.get(_id_of(body.get("user")))
+        try:
+            item = LoggedContact.model_validate({
+                "channel": str(view.get("private_metadata") or ""),
+                "external_id": f"slack-{view.get('id') or ''}",
+                "contact": {"name": value("name"), "email": value("email"),
+                            "phone": value("phone")},
+                "subject": value("subject"), "text": value("text"),
+                "author": user.name[:200]})
+        except ValidationError as exc:
+            fields = {"name", "email", "phone", "subject", "text"}
+            errors: dict[str, str] = {}
+            for field, why in problems(exc).items():
+                block = field if field in fields else "text"
+                errors.setdefault(block, why if block == field else f"{field}: {why}")
+            return errors, ""
+        if self.desk.intake is None:
+            return {"text": "logging contacts is not available in this daemon"}, ""
+        try:
+            reference, created = await self.desk.intake.record(item, timeout=_LOG_WAIT)
+        except IntakePending:
+            return {}, "Logged. It becomes a conversation in a moment; its thread follows here."
+        except IntakeError as exc:
+            return {}, f":warning: Logged, but {blocks.escape(str(exc))}"
+        except Exception as exc:  # noqa: BLE001 - the store away: they may send it again
+            log.warning("/frontdesk log: could not journal the contact: %s", exc)
+            return {"text": "it could not be stored just now; please send it again"}, ""
+        if not created:
+            return {}, f"This form was logged already, as *{reference}*."
+        return {}, f"Logged as *{reference}*; its thread follows here."
 
     async def _person(self, spec: str, me: SlackUser) -> str | None:
         spec = spec.strip()

@@ -238,6 +238,47 @@ class SlackApi:
                 return str(m["ts"])
         return None
 
+    async def delete_thread(self, channel: str, ts: str) -> Receipt:
+        """Delete the bot's own posts of a thread, its replies first and the root last (a GDPR
+        erasure); what others wrote stays (a bot token cannot delete it). A repeat, or a
+        thread already gone, deletes what is left."""
+        if self.bot_user_id is None and self.bot_id is None:
+            with self._outbox_errors("auth.test", channel):
+                await self.sign_in()
+        own = {self.bot_user_id, self.bot_id} - {None}
+        found: list[str] = []
+        cursor: str | None = None
+        with self._outbox_errors("conversations.replies", channel):
+            while True:
+                try:
+                    page = await self.client.conversations_replies(
+                        channel=channel, ts=ts, cursor=cursor, limit=200)
+                except SlackApiError as exc:
+                    if error_code(exc) in ("thread_not_found", "message_not_found"):
+                        break
+                    raise
+                found += [str(m["ts"]) for m in page.get("messages") or []
+                          if m.get("ts") and (m.get("user") in own or m.get("bot_id") in own)]
+                cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+                if not cursor:
+                    break
+        replies = [t for t in found if t != ts]
+        deleted = 0
+        for message_ts in [*replies, ts]:
+            with self._outbox_errors("chat.delete", channel):
+                try:
+                    await self.client.chat_delete(channel=channel, ts=message_ts)
+                    deleted += 1
+                except SlackApiError as exc:
+                    if error_code(exc) not in ("message_not_found", "cant_delete_message"):
+                        raise
+        return Receipt(remote_id=ts, detail=f"deleted {deleted} message(s) in {channel}")
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """``views.open``: show a modal to the person whose command or click gave
+        ``trigger_id`` (valid for three seconds); raises what the call raised."""
+        await self.client.views_open(trigger_id=trigger_id, view=view)
+
     async def tell(self, channel: str, user_id: str, text: str) -> None:
         """An ephemeral note only ``user_id`` sees (not a conversation post: not in the
         outbox); a failure is logged."""

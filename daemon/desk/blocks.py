@@ -42,7 +42,8 @@ _PRIORITY = {"low": "Low", "normal": "Normal", "high": ":small_orange_diamond: H
              "urgent": ":red_circle: Urgent"}
 _CHANNEL = {"email": "Email", "sms": "SMS", "whatsapp": "WhatsApp", "voice": "Voicemail",
             "telegram": "Telegram", "web": "Website chat", "form": "Contact form",
-            "messenger": "Messenger", "instagram": "Instagram"}
+            "messenger": "Messenger", "instagram": "Instagram", "phone": "Phone call",
+            "in_person": "In person", "letter": "Letter"}
 _CUT_NOTE = " … (cut; the whole message is in `frontdesk show {ref}`)"
 
 
@@ -333,3 +334,43 @@ def held_line(reason: str, *, address: str, channel: str, author: str = "") -> s
 
 def action_line(what: str, actor: str) -> str:
     return f":information_source: {what} by *{cut(actor, 200)}*"
+
+
+def callback_line(actor: str) -> str:
+    """A staff reply that nothing can carry to the customer (a logged contact without an email
+    address or phone number): kept as a note; someone must call them back."""
+    return (f":telephone_receiver: Not sent: there is no email address or phone number for this "
+            f"customer. The reply by *{cut(actor, 200)}* is kept as an internal note: the "
+            "customer must be called back.")
+
+
+LOG_CALLBACK = "frontdesk_log"
+"""The ``callback_id`` of the form ``/frontdesk log`` opens."""
+LOG_TITLES = {"phone": "Log a phone call", "in_person": "Log a visit", "letter": "Log a letter"}
+_LOG_FIELDS = (("name", "Name", False, 200), ("email", "Email", False, 254),
+               ("phone", "Phone (with country code)", False, 40),
+               ("subject", "Subject", False, 200), ("text", "What they said or wrote", True, 3000))
+
+
+def log_modal(channel: str) -> dict[str, Any]:
+    """The form of ``/frontdesk log phone|in-person|letter`` (a modal; ``private_metadata`` is
+    the channel). Every field is a block whose ``block_id`` is the field's name."""
+    inputs = []
+    for name, label, required, limit in _LOG_FIELDS:
+        element: dict[str, Any] = {"type": "plain_text_input", "action_id": "value",
+                                   "max_length": limit}
+        if name == "text":
+            element["multiline"] = True
+        inputs.append({"type": "input", "block_id": name, "optional": not required,
+                       "label": {"type": "plain_text", "text": label}, "element": element})
+    return {"type": "modal", "callback_id": LOG_CALLBACK, "private_metadata": channel,
+            "title": {"type": "plain_text", "text": LOG_TITLES.get(channel, "Log a contact")},
+            "submit": {"type": "plain_text", "text": "Log"},
+            "close": {"type": "plain_text", "text": "Cancel"}, "blocks": inputs}
+
+
+def logged_modal(text: str) -> dict[str, Any]:
+    """What the form shows once it is sent (``text`` is mrkdwn)."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": "Contact logged"},
+            "close": {"type": "plain_text", "text": "Done"},
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}

@@ -24,6 +24,7 @@ from frontdesk.config.schema import SlackConfig
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, describe
 from frontdesk.daemon.desk.queue import SlackQueue, insert_once
+from frontdesk.domain.conversations import CALLBACK_NEEDED
 from frontdesk.domain.messages import Receipt
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
@@ -200,18 +201,27 @@ class RootCards:
                 return 0
             cursor = int(state.value or 0)
             rows = (await s.execute(
-                select(Event.id, Event.conversation_id, Event.kind).where(Event.id > cursor)
-                .order_by(Event.id).limit(1000))).all()
+                select(Event.id, Event.conversation_id, Event.kind, Event.actor)
+                .where(Event.id > cursor).order_by(Event.id).limit(1000))).all()
             if not rows:
                 return 0
             latest: dict[int, int] = {}
-            for event_id, conversation_id, kind in rows:
+            callbacks = []  # staff replies nothing can carry: the thread says to call back
+            for event_id, conversation_id, kind, actor in rows:
                 if conversation_id is not None and kind not in _QUIET_EVENTS:
                     latest[conversation_id] = event_id
+                if conversation_id is not None and kind == CALLBACK_NEEDED:
+                    callbacks.append((event_id, conversation_id, actor))
             if latest:
                 with_thread = (await s.execute(
                     select(SlackThread.conversation_id)
                     .where(SlackThread.conversation_id.in_(list(latest))))).scalars().all()
+                for event_id, conversation_id, actor in callbacks:
+                    if conversation_id in with_thread:
+                        await self.queue.text(
+                            s, await s.get_one(Conversation, conversation_id),
+                            blocks.callback_line(actor or "staff"), now,
+                            key=f"slack-callback-{event_id}")
                 for conversation_id in with_thread:
                     conversation = await s.get_one(Conversation, conversation_id)
                     await self.queue.update(

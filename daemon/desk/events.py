@@ -181,6 +181,7 @@ class DeskEvents:
                           blocks.ACTION_SNOOZE, blocks.ACTION_PRIORITY):
             self.app.action(action_id)(self._action)
         self.app.command(re.compile(r".+"))(self._command)
+        self.app.view(blocks.LOG_CALLBACK)(self._log_submitted)
         self.app.event(re.compile(r".+"))(self._other_event)
 
     async def http_handler(self, request: web.Request) -> web.Response:
@@ -274,7 +275,16 @@ class DeskEvents:
 
     async def _command(self, ack: AsyncAck, command: dict[str, Any]) -> BoltResponse:
         text = await self.actions.on_command(command)
+        if not text:  # a form opened (/frontdesk log): nothing to say
+            return await ack()
         return await ack(text=text, response_type="ephemeral")
+
+    async def _log_submitted(self, ack: AsyncAck, body: dict[str, Any],
+                             view: dict[str, Any]) -> BoltResponse:
+        errors, text = await self.actions.log_submitted(body, view)
+        if errors:
+            return await ack(response_action="errors", errors=errors)
+        return await ack(response_action="update", view=blocks.logged_modal(text))
 
     async def _other_event(self, body: dict[str, Any]) -> None:
         log.debug("slack event %s ignored", (body.get("event") or {}).get("type"))
@@ -355,4 +365,6 @@ class DeskEvents:
             await desk.queue.text(s, conversation, f":warning: Not sent to the customer: "
                                   f"{blocks.escape(str(exc))}", now)
             return f"not sent: {exc}", None
+        if reply.is_note:  # nothing reaches the customer: the thread says to call back
+            return f"kept as note #{reply.id}: the customer must be called back", reply.id
         return f"queued as staff reply #{reply.id}", reply.id

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -43,7 +43,9 @@ from frontdesk.channels.base import (
     InboundHook,
     OutboxHandler,
     PermanentFailure,
+    TemporaryFailure,
 )
+from frontdesk.channels.logged.intake import Intake
 from frontdesk.config.schema import CoreSettings, SlackConfig
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import (
@@ -54,7 +56,7 @@ from frontdesk.daemon.desk.api import (
     error_code,
     quiet_logger,
 )
-from frontdesk.daemon.desk.cards import RootCards
+from frontdesk.daemon.desk.cards import ROOT_METADATA, RootCards
 from frontdesk.daemon.desk.events import DeskEvents
 from frontdesk.daemon.desk.queue import KIND, SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
@@ -117,6 +119,8 @@ class DaemonParts(Protocol):
     def outbox(self) -> _Outbox: ...
     @property
     def replies(self) -> ReplyComposer: ...
+    @property
+    def intake(self) -> Intake | None: ...
 
 
 class SlackDesk:
@@ -129,6 +133,7 @@ class SlackDesk:
         self.config: SlackConfig = daemon.settings.slack
         self.store: Store = daemon.store
         self.replies: ReplyComposer = daemon.replies
+        self.intake: Intake | None = daemon.intake
         self.clock: Callable[[], datetime] = daemon.clock
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.queue = SlackQueue(self.settings)
@@ -296,6 +301,8 @@ class SlackDesk:
         if op == "reaction":
             return await self.api.react(str(payload["in_channel"]), str(payload["ts"]),
                                         str(payload["name"]))
+        if op == "erase":  # a contact's erasure (frontdesk.domain.privacy)
+            return await self._erase_thread(payload)
         if row.conversation_id is None:
             raise PermanentFailure(f"a Slack {op} without a conversation")
         thread, posted_now = await self.cards.ensure_root(row.conversation_id)
@@ -315,6 +322,19 @@ class SlackDesk:
             raise PermanentFailure(f"unknown Slack desk work {op!r}")
         ts, _channel = await self.api.post(thread.channel_id, text=text, thread_ts=thread.ts)
         return Receipt(remote_id=ts, detail=thread.channel_id)
+
+    async def _erase_thread(self, payload: dict[str, Any]) -> Receipt:
+        channel, ts = str(payload.get("in_channel") or ""), str(payload.get("ts") or "")
+        if channel and not ts and payload.get("reference"):  # the root post may have gone out
+            try:
+                ts = await self.api.find_posted(channel, ROOT_METADATA,
+                                                {"reference": payload["reference"]}) or ""
+            except (SlackApiError, *UNREACHABLE) as exc:
+                raise TemporaryFailure(f"cannot look for the root post in {channel} "
+                                       f"({describe(exc)})") from None
+        if not channel or not ts:
+            return Receipt(detail="nothing in Slack to delete")
+        return await self.api.delete_thread(channel, ts)
 
     async def post_to_channel(self, channel_id: str, text: str) -> Receipt:
         """Post ``text`` (mrkdwn) in a Slack channel outside any conversation's thread (a

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from frontdesk.channels.base import Channel, ChannelSection
 from frontdesk.channels.email import EmailConfig
+from frontdesk.channels.logged import LoggedConfig
 from frontdesk.channels.meta import MetaConfig
 from frontdesk.channels.telegram import TelegramConfig
 from frontdesk.channels.twilio import TwilioConfig
@@ -30,6 +31,7 @@ class Settings(CoreSettings):
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    logged: LoggedConfig = Field(default_factory=LoggedConfig)
 
 
     @model_validator(mode="after")

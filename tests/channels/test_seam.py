@@ -103,11 +103,11 @@ def _settings(tmp_path: Path, **pager: Any) -> SettingsWithPager:
 def test_a_section_line_makes_the_channel_known_or_says_why_it_is_off(tmp_path: Path) -> None:
     off = _settings(tmp_path)
     assert list(channel_sections(off)) == ["email", "twilio", "telegram", "web", "meta",
-                                              "pager"]
+                                              "logged", "pager"]
     assert "pager" in customer_channels(off)
     assert "pager channel disabled: pager.token is not set" in build_channels(off)[1]
     on = _settings(tmp_path, token="s3cret")
-    assert [c.name for c in build_channels(on)[0]] == ["email", "pager"]
+    assert [c.name for c in build_channels(on)[0]] == ["email", "logged", "pager"]
     assert "s3cret" not in repr(on)
 
 

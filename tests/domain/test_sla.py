@@ -224,7 +224,7 @@ def test_configured_templates_win_by_channel_then_chat_then_language() -> None:
     ({"acknowledgement": {"templates": {"fax": {"en": {"text": "x"}}}}}, "not a channel"),
     ({"sla": {"policies": [{"name": "x", "channels": ["fax"], "first_response": "1h"}]}},
      "sla.policies[0].channels: 'fax' is not a channel (email, sms, whatsapp, voice, telegram, "
-     "web, form, messenger, instagram)"),
+     "web, form, messenger, instagram, phone, in_person, letter)"),
     ({"escalation": [{"after": "1h"}, {"after": "30m"}]}, "level 2 comes before level 1"),
     ({"escalation": [{"notify": ["email"]}]}, 'notify includes "email" but email is not set'),
     ({"escalation": [{"mention": "bob"}]}, "not a Slack mention"),

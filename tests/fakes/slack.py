@@ -8,8 +8,11 @@ Bearer token (the app-level token for ``apps.connections.open``), and takes its 
 as a form or in the query string.
 
 Methods: ``auth.test``, ``chat.postMessage`` (returns a new ``ts``; keeps ``metadata``),
-``chat.update``, ``chat.postEphemeral``, ``reactions.add``, ``users.info``,
-``conversations.history`` (with ``include_all_metadata``), ``apps.connections.open`` (a
+``chat.update``, ``chat.delete`` (the bot's own messages; into :attr:`FakeSlack.deleted`),
+``chat.postEphemeral``, ``reactions.add``, ``users.info``, ``conversations.history`` (with
+``include_all_metadata``), ``conversations.replies`` (a thread, root first, paged by a
+numeric ``cursor``), ``views.open`` (kept in :attr:`FakeSlack.views` with a new view
+``id``), ``apps.connections.open`` (a
 ``ws://`` URL of :meth:`FakeSlack._socket`). Every call is recorded in :attr:`FakeSlack.calls`.
 
 Error modes: ``fail_next[method]`` is a list of canned answers ``(status, body, headers)`` used
@@ -76,6 +79,8 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.messages: list[dict[str, Any]] = []  # every message posted, in order
         self.ephemeral: list[dict[str, Any]] = []
+        self.views: list[dict[str, Any]] = []  # views.open: each view, its "id" and trigger_id
+        self.deleted: list[dict[str, Any]] = []  # messages chat.delete removed, in order
         self.users = {k: json.loads(json.dumps(v)) for k, v in USERS.items()}
         self.fail_next: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
         self.lose_next_post = False
@@ -236,6 +241,47 @@ class FakeSlack:
             shown.append(item)
         return {"messages": shown, "has_more": False}
 
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        message = self.find(channel, ts)
+        if message is None:
+            return _ok_false("message_not_found")
+        if message.get("bot_id") != BOT_ID:
+            return _ok_false("cant_delete_message")
+        self.messages.remove(message)
+        self.deleted.append(message)
+        return {"channel": channel, "ts": ts}
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        root = self.find(channel, ts)
+        replies = [m for m in self.messages
+                   if m["channel"] == channel and m.get("thread_ts") == ts]
+        if root is None and not replies:
+            return _ok_false("thread_not_found")
+        found = ([root] if root is not None else []) + replies
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        page = found[start:start + limit]
+        more = start + limit < len(found)
+        return {"messages": [{k: v for k, v in m.items() if k not in ("channel", "metadata")}
+                             for m in page],
+                "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not args.get("trigger_id"):
+            return _ok_false("invalid_trigger_id")
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return _ok_false("invalid_arguments")
+        opened = {**view, "id": "V" + secrets.token_hex(5).upper(),
+                  "trigger_id": args["trigger_id"]}
+        self.views.append(opened)
+        return {"view": {k: v for k, v in opened.items() if k != "trigger_id"}}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={secrets.token_hex(8)}"}
 
@@ -360,6 +406,26 @@ class FakeSlack:
 
     async def command(self, url: str, text: str, **kw: Any) -> tuple[int, str]:
         body = urlencode(self.command_form(text, **kw))
+        return await self.post_signed(url, body, "application/x-www-form-urlencoded")
+
+    @staticmethod
+    def view_submission(view: dict[str, Any], values: dict[str, str], *,
+                        user: str = "U0GRACE") -> dict[str, Any]:
+        """A modal's submission as Slack sends it: ``values`` by input block (each block's one
+        element has the action id ``value``)."""
+        state = {"values": {block: {"value": {"type": "plain_text_input", "value": value}}
+                            for block, value in values.items()}}
+        shown = {k: v for k, v in view.items() if k != "trigger_id"}
+        return {"type": "view_submission", "team": {"id": TEAM_ID, "domain": "fake-team"},
+                "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+                "api_app_id": APP_ID, "token": "legacy-verification-token",
+                "trigger_id": "1337.43.efgh",
+                "view": {**shown, "state": state, "team_id": TEAM_ID, "hash": "1.abc"}}
+
+    async def submit(self, url: str, view: dict[str, Any], values: dict[str, str],
+                     **kw: Any) -> tuple[int, str]:
+        """Post a modal's submission (:meth:`view_submission`) to the daemon, signed."""
+        body = urlencode({"payload": json.dumps(self.view_submission(view, values, **kw))})
         return await self.post_signed(url, body, "application/x-www-form-urlencoded")
 
 

@@ -43,15 +43,19 @@ def upgrade() -> None:
         sa.Column("token_id", sa.String(length=16), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("conversation_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  nullable=True),
         sa.Column("status", sa.Integer(), nullable=False),
         sa.Column("body", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("token_id", "key", name="pk_api_idempotency"),
     )
     op.create_index("ix_api_idempotency_created_at", "api_idempotency", ["created_at"])
+    op.create_index("ix_api_idempotency_conversation_id", "api_idempotency", ["conversation_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_api_idempotency_conversation_id", table_name="api_idempotency")
     op.drop_index("ix_api_idempotency_created_at", table_name="api_idempotency")
     op.drop_table("api_idempotency")
     op.drop_table("api_tokens")

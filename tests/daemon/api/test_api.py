@@ -266,3 +266,63 @@ async def test_unknown_routes_and_methods_are_json_errors(api: Api) -> None:
     assert status == 404 and "no such route" in body["error"]
     status, body, headers = await api.call("DELETE", "/api/v1/conversations")
     assert status == 405 and "GET" in headers["Allow"] and body["error"]
+
+
+async def test_inbound_logs_a_phone_call_once(api: Api) -> None:
+    call = {"channel": "phone", "external_id": "call-2026-12-06-0931",
+            "contact": {"name": "Ada Lovelace", "email": "ada@example.org",
+                        "phone": "+44 20 7946 0958"},
+            "subject": "Parcel damaged", "text": "Called: the parcel came crushed.",
+            "author": "Grace Hopper"}
+    status, body, _ = await api.call("POST", "/api/v1/inbound", json=call)
+    assert status == 201, body
+    reference = body["reference"]
+    status, again, _ = await api.call("POST", "/api/v1/inbound", json=call)
+    assert (status, again) == (200, {"reference": reference})
+    status, detail, _ = await api.call("GET", f"/api/v1/conversations/{reference}")
+    assert detail["channel"] == "phone" and detail["first_response_due_at"]
+    assert [m["text"] for m in detail["messages"]] == ["Called: the parcel came crushed."]
+    assert {"channel": "email", "address": "ada@example.org"} in \
+        detail["contact"]["identities"]
+    # a repeat with an Idempotency-Key and the same body is the first answer
+    key = {"Idempotency-Key": "log-1"}
+    first = await api.call("POST", "/api/v1/inbound", json={**call, "external_id": "c2"},
+                           headers=key)
+    assert first[0] == 201
+    assert (await api.call("POST", "/api/v1/inbound", json={**call, "external_id": "c2"},
+                           headers=key))[:2] == first[:2]
+    for bad, field in (({**call, "channel": "fax"}, "channel"),
+                       ({**call, "text": "  "}, "text"),
+                       ({**call, "contact": {"email": "not-an-address"}}, "email")):
+        status, body, _ = await api.call("POST", "/api/v1/inbound", json=bad)
+        assert status == 422 and field in body["error"], body
+
+
+async def test_contacts_tags_export_and_erasure(api: Api) -> None:
+    ref = await _conversation(api, frm="Ada Lovelace <ada@example.org>")
+    status, detail, _ = await api.call("GET", f"/api/v1/conversations/{ref}")
+    contact_id = detail["contact"]["id"]
+    path = f"/api/v1/contacts/{contact_id}"
+    status, contact, _ = await api.call("GET", path)
+    assert status == 200 and contact["name"] == "Ada Lovelace" and contact["tags"] == []
+    status, contact, _ = await api.call("PATCH", path, json={
+        "name": "Ada King", "tags": ["vip"], "language": "de"})
+    assert status == 200, contact
+    assert contact["name"] == "Ada King" and contact["tags"] == ["lang:de", "vip"]
+    status, body, _ = await api.call("PATCH", path, json={"tags": ["Not A Tag!"]})
+    assert status == 422 and body["error"]
+    status, export, _ = await api.call("GET", f"{path}/export")
+    assert status == 200 and "Ada King" in json.dumps(export)
+    assert "Hello, where is my order?" in json.dumps(export)
+    status, body, _ = await api.call("DELETE", path)
+    assert status == 204 and body == ""
+    assert (await api.call("GET", f"{path}/export"))[0] == 404
+    assert (await api.call("GET", path))[0] == 404
+    assert (await api.call("DELETE", path))[0] == 404
+    status, shell, _ = await api.call("GET", f"/api/v1/conversations/{ref}")
+    assert status == 200 and shell["status"] == "open"  # a shell keeps its figures
+    assert shell["escalation_due_at"] is None and shell["resolution_due_at"] is None
+    assert "Hello" not in json.dumps(shell) and "Ada" not in json.dumps(shell)
+    assert (await api.call("GET", "/api/v1/contacts/abc"))[0] == 404
+    reader = await _token(api.daemon, "viewer", "read")
+    assert (await api.call("DELETE", "/api/v1/contacts/1", token=reader))[0] == 403

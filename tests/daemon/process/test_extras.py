@@ -65,7 +65,7 @@ def test_a_daemon_without_the_sdks_runs_email_alone(
 ) -> None:
     hide(monkeypatch, *SDKS.values(), "slack_sdk")
     d = Daemon(make_settings(**CREDENTIALS))
-    assert [c.name for c in d.channels] == ["email"] and d.desk is None
+    assert [c.name for c in d.channels] == ["email", "logged"] and d.desk is None
     assert sorted(line.split(":")[0] for line in d.disabled) == sorted([
         "imap mailbox disabled", "slack desk disabled", "telegram channel disabled",
         "twilio channel (sms, whatsapp, voice) disabled",
