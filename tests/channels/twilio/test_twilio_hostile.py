@@ -133,7 +133,7 @@ async def test_a_pending_journal_row_with_num_media_999999999_is_processed_at_st
     fake.daemon_port = d.http.port
     started = time.monotonic()
     await eventually(lambda: processed(d.store), timeout=3, interval=0.01)
-    assert time.monotonic() - started < 0.5  # the row, once the daemon runs
+    assert time.monotonic() - started < 1.0  # the row, once the daemon runs (not a hang)
     assert time.monotonic() - began < 2.0  # the start itself is not held up either
     async with d.store.reader() as s:
         row = (await s.execute(select(InboundJournal))).scalars().one()
