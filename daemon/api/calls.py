@@ -15,9 +15,11 @@ from frontdesk.daemon.api.tokens import Caller
 class ApiError(Exception):
     """An answer other than success: status and words (and more JSON fields)."""
 
-    def __init__(self, status: int, error: str, **extra: Any) -> None:
+    def __init__(self, status: int, error: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(error)
         self.status, self.error, self.extra = status, error, extra
+        self.headers = headers
 
 
 @dataclass

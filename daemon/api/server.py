@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk import __version__
 from frontdesk.config.schema import ApiConfig, parse_rate
@@ -122,7 +123,7 @@ class ApiServer:
             try:
                 return await self._run(op, request)
             except ApiError as exc:
-                return error(exc.status, exc.error, **exc.extra)
+                return error(exc.status, exc.error, exc.headers, **exc.extra)
             except Exception as exc:
                 if store_unavailable(exc):
                     log.warning("api: the store is unavailable (%s)", type(exc).__name__)
@@ -132,18 +133,16 @@ class ApiServer:
         return handle
 
     async def _run(self, op: Operation, request: web.Request) -> web.Response:
+        params = dict(request.match_info)
+        if not op.writes:  # one read session for the token and the operation
+            async with self._store.reader() as s:
+                caller = await self._caller(op, request, s)
+                query = self._query(op, request)
+                answer = await op.handler(Call(caller, s, self._clock(), params, query))
+            await self._touch(caller)
+            return _json(answer.status, answer.body)
         async with self._store.reader() as s:
-            caller = await caller_of(s, request.headers.get("Authorization"))
-        if caller is None:
-            return error(401, "a valid token is needed: Authorization: Bearer TOKEN "
-                              "(frontdesk token create)", {"WWW-Authenticate": "Bearer"})
-        if op.writes and not caller.may_write:
-            return error(403, f"token {caller.name!r} may only read (scope read)")
-        wait = self._rates.retry_after(caller.token_id)
-        if wait:
-            return error(429, f"token {caller.name!r} is past its rate limit "
-                              f"({self._config.rate_limit}); try again in {wait}s",
-                         {"Retry-After": str(wait)})
+            caller = await self._caller(op, request, s)
         query = self._query(op, request)
         raw, body = await self._body(op, request)
         key = request.headers.get("Idempotency-Key") if op.idempotent else None
@@ -151,10 +150,24 @@ class ApiServer:
             raise ApiError(422, "Idempotency-Key must be 1 to 255 characters")
         fingerprint = hashlib.sha256(
             f"{op.method} {request.path}\n".encode() + raw).hexdigest() if key else ""
-        params = dict(request.match_info)
         answer = await self._transaction(op, caller, params, query, body, key, fingerprint)
         await self._touch(caller)
         return _json(answer.status, answer.body)
+
+    async def _caller(self, op: Operation, request: web.Request, s: AsyncSession) -> Caller:
+        """The token's caller, allowed to do ``op`` now: else 401, 403 or 429."""
+        caller = await caller_of(s, request.headers.get("Authorization"))
+        if caller is None:
+            raise ApiError(401, "a valid token is needed: Authorization: Bearer TOKEN "
+                                "(frontdesk token create)", headers={"WWW-Authenticate": "Bearer"})
+        if op.writes and not caller.may_write:
+            raise ApiError(403, f"token {caller.name!r} may only read (scope read)")
+        wait = self._rates.retry_after(caller.token_id)
+        if wait:
+            raise ApiError(429, f"token {caller.name!r} is past its rate limit "
+                                f"({self._config.rate_limit}); try again in {wait}s",
+                           headers={"Retry-After": str(wait)})
+        return caller
 
     def _query(self, op: Operation, request: web.Request) -> Any:
         if op.query is None:
@@ -198,9 +211,6 @@ class ApiServer:
     async def _transaction(self, op: Operation, caller: Caller, params: dict[str, str],
                            query: Any, body: Any, key: str | None,
                            fingerprint: str) -> Answer:
-        if not op.writes:
-            async with self._store.reader() as s:
-                return await op.handler(Call(caller, s, self._clock(), params, query, body))
         if op.own_transactions:
             return await self._on_its_own(op, caller, params, query, body, key, fingerprint)
         for attempt in range(2):

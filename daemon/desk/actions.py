@@ -37,6 +37,7 @@ from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, SlackUser, describe
 from frontdesk.daemon.desk.cards import RootCards
 from frontdesk.daemon.desk.queue import SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.contacts import ContactError, find_contact
 from frontdesk.domain.conversations import (
     PRIORITIES,
     CannotReply,
@@ -53,9 +54,11 @@ from frontdesk.domain.conversations import (
     snooze,
     snooze_until,
 )
+from frontdesk.domain.privacy import change_contact, contact_tag_list, live_contact
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 from frontdesk.storage.db import Store
+from frontdesk.storage.models import Contact
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +70,15 @@ USAGE = """*/frontdesk* — what it does:
 • `priority FD-12 high` (low, normal, high, urgent)
 • `search words` — earlier conversations that mention them
 • `reply-with FD-12 NAME` — send a saved reply
-• `log phone` (or `in-person`, `letter`) — log a contact you took: opens a form{saved}"""
+• `log phone` (or `in-person`, `letter`) — log a contact you took: opens a form
+• `contact FD-12` — the customer's name, tags and addresses (or a contact id or address)
+• `contact FD-12 tag vip lang:de` · `contact FD-12 untag vip` · `contact FD-12 name Ada`{saved}"""
 
 _BUTTONS = {blocks.ACTION_CLAIM: "claim", blocks.ACTION_RESOLVE: "resolve",
             blocks.ACTION_REOPEN: "reopen", blocks.ACTION_SNOOZE: "snooze",
             blocks.ACTION_PRIORITY: "priority"}
 _USER_MENTION = re.compile(r"^<@([A-Z0-9]+)(?:\|([^>]*))?>$")
+_REFERENCE = re.compile(r"^FD-?[0-9]{1,18}$", re.IGNORECASE)
 _NOBODY = frozenset({"nobody", "none", "-", "no-one", "noone"})
 _LOG_CHANNELS = {"phone": "phone", "call": "phone", "in-person": "in_person",
                  "in_person": "in_person", "visit": "in_person", "letter": "letter"}
@@ -105,6 +111,8 @@ class DeskParts(Protocol):
     api: SlackApi
     cards: RootCards
     intake: Intake | None
+    known_channels: tuple[str, ...]
+    """The customer channel names an address may start with (``telegram:12345``)."""
 
     def kick(self) -> None:
         """Wake the outbox worker and the root refresh after a commit that queued desk work or
@@ -200,6 +208,8 @@ class DeskActions:
             return await self.search(" ".join(rest))
         if sub == "log":
             return await self.open_log_form(rest, str(command.get("trigger_id") or ""))
+        if sub == "contact":
+            return await self.contact(rest, user)
         if sub not in ("resolve", "reopen", "claim", "assign", "snooze", "priority", "show",
                        "reply-with", "reply_with", "replywith"):
             return f"I don't know `{blocks.escape(sub)}`.\n{self._usage()}"
@@ -335,6 +345,50 @@ class DeskActions:
             lines.append(f"{arrow} *{who}*{kind} {blocks.slack_date(m.created_at)}: "
                          f"{blocks.cut(' '.join(m.text.split()), 300)}")
         return "\n".join(lines)
+
+    async def contact(self, args: list[str], user: SlackUser) -> str:
+        """``contact WHO [tag TAG...|untag TAG...|name NAME]``: WHO is a conversation (its
+        customer), a contact id or an address. Tags drive SLA policies and routes from the
+        contact's next conversation."""
+        if not args:
+            return "`contact FD-12` needs a conversation, a contact id or an address."
+        who, verb, values = args[0], (args[1].lower() if len(args) > 1 else ""), args[2:]
+        if verb not in ("", "tag", "untag", "name"):
+            return f"`contact {blocks.escape(who)}` then `tag`, `untag` or `name`, not " \
+                   f"`{blocks.escape(verb)}`."
+        if verb and not values:
+            return f"`contact {blocks.escape(who)} {verb}` needs what to set."
+        desk = self.desk
+        try:
+            async with desk.store.session() as s:
+                contact = await self._contact_of(s, who)
+                changed = False
+                if verb:
+                    changed = await change_contact(
+                        s, contact, add=values if verb == "tag" else (),
+                        remove=values if verb == "untag" else (),
+                        name=" ".join(values) if verb == "name" else None,
+                        actor=user.actor, now=desk.clock())
+                await s.refresh(contact, attribute_names=["identities"])
+                addresses = ", ".join(f"{i.channel} {blocks.escape(i.address)}"
+                                      for i in contact.identities) or "no address"
+                tags = " ".join(f"`{t}`" for t in contact_tag_list(contact)) or "no tags"
+                name = blocks.cut(contact.name or "(no name)", 200)
+        except (ContactError, UnknownConversation) as exc:
+            return f":warning: {blocks.escape(str(exc))}"
+        done = " (changed)" if changed else " (unchanged)" if verb else ""
+        return f"Contact {contact.id}{done}: *{name}* · {tags} · {addresses}"
+
+    async def _contact_of(self, s: Any, who: str) -> Contact:
+        """The contact of a conversation reference, else of a contact id or an address."""
+        if _REFERENCE.match(who):
+            conversation = await get_conversation(s, who)
+            contact = await s.get(Contact, conversation.contact_id)
+        else:
+            contact = await find_contact(s, who, known=self.desk.known_channels)
+        if contact is None:
+            raise ContactError(f"no contact for {who}")
+        return await live_contact(s, contact)
 
     async def search(self, query: str) -> str:
         try:

@@ -121,6 +121,8 @@ class DaemonParts(Protocol):
     def replies(self) -> ReplyComposer: ...
     @property
     def intake(self) -> Intake | None: ...
+    @property
+    def known_channels(self) -> tuple[str, ...]: ...
 
 
 class SlackDesk:
@@ -134,6 +136,7 @@ class SlackDesk:
         self.store: Store = daemon.store
         self.replies: ReplyComposer = daemon.replies
         self.intake: Intake | None = daemon.intake
+        self.known_channels: tuple[str, ...] = daemon.known_channels
         self.clock: Callable[[], datetime] = daemon.clock
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.queue = SlackQueue(self.settings)

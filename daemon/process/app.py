@@ -190,6 +190,8 @@ class Daemon:
         # Single consumers (IMAP polling, Telegram getUpdates) ask for a leader elector here.
         self.leaders: list[Leadership] = []
         self.channels, self.disabled = build_channels(settings)
+        self.known_channels = registry.customer_channels(settings)
+        """Every customer channel name (an address may start with one: telegram:12345)."""
         self.email = next((c for c in self.channels if isinstance(c, EmailChannel)), None)
         """The email channel (tools and tests reach its SMTP server's port through it)."""
         attachments = self.attachments = AttachmentStore(Path(settings.daemon.data_dir))
@@ -283,7 +285,7 @@ class Daemon:
 
         services = operations.Services(
             replies=self.replies, calendar=self.sla.calendar,
-            known_channels=registry.customer_channels(settings), kick_outbox=self.outbox.kick,
+            known_channels=self.known_channels, kick_outbox=self.outbox.kick,
             store=self.store, attachments=self.attachments, intake=self.intake)
         return ApiServer(settings.api, self.store, clock=self.clock,
                          operations=operations.build(services))

@@ -458,6 +458,35 @@ async def test_slash_commands(make_settings: Any, daemon_factory: Any, clock: An
                      ("staff_reply", grace)]
 
 
+async def test_slash_contact_shows_and_tags_the_customer(
+        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
+        sink: SmtpSink) -> None:
+    d = await start(daemon_factory, desk_settings(make_settings, slack, sink), clock)
+    await send(d.email.smtp.port, mail(body="Where is my order?"))
+    await root_of(slack)
+    url = events_url(d)
+
+    async def run(text: str) -> str:
+        status, body = await slack.command(url, text)
+        assert status == 200
+        return str(json.loads(body)["text"])
+
+    assert await run("contact FD-1") == \
+        "Contact 1: *Ada Lovelace* · no tags · email ada@example.org"
+    assert await run("contact FD-1 tag VIP lang:de") == \
+        "Contact 1 (changed): *Ada Lovelace* · `lang:de` `vip` · email ada@example.org"
+    assert (await run("contact ada@example.org untag lang:de")).startswith(
+        "Contact 1 (changed): *Ada Lovelace* · `vip`")
+    assert (await run("contact 1 name Ada King")).startswith("Contact 1 (changed): *Ada King*")
+    assert "is not a tag" in await run("contact FD-1 tag <!channel>")
+    assert "no conversation FD-9" in await run("contact FD-9")
+    assert "`tag`, `untag` or `name`" in await run("contact FD-1 delete")
+    async with d.store.reader() as s:
+        events = [(e.kind, e.actor) for e in (await s.execute(
+            select(Event).where(Event.kind == "contact_changed").order_by(Event.id))).scalars()]
+    assert len(events) == 3 and all(actor.startswith("Grace") for _, actor in events)
+
+
 async def _saved_reply_posted(slack: FakeSlack, ts: str) -> bool:
     return any("your refund for FD-1" in m["text"] for m in slack.thread(ts))
 
