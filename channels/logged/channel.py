@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import Accept, ChannelContext, ChannelParts, PermanentFailure
 from frontdesk.channels.logged.contact import LOGGED_CHANNELS
-from frontdesk.channels.logged.parse import LOGGED_BY, parse
+from frontdesk.channels.logged.parse import LOGGED_BY, LOGGED_TOKEN, parse
 from frontdesk.config.schema import PHONE_CHANNELS
 from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 from frontdesk.storage.models import Conversation, Event, Identity, Message
@@ -95,4 +95,11 @@ async def audit_logged(session: AsyncSession, conversation: Conversation, messag
                                                        or "staff")[:256],
                       conversation_id=conversation.id, contact_id=conversation.contact_id,
                       message_id=message.id, created_at=message.created_at,
-                      data={"channel": message.channel, "external_id": message.external_id}))
+                      data={"channel": message.channel, "external_id": message.external_id,
+                            **_via(message.headers or {})}))
+
+
+def _via(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Where the contact was logged from: the API names its token."""
+    token = headers.get(LOGGED_TOKEN)
+    return {"via": "api", "token": str(token)} if token else {}

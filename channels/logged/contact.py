@@ -168,12 +168,16 @@ def problems(error: ValidationError) -> dict[str, str]:
     return found
 
 
-def journal_row(item: LoggedContact, at: datetime) -> tuple[str, str, bytes]:
-    """(channel, remote id, raw row) of a logged contact, taken at ``at``."""
+def journal_row(item: LoggedContact, at: datetime,
+                token: str = "") -> tuple[str, str, bytes]:
+    """(channel, remote id, raw row) of a logged contact, taken at ``at``; ``token``: the API
+    token it came through (named in the audit)."""
     row = {"channel": item.channel, "external_id": item.external_id,
            "contact": {"name": item.contact.name, "email": item.contact.email,
                        "phone": item.contact.phone},
            "subject": item.subject, "text": item.text, "author": item.author,
            "at": at.astimezone(UTC).isoformat()}
+    if token:
+        row["token"] = token
     raw = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
     return item.channel, item.external_id, raw

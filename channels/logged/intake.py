@@ -127,19 +127,20 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
-    async def record(self, item: LoggedContact, *,
-                     timeout: float | None = None) -> tuple[str, bool]:
+    async def record(self, item: LoggedContact, *, timeout: float | None = None,
+                     token: str = "") -> tuple[str, bool]:
         """Journal ``item`` and wait until it is a conversation: (its reference, True), or for
         a repeat of its ``external_id`` (any logged channel) the first one's (reference, False).
         Raises :class:`IntakePending` past ``timeout`` (default :attr:`timeout`) — the contact
         is journaled and will still become a conversation — and :class:`IntakeError` when its
-        processing failed; the journal's own error when the store cannot commit."""
+        processing failed; the journal's own error when the store cannot commit. ``token``:
+        the API token it came through, named in the audit."""
         found = await logged_row(self._store, item.external_id)
         if found is not None:
             channel, remote_id = found
             created = False
         else:
-            channel, remote_id, raw = journal_row(item, self._clock())
+            channel, remote_id, raw = journal_row(item, self._clock(), token)
             created = await self._accept(channel, remote_id, raw, {})
         wait = self.timeout if timeout is None else timeout
         self._kick()

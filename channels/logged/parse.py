@@ -26,6 +26,8 @@ from frontdesk.domain.messages import InboundMessage
 from frontdesk.domain.replies import REPLY_VIA
 
 LOGGED_BY = "X-Frontdesk-Logged-By"
+LOGGED_TOKEN = "X-Frontdesk-Logged-Token"
+"""The API token a logged contact came through (the audit names it)."""
 """The header key of the staff member who took the contact."""
 LOGGED_PHONE = "X-Frontdesk-Logged-Phone"
 """The phone number given beside an email address (the reply goes by email)."""
@@ -52,6 +54,7 @@ def parse(raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
     if not isinstance(data, dict):
         raise ParseError("not a logged contact: not an object")
     at = data.pop("at", None)
+    token = data.pop("token", None)
     try:
         item = LoggedContact.model_validate(data)
         received = datetime.fromisoformat(at) if isinstance(at, str) else None
@@ -59,6 +62,8 @@ def parse(raw: bytes, meta: Mapping[str, Any]) -> InboundMessage:
         raise ParseError(f"not a logged contact: {exc}") from None
     contact = item.contact
     headers = {LOGGED_BY: item.author}
+    if isinstance(token, str) and token:
+        headers[LOGGED_TOKEN] = token[:64]
     if contact.email:
         address, kind, headers[REPLY_VIA] = contact.email, "email", "email"
         if contact.phone:

@@ -285,7 +285,7 @@ def build(services: Services) -> list[Operation]:
     async def inbound(call: Call) -> Answer:
         item: LoggedContact = call.body
         try:
-            reference, created = await services.intake.record(item)
+            reference, created = await services.intake.record(item, token=call.caller.name)
         except IntakePending as exc:
             return Answer(202, {"reference": None, "error": f"{exc}: repeat the request (same "
                                                             "external_id) to get it"},

@@ -284,6 +284,10 @@ async def test_inbound_logs_a_phone_call_once(api: Api) -> None:
     assert [m["text"] for m in detail["messages"]] == ["Called: the parcel came crushed."]
     assert {"channel": "email", "address": "ada@example.org"} in \
         detail["contact"]["identities"]
+    async with api.daemon.store.reader() as s:
+        logged = (await s.execute(select(Event).where(Event.kind == "contact_logged"))
+                  ).scalars().one()
+    assert logged.actor == "Grace Hopper" and logged.data["token"] == "shop"
     # a repeat with an Idempotency-Key and the same body is the first answer
     key = {"Idempotency-Key": "log-1"}
     first = await api.call("POST", "/api/v1/inbound", json={**call, "external_id": "c2"},
