@@ -330,3 +330,33 @@ async def test_contacts_tags_export_and_erasure(api: Api) -> None:
     assert (await api.call("GET", "/api/v1/contacts/abc"))[0] == 404
     reader = await _token(api.daemon, "viewer", "read")
     assert (await api.call("DELETE", "/api/v1/contacts/1", token=reader))[0] == 403
+
+
+async def test_the_store_down_is_503_with_retry_after(
+        tmp_path: Any, postgres_url: str, make_settings: Callable[..., Any],
+        daemon_factory: Any, http: aiohttp.ClientSession) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    url = make_url(postgres_url)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        d = await daemon_factory(make_settings(
+            database_url=proxy.url_for(postgres_url), api={"enabled": True},
+            database={"pool_size": 3, "max_overflow": 2, "pool_timeout": "2s",
+                      "connect_timeout": "1s", "statement_timeout": "10s"}))
+        api = Api(http, d, await _token(d, "shop", "write"))
+        assert (await api.call("GET", "/api/v1/conversations"))[0] == 200
+        proxy.stop()
+        for method, path, body in (("GET", "/api/v1/conversations", None),
+                                   ("POST", "/api/v1/conversations/FD-1/notes",
+                                    {"text": "x", "author": "G"})):
+            status, answer, headers = await api.call(method, path, json=body)
+            assert status == 503, answer
+            assert "store" in answer["error"] and headers["Retry-After"]
+        proxy.start()
+        await eventually(lambda: _answers(api), timeout=15)
+
+
+async def _answers(api: Api) -> bool:
+    return (await api.call("GET", "/api/v1/conversations"))[0] == 200
