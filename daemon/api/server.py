@@ -11,7 +11,9 @@ first status and JSON without doing anything, the same key with another body is 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,12 +21,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -93,6 +95,7 @@ class ApiServer:
         self._rates = RateWindow(config.rate_limit)
         self._last_used: dict[str, float] = {}
         self._document = json.dumps(openapi(self._operations, version=__version__))
+        self._sweeper: asyncio.Task[None] | None = None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -214,57 +217,50 @@ class ApiServer:
         if op.own_transactions:
             return await self._on_its_own(op, caller, params, query, body, key, fingerprint)
         for attempt in range(2):
-            call: Call | None = None
             try:
                 async with self._store.session() as s:
-                    if key is not None:
-                        earlier = await s.get(ApiIdempotency, (caller.token_id, key))
-                        if earlier is not None:
-                            return self._replay(earlier, fingerprint)
+                    earlier = await self._earlier(s, caller, key, fingerprint)
+                    if earlier is not None:
+                        return earlier
                     call = Call(caller, s, self._clock(), params, query, body)
                     answer = await op.handler(call)
                     if key is not None and answer.status < 500 and answer.final:
-                        s.add(ApiIdempotency(token_id=caller.token_id, key=key,
-                                             request_hash=fingerprint, status=answer.status,
-                                             conversation_id=answer.conversation_id,
-                                             body={"json": answer.body}, created_at=call.now))
+                        s.add(_kept(caller, key, fingerprint, answer, call.now))
             except IntegrityError:
                 if key is None or attempt:
                     raise
                 continue  # the same key committed a moment ago: answer as it did
-            for step in call.after_commit:
-                result = step()
-                if result is not None:
-                    await result
+            await _after_commit(call)
             return answer
         raise AssertionError("unreachable")
 
     async def _on_its_own(self, op: Operation, caller: Caller, params: dict[str, str],
                           query: Any, body: Any, key: str | None, fingerprint: str) -> Answer:
         async with self._store.reader() as s:
-            if key is not None:
-                earlier = await s.get(ApiIdempotency, (caller.token_id, key))
-                if earlier is not None:
-                    return self._replay(earlier, fingerprint)
+            earlier = await self._earlier(s, caller, key, fingerprint)
+            if earlier is not None:
+                return earlier
             call = Call(caller, s, self._clock(), params, query, body)
             answer = await op.handler(call)
         if key is not None and answer.status < 300 and answer.final:
             try:
                 async with self._store.session() as w:
-                    w.add(ApiIdempotency(token_id=caller.token_id, key=key,
-                                         request_hash=fingerprint, status=answer.status,
-                                         conversation_id=answer.conversation_id,
-                                         body={"json": answer.body}, created_at=call.now))
+                    w.add(_kept(caller, key, fingerprint, answer, call.now))
             except IntegrityError:  # the same key answered a moment ago: that answer stands
                 async with self._store.reader() as s:
-                    earlier = await s.get(ApiIdempotency, (caller.token_id, key))
-                    if earlier is not None:
-                        return self._replay(earlier, fingerprint)
-        for step in call.after_commit:
-            result = step()
-            if result is not None:
-                await result
+                    earlier = await self._earlier(s, caller, key, fingerprint)
+                if earlier is not None:
+                    return earlier
+        await _after_commit(call)
         return answer
+
+    async def _earlier(self, s: AsyncSession, caller: Caller, key: str | None,
+                       fingerprint: str) -> Answer | None:
+        """The kept first answer to this token's ``key``, if there is one."""
+        if key is None:
+            return None
+        earlier = await s.get(ApiIdempotency, (caller.token_id, key))
+        return None if earlier is None else self._replay(earlier, fingerprint)
 
     def _replay(self, earlier: ApiIdempotency, fingerprint: str) -> Answer:
         if earlier.request_hash != fingerprint:
@@ -285,14 +281,59 @@ class ApiServer:
         except Exception as exc:  # noqa: BLE001 - a figure for `token list`, never an error
             log.debug("api: last_used_at not written: %s", exc)
 
-    async def forget_old_keys(self, window: timedelta) -> int:
-        """Idempotency keys older than ``window`` are deleted; how many."""
-        from sqlalchemy import delete
-
+    async def forget_old_keys(self) -> int:
+        """Idempotency keys older than ``api.idempotency_window`` are deleted; how many."""
         async with self._store.session() as s:
             result = await s.execute(delete(ApiIdempotency).where(
-                ApiIdempotency.created_at < self._clock() - window))
+                ApiIdempotency.created_at < self._clock() - self._config.idempotency_window))
         return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- as a daemon service: the kept answers are forgotten after their window ----------------
+
+    name = "api"
+    in_readiness = False  # nothing outside to wait for
+    forget_every = 3600.0
+    """Seconds between sweeps of old Idempotency-Keys."""
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="api-idempotency-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                forgotten = await self.forget_old_keys()
+                if forgotten:
+                    log.info("api: forgot %d Idempotency-Key answer(s) past their window",
+                             forgotten)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("api: could not forget old Idempotency-Keys: %s", exc)
+            await asyncio.sleep(self.forget_every)
+
+
+def _kept(caller: Caller, key: str, fingerprint: str, answer: Answer,
+          now: datetime) -> ApiIdempotency:
+    """The record of a first answer to an Idempotency-Key."""
+    return ApiIdempotency(token_id=caller.token_id, key=key, request_hash=fingerprint,
+                          status=answer.status, conversation_id=answer.conversation_id,
+                          body={"json": answer.body}, created_at=now)
+
+
+async def _after_commit(call: Call) -> None:
+    for step in call.after_commit:
+        result = step()
+        if result is not None:
+            await result
 
 
 def encode_cursor(created_at: datetime, row_id: int) -> str:

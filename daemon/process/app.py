@@ -272,6 +272,7 @@ class Daemon:
             self.api = self._api(settings)
             self.http.app.router.add_routes(self.api.routes())
             self.http.app.middlewares.append(self.api.middleware)
+            self.services.append(self.api)
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self.stop_failed = False

@@ -360,3 +360,21 @@ async def test_the_store_down_is_503_with_retry_after(
 
 async def _answers(api: Api) -> bool:
     return (await api.call("GET", "/api/v1/conversations"))[0] == 200
+
+
+async def test_kept_answers_are_forgotten_after_the_window(
+        make_settings: Callable[..., Any], daemon_factory: Any, clock: Any,
+        http: aiohttp.ClientSession) -> None:
+    """api.idempotency_window: past it, the same key is a new request (the daemon's sweep)."""
+    d = await daemon_factory(make_settings(api={"enabled": True,
+                                                "idempotency_window": "1h"}), clock=clock)
+    api = Api(http, d, await _token(d, "shop", "write"))
+    ref = await _conversation(api)
+    path, key = f"/api/v1/conversations/{ref}/notes", {"Idempotency-Key": "n-1"}
+    first = await api.call("POST", path, json={"text": "one", "author": "G"}, headers=key)
+    assert first[0] == 201
+    assert d.api is not None and await d.api.forget_old_keys() == 0
+    clock.advance(hours=2)
+    assert await d.api.forget_old_keys() == 1
+    again = await api.call("POST", path, json={"text": "one", "author": "G"}, headers=key)
+    assert again[0] == 201 and again[1]["id"] != first[1]["id"]
