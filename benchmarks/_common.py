@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,3 +110,29 @@ def ms(seconds: float | None) -> str:
         return "-"
     value = seconds * 1000
     return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+class InThread:
+    """An async fake (``await fake.start()``, ``await fake.stop()``) on its own event loop in a
+    thread of this process, for the whole benchmark: the daemon under test calls it over
+    loopback while the benchmark's own code stays synchronous."""
+
+    def __init__(self, fake: Any, name: str) -> None:
+        self.fake = fake
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self._loop).result(30)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+

@@ -72,7 +72,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -83,6 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    InThread,
     code_version,
     free_port,
     frontdesk_executable,
@@ -203,32 +203,18 @@ class Bare:
                 self.process.wait()
 
 
-class SinkThread:
-    """``SmtpSink`` (the outbound relay: accepts every mail) on its own event loop in a thread
-    of this process, for the whole benchmark."""
+class SinkThread(InThread):
+    """``SmtpSink`` (the outbound relay: accepts every mail) in a thread of this process."""
 
     def __init__(self) -> None:
         from tests.fakes.smtp_sink import SmtpSink
 
         self.sink = SmtpSink(hostname="relay.test")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="smtp-sink",
-                                        daemon=True)
+        super().__init__(self.sink, "smtp-sink")
 
-    def start(self) -> int:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.sink.start(), self._loop).result(30)
-        return self.sink.port
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.sink.stop(), self._loop).result(30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
+    def start(self) -> int:  # the port (InThread.start says nothing)
+        super().start()
+        return int(self.sink.port)
 
     def received(self) -> int:
         return len(self.sink.messages)

@@ -54,7 +54,6 @@ Exit code 0 when every workload meets the target and every check passed, else 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import hmac
 import os
@@ -65,12 +64,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks._common import (
+    InThread,
     code_version,
     free_port,
     ms,
@@ -178,9 +177,9 @@ def bare_main(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-class GraphThread:
-    """``FakeGraph`` on its own event loop in a thread of this process, with a profile for
-    every Messenger sender, for the whole benchmark."""
+class GraphThread(InThread):
+    """The loopback ``FakeGraph`` in a thread of this process, with a profile for every
+    customer (the daemon's background profile jobs ask for them)."""
 
     def __init__(self) -> None:
         from tests.fakes.meta import FakeGraph
@@ -188,24 +187,11 @@ class GraphThread:
         self.graph = FakeGraph()
         for k in range(CUSTOMERS):
             self.graph.profiles[_psid(k)] = {"first_name": "Customer", "last_name": f"{k:03d}"}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-graph",
-                                        daemon=True)
+        super().__init__(self.graph, "fake-graph")
 
-    def start(self) -> str:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.graph.start(), self._loop).result(30)
-        return self.graph.base_url
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.graph.stop(), self._loop).result(30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
+    def start(self) -> str:  # the base URL (InThread.start says nothing)
+        super().start()
+        return str(self.graph.base_url)
 
     def requests_seen(self) -> int:
         return len(self.graph.requests)
