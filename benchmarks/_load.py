@@ -208,6 +208,32 @@ def table(header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def load_options(p: argparse.ArgumentParser, workloads: tuple[str, ...]) -> None:
+    """The options every load benchmark has: connections, client processes, rounds, which
+    workloads, keeping the temp dir; and the hidden ones its bare peer process is started with."""
+    p.add_argument("--concurrency", "-c", type=int, default=20,
+                   help="concurrent keep-alive connections (20)")
+    p.add_argument("--clients", "-p", type=int, default=2, help="client processes (2)")
+    p.add_argument("--rounds", "-r", type=int, default=3,
+                   help="alternating frontdesk/bare rounds; the ratio is the median (3)")
+    p.add_argument("--workloads", default=",".join(workloads),
+                   help=f"comma-separated, of {', '.join(workloads)} (all)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+
+
+def chosen_workloads(p: argparse.ArgumentParser, args: argparse.Namespace,
+                     workloads: tuple[str, ...]) -> list[str]:
+    """``--workloads``, in the benchmark's own order (a usage error for an unknown one)."""
+    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not chosen or chosen - set(workloads):
+        p.error(f"--workloads: a comma-separated list of {', '.join(workloads)}")
+    if min(args.concurrency, args.clients, args.rounds) < 1:
+        p.error("--concurrency, --clients and --rounds must be >= 1")
+    return [w for w in workloads if w in chosen]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="one client process of benchmarks._load.send")
     p.add_argument("--client", action="store_true", required=True)

@@ -91,7 +91,7 @@ from benchmarks._common import (
     stop_process,
     wait_http,
 )
-from benchmarks._load import client_main, log_summary, send, table
+from benchmarks._load import chosen_workloads, load_options, log_summary, send, table
 
 PREFIX = "/api/v1"
 INBOX = "support@example.com"
@@ -543,35 +543,16 @@ def main() -> int:
                    help="requests to the bare peer per run (10000)")
     p.add_argument("--conversations", type=int, default=200,
                    help="conversations seeded by mail per round (200)")
-    p.add_argument("--concurrency", "-c", type=int, default=20,
-                   help="concurrent keep-alive connections (20)")
-    p.add_argument("--clients", "-p", type=int, default=2, help="client processes (2)")
-    p.add_argument("--rounds", "-r", type=int, default=3,
-                   help="alternating frontdesk/bare rounds; the ratio is the median (3)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help=f"comma-separated, of {', '.join(WORKLOADS)} (all)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
-    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    load_options(p, WORKLOADS)
     p.add_argument("--token", help=argparse.SUPPRESS)
-    p.add_argument("--requests-file", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.client:
-        client_main(args.port, args.concurrency, args.requests_file)
-        return 0
     if args.bare:
         bare_main(args.port, args.token)
         return 0
-    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
-    if not chosen or chosen - set(WORKLOADS):
-        p.error(f"--workloads: a comma-separated list of {', '.join(WORKLOADS)}")
-    workloads = [w for w in WORKLOADS if w in chosen]  # reply last: it leaves outbox work
+    workloads = chosen_workloads(p, args, WORKLOADS)  # reply last: it leaves outbox work
     reply_requests = args.reply_requests or max(1, args.requests // 2)
-    if min(args.requests, reply_requests, args.bare_requests, args.conversations,
-           args.concurrency, args.clients, args.rounds) < 1:
-        p.error("--requests, --reply-requests, --bare-requests, --conversations, --concurrency,"
-                " --clients and --rounds must be >= 1")
+    if min(args.requests, reply_requests, args.bare_requests, args.conversations) < 1:
+        p.error("--requests, --reply-requests, --bare-requests and --conversations must be >= 1")
     sizes = {"list": args.requests, "show": args.requests, "reply": reply_requests}
     started = time.monotonic()
     print("the REST API (issue 17): "

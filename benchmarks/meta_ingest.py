@@ -77,7 +77,7 @@ from benchmarks._common import (
     stop_process,
     wait_http,
 )
-from benchmarks._load import client_main, log_summary, send, table
+from benchmarks._load import chosen_workloads, load_options, log_summary, send, table
 
 TARGET_RATIO = 0.4
 PATH = "/webhooks/meta"
@@ -396,31 +396,15 @@ def main() -> int:
                    help="POSTs per single-message run (60000)")
     p.add_argument("--batch-requests", type=int,
                    help="POSTs per batch10 run (default: a quarter of --requests)")
-    p.add_argument("--concurrency", "-c", type=int, default=20,
-                   help="concurrent keep-alive connections (20)")
-    p.add_argument("--clients", "-p", type=int, default=2, help="client processes (2)")
-    p.add_argument("--rounds", "-r", type=int, default=3,
-                   help="alternating frontdesk/bare rounds; the verdict is the median ratio (3)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help=f"comma-separated, of {', '.join(WORKLOADS)} (all)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
-    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--requests-file", help=argparse.SUPPRESS)
+    load_options(p, WORKLOADS)
     args = p.parse_args()
-    if args.client:
-        client_main(args.port, args.concurrency, args.requests_file)
-        return 0
     if args.bare:
         bare_main(args.port)
         return 0
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if not workloads or any(w not in WORKLOADS for w in workloads):
-        p.error(f"--workloads: a comma-separated list of {', '.join(WORKLOADS)}")
+    workloads = chosen_workloads(p, args, WORKLOADS)
     batch_requests = args.batch_requests or max(1, args.requests // 4)
-    if min(args.requests, batch_requests, args.concurrency, args.clients, args.rounds) < 1:
-        p.error("--requests, --batch-requests, --concurrency, --clients and --rounds must be >= 1")
+    if min(args.requests, batch_requests) < 1:
+        p.error("--requests and --batch-requests must be >= 1")
     sizes = {"messenger": args.requests, "whatsapp": args.requests, "batch10": batch_requests}
     rounds = args.rounds
     started = time.monotonic()

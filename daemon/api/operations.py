@@ -70,6 +70,7 @@ from frontdesk.domain.privacy import (
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.report import build_report
 from frontdesk.domain.search import InvalidQuery, search_conversations
+from frontdesk.domain.sla import contact_tags
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Contact, Conversation, Message
@@ -360,7 +361,5 @@ def build(services: Services) -> list[Operation]:
 
 
 def _tags_of(c: Conversation) -> set[str]:
-    from frontdesk.domain.sla import contact_tags
-
     return {*(c.tags or []), *contact_tags(c.contact)}
 
