@@ -8,8 +8,9 @@ these shapes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 SENDER_CHECK = "X-Frontdesk-Sender-Check"
 """The header key, in a stored message's ``headers``, of what is known about its sender address:
@@ -109,3 +110,7 @@ class Receipt:
 
     remote_id: str | None = None
     detail: str = ""
+    record: Callable[[Any], Awaitable[None]] | None = dataclasses.field(default=None,
+                                                                         compare=False)
+    """What the sender keeps of the send (a Slack root's ts), written with the outbox row's
+    mark in the same transaction: ``await record(session)``."""

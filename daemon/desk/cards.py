@@ -11,13 +11,15 @@ scheduler); :meth:`RootCards.update` sends it only when the card looks different
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import SlackConfig
@@ -51,6 +53,9 @@ class Thread:
     channel_id: str
     ts: str
     rendered_hash: str | None
+    saved: bool = True
+    """False for a root just posted (or found): :meth:`RootCards.save` writes it, with the
+    outbox row's mark."""
 
 
 def _shown_text(m: Message) -> str:
@@ -72,6 +77,9 @@ class RootCards:
         self.api = api
         self.queue = queue
         self.clock = clock
+        self._marks: tuple[set[int], asyncio.Future[None]] | None = None
+        self._marking = asyncio.Lock()
+        self._marker: asyncio.Task[None] | None = None
 
     # -- what the root and the thread show ---------------------------------------------------------
 
@@ -124,34 +132,77 @@ class RootCards:
 
     # -- the root message in Slack ----------------------------------------------------------------
 
-    async def ensure_root(self, conversation_id: int) -> tuple[Thread, bool]:
-        """The conversation's root message, posted now if it is not there yet (True)."""
-        async with self.store.session() as s:
-            conversation = await s.get_one(Conversation, conversation_id)
-            record = await self.queue.thread(s, conversation, self.clock())
-            reference = conversation.reference
+    async def ensure_root(self, conversation_id: int, *,
+                          paced: bool = False) -> tuple[Thread, bool]:
+        """The conversation's root message, posted now if it is not there yet (True).
+        ``paced``: the caller took the channel's posting slot (:meth:`SlackApi.pace`)."""
+        reference = f"FD-{conversation_id}"
+        async with self.store.reader() as s:  # made with the root's outbox row, as a rule
+            record = await s.get(SlackThread, conversation_id)
+        if record is None:
+            async with self.store.session() as s:
+                conversation = await s.get_one(Conversation, conversation_id)
+                record = await self.queue.thread(s, conversation, self.clock())
         if record.ts:
             return Thread(conversation_id, reference, record.channel_id, record.ts,
                           record.rendered_hash), False
-        text, root_blocks = await self.render_root(conversation_id)
         if record.root_attempted_at is not None:  # an earlier try may have posted it
             found = await self._find_root(record.channel_id, reference)
             if found is not None:
                 log.info("%s: found the root message an earlier attempt posted", reference)
-                return await self._save_root(conversation_id, reference, record.channel_id,
-                                             found, None), False
-        self.api.pace(record.channel_id)
-        async with self.store.session() as s:
-            current = await s.get_one(SlackThread, conversation_id)
-            current.root_attempted_at = current.updated_at = self.clock()
+                return Thread(conversation_id, reference, record.channel_id, found, None,
+                              saved=False), False
+        if not paced:
+            self.api.pace(record.channel_id)
+        # Marked before the card is rendered: from here on a change to the conversation queues
+        # a refresh of the root (refresh_roots), before, the card shows it already.
+        await self._attempting(conversation_id)
+        text, root_blocks = await self.render_root(conversation_id)
         ts, channel = await self.api.post(
             record.channel_id, text=text, blocks=root_blocks, paced=True,
             metadata={"event_type": ROOT_METADATA,
                       "event_payload": {"reference": reference,
                                         "conversation_id": conversation_id}})
-        thread = await self._save_root(conversation_id, reference, channel, ts,
-                                       blocks.fingerprint(text, root_blocks))
-        return thread, True
+        return Thread(conversation_id, reference, channel, ts,
+                      blocks.fingerprint(text, root_blocks), saved=False), True
+
+    async def _attempting(self, conversation_id: int) -> None:
+        """Write that the root is being posted (should the daemon die before the post is
+        recorded, the next try looks for it first). The roots posted at the same moment (a round
+        of the outbox) are marked in one transaction: while one is written, the next gather."""
+        loop = asyncio.get_running_loop()
+        if self._marks is None:
+            self._marks = (set(), loop.create_future())
+            self._marker = loop.create_task(self._write_marks(), name="slack-root-marks")
+        ids, written = self._marks
+        ids.add(conversation_id)
+        await asyncio.shield(written)
+
+    async def _write_marks(self) -> None:
+        async with self._marking:  # one write at a time; the next group gathers meanwhile
+            assert self._marks is not None
+            ids, written = self._marks
+            self._marks = None
+            try:
+                now = self.clock()
+                async with self.store.session() as s:
+                    await s.execute(update(SlackThread)
+                                    .where(SlackThread.conversation_id.in_(sorted(ids)))
+                                    .values(root_attempted_at=now, updated_at=now))
+            except Exception as exc:  # noqa: BLE001 - each waiting post fails with it
+                written.set_exception(exc)
+            else:
+                written.set_result(None)
+
+    def save(self, thread: Thread) -> Callable[[AsyncSession], Awaitable[None]]:
+        """The step that writes a root just posted (or found), to run in the transaction that
+        marks its outbox row sent."""
+        async def write(s: AsyncSession) -> None:
+            record = await s.get_one(SlackThread, thread.conversation_id)
+            record.channel_id, record.ts = thread.channel_id, thread.ts
+            record.rendered_hash = thread.rendered_hash
+            record.updated_at = self.clock()
+        return write
 
     async def _find_root(self, channel: str, reference: str) -> str | None:
         try:
@@ -161,26 +212,17 @@ class RootCards:
                         channel, reference, describe(exc))
             return None
 
-    async def _save_root(self, conversation_id: int, reference: str, channel: str, ts: str,
-                         rendered: str | None) -> Thread:
-        async with self.store.session() as s:
-            record = await s.get_one(SlackThread, conversation_id)
-            record.channel_id, record.ts = channel, ts
-            record.rendered_hash = rendered
-            record.updated_at = self.clock()
-        return Thread(conversation_id, reference, channel, ts, rendered)
-
     async def update(self, thread: Thread) -> Receipt:
-        """chat.update of the root with the current card, unless it shows that already."""
+        """chat.update of the root with the current card, unless it shows that already; what
+        it now shows is written with the outbox row's mark."""
         text, root_blocks = await self.render_root(thread.conversation_id)
         rendered = blocks.fingerprint(text, root_blocks)
         if rendered == thread.rendered_hash:
-            return Receipt(remote_id=thread.ts, detail="unchanged")
+            return Receipt(remote_id=thread.ts, detail="unchanged",
+                           record=None if thread.saved else self.save(thread))
         await self.api.update(thread.channel_id, thread.ts, text=text, blocks=root_blocks)
-        async with self.store.session() as s:
-            record = await s.get_one(SlackThread, thread.conversation_id)
-            record.rendered_hash, record.updated_at = rendered, self.clock()
-        return Receipt(remote_id=thread.ts, detail="updated")
+        return Receipt(remote_id=thread.ts, detail="updated",
+                       record=self.save(dataclasses.replace(thread, rendered_hash=rendered)))
 
     # -- keeping root messages current ------------------------------------------------------------
 
@@ -213,9 +255,13 @@ class RootCards:
                 if conversation_id is not None and kind == CALLBACK_NEEDED:
                     callbacks.append((event_id, conversation_id, actor))
             if latest:
+                # A root not posted yet needs no refresh: it shows the conversation as it is
+                # when it is posted (ensure_root marks the attempt before it renders the card).
                 with_thread = (await s.execute(
                     select(SlackThread.conversation_id)
-                    .where(SlackThread.conversation_id.in_(list(latest))))).scalars().all()
+                    .where(SlackThread.conversation_id.in_(list(latest)),
+                           or_(SlackThread.ts.is_not(None),
+                               SlackThread.root_attempted_at.is_not(None))))).scalars().all()
                 for event_id, conversation_id, actor in callbacks:
                     if conversation_id in with_thread:
                         await self.queue.text(

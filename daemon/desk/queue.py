@@ -86,11 +86,15 @@ class SlackQueue:
         self._slack = settings.slack
 
     async def thread(self, session: AsyncSession, conversation: Conversation,
-                     now: datetime, first: Message | None = None) -> SlackThread:
-        """The conversation's thread record, made (and routed) on first use."""
-        found = await session.get(SlackThread, conversation.id)
-        if found is not None:
-            return found
+                     now: datetime, first: Message | None = None, *,
+                     new: bool = False) -> SlackThread:
+        """The conversation's thread record, made (and routed) on first use. ``new``: the
+        conversation was made in this transaction, so it has no record yet and one is added
+        without a query."""
+        if not new:
+            found = await session.get(SlackThread, conversation.id)
+            if found is not None:
+                return found
         contact = await session.get(Contact, conversation.contact_id)
         if first is None:
             first = (await session.execute(
@@ -100,15 +104,21 @@ class SlackQueue:
         channel_id = route(self._slack.routes, self._slack.channel_id,
                            channel=conversation.channel, inbox_address=conversation.inbox_address,
                            text=text, tags=contact_tags(contact))
-        await insert_once(session, SlackThread, "conversation_id",
-                          conversation_id=conversation.id, channel_id=channel_id, ts=None,
-                          root_attempted_at=None, rendered_hash=None, alerts_only_notice=False,
-                          created_at=now, updated_at=now)
+        values: dict[str, Any] = dict(
+            conversation_id=conversation.id, channel_id=channel_id, ts=None,
+            root_attempted_at=None, rendered_hash=None, alerts_only_notice=False, created_at=now,
+            updated_at=now)
+        if new:
+            record = SlackThread(**values)
+            session.add(record)
+            return record
+        await insert_once(session, SlackThread, "conversation_id", **values)
         return await session.get_one(SlackThread, conversation.id)
 
     async def _add(self, session: AsyncSession, conversation: Conversation, now: datetime,
-                   op: str, key: str, first: Message | None = None, **payload: Any) -> Outbox:
-        thread = await self.thread(session, conversation, now, first)
+                   op: str, key: str, first: Message | None = None, new: bool = False,
+                   **payload: Any) -> Outbox:
+        thread = await self.thread(session, conversation, now, first, new=new)
         row = Outbox(kind=KIND, conversation_id=conversation.id,
                      message_id=payload.get("message_id"),
                      payload={"op": op, "slack_channel": thread.channel_id,
@@ -116,13 +126,15 @@ class SlackQueue:
                      idempotency_key=key, state="pending", attempts=0, next_attempt_at=now,
                      created_at=now)
         session.add(row)
-        await session.flush()
+        if not new:  # a new conversation's rows go with the rest of its transaction
+            await session.flush()
         return row
 
     async def root(self, session: AsyncSession, conversation: Conversation, first: Message,
-                   now: datetime) -> Outbox:
+                   now: datetime, *, new: bool = False) -> Outbox:
+        """``new``: the conversation was made in this transaction (no thread record yet)."""
         return await self._add(session, conversation, now, "root",
-                               f"slack-root-{conversation.id}", first=first)
+                               f"slack-root-{conversation.id}", first=first, new=new)
 
     async def message(self, session: AsyncSession, conversation: Conversation, message_id: int,
                       now: datetime) -> Outbox:

@@ -252,7 +252,7 @@ class SlackDesk:
                          message: Message, is_new: bool) -> None:
         now = self.clock()
         if is_new:
-            await self.queue.root(session, conversation, message, now)
+            await self.queue.root(session, conversation, message, now, new=True)
         else:
             await self.queue.message(session, conversation, message.id, now)
         sync = session.sync_session  # post as soon as the ingest transaction commits
@@ -308,23 +308,32 @@ class SlackDesk:
             return await self._erase_thread(payload)
         if row.conversation_id is None:
             raise PermanentFailure(f"a Slack {op} without a conversation")
-        thread, posted_now = await self.cards.ensure_root(row.conversation_id)
+        # The channel's posting slot is taken before anything is awaited: the outbox sends a
+        # round of rows at once, and paced posts then still go in the order of the rows.
+        slot = str(payload.get("slack_channel") or "")
+        paced = bool(slot) and op in ("root", "message", "text")
+        if paced:
+            self.api.pace(slot)
+        thread, posted_now = await self.cards.ensure_root(row.conversation_id, paced=paced)
+        save = None if thread.saved else self.cards.save(thread)  # with the row's mark
         if op == "root":
-            return Receipt(remote_id=thread.ts, detail=thread.channel_id)
+            return Receipt(remote_id=thread.ts, detail=thread.channel_id, record=save)
         if op == "update":
             if posted_now:
-                return Receipt(remote_id=thread.ts, detail="posted with the current state")
+                return Receipt(remote_id=thread.ts, detail="posted with the current state",
+                               record=save)
             return await self.cards.update(thread)
         if op == "message":
             text = await self.cards.thread_line(int(payload["message_id"]))
             if text is None:
-                return Receipt(detail="nothing to show in the thread")
+                return Receipt(detail="nothing to show in the thread", record=save)
         elif op == "text":
             text = str(payload.get("text") or "")
         else:
             raise PermanentFailure(f"unknown Slack desk work {op!r}")
-        ts, _channel = await self.api.post(thread.channel_id, text=text, thread_ts=thread.ts)
-        return Receipt(remote_id=ts, detail=thread.channel_id)
+        ts, _channel = await self.api.post(thread.channel_id, text=text, thread_ts=thread.ts,
+                                           paced=paced and not posted_now)
+        return Receipt(remote_id=ts, detail=thread.channel_id, record=save)
 
     async def _erase_thread(self, payload: dict[str, Any]) -> Receipt:
         channel, ts = str(payload.get("in_channel") or ""), str(payload.get("ts") or "")

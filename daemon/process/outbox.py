@@ -123,9 +123,13 @@ def head_of_lane() -> Any:
 class OutboxWorker:
     batch_size = 100
     """Rows attempted in one round at most (``deliver_due``)."""
-    claim_size = 10
-    """PostgreSQL: rows claimed at a time; a small batch, so the rows of one instance's claim are
-    not held back from the others while it works through them one by one."""
+    claim_size = 20
+    """PostgreSQL: rows claimed at a time; a small batch, so rows are not held back from the
+    other instances while this one sends them."""
+    sends_per_remote = 8
+    """Rows sent to one remote (``outbox.channel``: email, slack, sms, a webhook receiver) at the
+    same time, at most. The rows of one round are each the head of a different lane (one
+    conversation's rows of one kind to one channel), so they never wait for each other."""
 
     def __init__(self, store: Store, *, senders: Mapping[str, Sender], clock: Clock,
                  metrics: Metrics, policy: RetryPolicy, poll: timedelta,
@@ -292,48 +296,127 @@ class OutboxWorker:
                 .execution_options(synchronize_session=False))
 
     async def _send_rows(self, rows: Sequence[Outbox]) -> int:
-        attempted = 0
-        for row in rows:
-            if self._step_aside is not None:  # inbound messages first, then their answers
-                await self._step_aside.wait(self._last_send, lambda: self._stopping)
-            if self._stopping:
-                break
-            attempted += 1
-            began = time.monotonic()
-            await self._deliver(row)
-            self._last_send = time.monotonic() - began
-        return attempted
+        """SQLite: send a round of due rows together and record the outcomes in one
+        transaction."""
+        if self._step_aside is not None:  # inbound messages first, then their answers
+            await self._step_aside.wait(self._last_send, lambda: self._stopping)
+        if self._stopping:
+            return 0
+        began = time.monotonic()
+        attempts = await self._attempt_all(rows, deadline=None)
+        await self._record(attempts)
+        self._last_send = time.monotonic() - began
+        return len(attempts)
 
     async def _send_claimed(self, rows: list[Outbox], claimed: float) -> int:
-        """Send claimed rows in order, keeping the claim alive; hand back what is left when
-        stopping. ``claimed``: when the claim was taken (``time.monotonic()``)."""
+        """PostgreSQL: send claimed rows together, none past the claim's lease, and record the
+        outcomes; hand back what is left when stopping. ``claimed``: when the claim was taken
+        (``time.monotonic()``)."""
+        if self._step_aside is not None:
+            await self._step_aside.wait(self._last_send, lambda: self._stopping)
         lease = self._lease.total_seconds()
-        margin = min(5.0, lease / 10)
-        attempted = 0
-        pending = list(rows)
-        while pending:
-            if self._step_aside is not None:
-                await self._step_aside.wait(self._last_send, lambda: self._stopping)
-            if self._stopping:
-                await self._release(pending)
-                break
-            left = lease - (time.monotonic() - claimed)
-            if left < lease / 2:  # renew the rest of the batch while the claim surely holds
-                renewed_at = time.monotonic()
-                held = await self._renew(pending)
-                lost = [r.id for r in pending if r.id not in held]
-                if lost:
-                    log.warning("outbox row(s) %s: the claim ran out before they were sent; "
-                                "left to the instance that holds them now", lost)
-                pending = [r for r in pending if r.id in held]
-                claimed, left = renewed_at, lease
-                continue
-            row = pending.pop(0)
-            attempted += 1
-            began = time.monotonic()
-            await self._deliver(row, timeout=left - margin)
-            self._last_send = time.monotonic() - began
-        return attempted
+        if lease - (time.monotonic() - claimed) < lease / 2:  # renew while the claim surely holds
+            claimed = time.monotonic()
+            held = await self._renew(rows)
+            lost = [r.id for r in rows if r.id not in held]
+            if lost:
+                log.warning("outbox row(s) %s: the claim ran out before they were sent; left to "
+                            "the instance that holds them now", lost)
+            rows = [r for r in rows if r.id in held]
+        if self._stopping:
+            await self._release(rows)
+            return 0
+        began = time.monotonic()
+        attempts = await self._attempt_all(rows, deadline=claimed + lease - min(5.0, lease / 10))
+        await self._record(attempts)
+        await self._release([r for r in rows if r.id not in {a.row.id for a in attempts}])
+        self._last_send = time.monotonic() - began
+        return len(attempts)
+
+    async def _attempt_all(self, rows: Sequence[Outbox],
+                           deadline: float | None) -> list[_Attempt]:
+        """Send ``rows`` at the same time, at most :attr:`sends_per_remote` to one remote; each
+        row of a round is the head of its own lane, so none waits for another. A row still
+        waiting for its turn when the worker stops is not sent (it stays queued). ``deadline``
+        (``time.monotonic()``): a claim's lease; a send not done by then is cut short."""
+        turns: dict[str, asyncio.Semaphore] = {}
+
+        async def attempt(row: Outbox) -> _Attempt | None:
+            target = _Target.of(row)
+            turn = turns.setdefault(target.remote, asyncio.Semaphore(self.sends_per_remote))
+            async with turn:
+                if self._stopping:
+                    return None
+                timeout = None if deadline is None else deadline - time.monotonic()
+                return await self._attempt(row, target, timeout)
+
+        done = await asyncio.gather(*(attempt(r) for r in rows))
+        return [a for a in done if a is not None]
+
+    async def _attempt(self, row: Outbox, target: _Target, timeout: float | None) -> _Attempt:
+        """One send; its outcome (a receipt or a delivery error) to be recorded. A store that
+        went away (a handler reads it) is kept apart: the row is then left as it is."""
+        try:
+            return _Attempt(row, target, receipt=await self._send_within(row, timeout))
+        except DeliveryError as exc:
+            return _Attempt(row, target, error=exc)
+        except Exception as exc:  # a sender bug is retried, not fatal
+            if store_unavailable(exc) and not await self._store.ping():
+                return _Attempt(row, target, store_away=exc)
+            # One line with the reason per try; the traceback, for whoever fixes it, at debug.
+            log.error("sending outbox #%d crashed: %s: %s", row.id, type(exc).__name__, exc)
+            log.debug("sending outbox #%d crashed", row.id, exc_info=True)
+            return _Attempt(row, target, error=TemporaryFailure(f"internal error: {exc}"))
+
+    async def _record(self, attempts: Sequence[_Attempt]) -> None:
+        """Mark the rows sent or failed, all in one transaction. If that transaction fails for
+        a reason of one row's (a hook's bug), each is recorded in a transaction of its own, so
+        one row's fault stays its own. A send that found the store away is raised afterwards:
+        the round is retried when the store is back."""
+        outcomes = [a for a in attempts if a.store_away is None]
+        after: list[Callable[[], None]] = []
+        try:
+            async with self._store.session() as s:
+                await self._load(s, outcomes)
+                for a in outcomes:
+                    await self._mark(s, a, after)
+        except Exception as exc:
+            if store_unavailable(exc) or len(outcomes) == 1:
+                raise
+            log.warning("recording %d sends together failed (%s: %s); recording them one by "
+                        "one", len(outcomes), type(exc).__name__, exc)
+            after = []
+            for a in outcomes:
+                async with self._store.session() as s:
+                    await self._load(s, [a])
+                    await self._mark(s, a, after)
+        for step in after:
+            step()
+        for remote in {a.target.remote for a in outcomes if a.receipt is not None}:
+            if remote not in self._answering:
+                await self._pull_forward(remote, self._clock())
+        away = [a.store_away for a in attempts if a.store_away is not None]
+        if away:
+            raise away[0]
+
+    async def _load(self, s: AsyncSession, attempts: Sequence[_Attempt]) -> None:
+        """The rows as stored now (locked, in id order, on PostgreSQL) and their messages, in
+        two queries: :meth:`_current` and the marking then find them in the session."""
+        query = (select(Outbox).where(Outbox.id.in_([a.row.id for a in attempts]))
+                 .order_by(Outbox.id).execution_options(populate_existing=True))
+        if self._claims:
+            query = query.with_for_update()
+        await s.execute(query)
+        messages = [a.row.message_id for a in attempts
+                    if a.row.kind == "deliver" and a.row.message_id is not None]
+        if messages:
+            await s.execute(select(Message).where(Message.id.in_(messages)))
+
+    async def _mark(self, s: AsyncSession, a: _Attempt, after: list[Callable[[], None]]) -> None:
+        if a.receipt is not None:
+            await self._sent(s, a.row, a.target, a.receipt, after)
+        elif a.error is not None:
+            await self._failed(s, a.row, a.target, a.error, after)
 
     async def _send(self, row: Outbox) -> Receipt:
         if row.kind != "deliver":
@@ -363,30 +446,11 @@ class OutboxWorker:
                 f"the send took longer than {timeout:.0f}s, the rest of the claim's lease "
                 "(daemon.outbox_lease)") from None
 
-    async def _deliver(self, row: Outbox, timeout: float | None = None) -> bool:
-        target = _Target.of(row)
-        try:
-            receipt = await self._send_within(row, timeout)
-        except DeliveryError as exc:
-            await self._failed(row, target, exc)
-            return False
-        except Exception as exc:  # a sender bug is retried, not fatal
-            if store_unavailable(exc) and not await self._store.ping():
-                raise  # a handler found the store away: so would marking the row; retry later
-            # One line with the reason per try; the traceback, for whoever fixes it, at debug.
-            log.error("sending outbox #%d crashed: %s: %s", row.id, type(exc).__name__, exc)
-            log.debug("sending outbox #%d crashed", row.id, exc_info=True)
-            await self._failed(row, target, TemporaryFailure(f"internal error: {exc}"))
-            return False
-        await self._sent(row, target, receipt)
-        return True
-
     async def _current(self, s: AsyncSession, row: Outbox) -> Outbox | None:
         """The row as stored now, locked; None (and a log line) when this instance no longer
         holds it: another instance finished it, or holds it now, after this one's claim ran out
         (this one's send went ahead regardless: a repeat the far side's idempotency key is for)."""
-        current = await s.get_one(Outbox, row.id, with_for_update=True if self._claims else None,
-                                  populate_existing=True)
+        current = await s.get_one(Outbox, row.id)  # loaded (and locked) by _load
         if current.state != "pending":
             log.warning("outbox #%d was already %s by another instance (this one's claim had run "
                         "out)", row.id, "sent" if current.state == "done" else current.state)
@@ -398,41 +462,44 @@ class OutboxWorker:
             return None
         return current
 
-    async def _sent(self, row: Outbox, target: _Target, receipt: Receipt) -> None:
+    async def _sent(self, s: AsyncSession, row: Outbox, target: _Target, receipt: Receipt,
+                    after: list[Callable[[], None]]) -> None:
         now = self._clock()
         deliver = row.kind == "deliver"
-        async with self._store.session() as s:
-            current = await self._current(s, row)
-            if current is None:
-                if self._claims:
-                    # Sent by this instance while another holds the row: say it is done, so
-                    # the other does not send it again, but run nothing twice.
-                    await s.execute(update(Outbox).where(Outbox.id == row.id,
-                                                         Outbox.state == "pending")
-                                    .values(state="done", done_at=now, last_error=None))
-                return
-            current.state, current.done_at = "done", now
-            current.attempts += 1
-            current.last_error = None
-            if deliver and row.message_id is not None:
-                message = await s.get_one(Message, row.message_id)
-                message.delivery_status, message.sent_at = "sent", now
-                message.failure_reason = None
-            if deliver:
-                s.add(Event(kind="message_sent", conversation_id=row.conversation_id,
-                            message_id=row.message_id, created_at=now,
-                            data={"channel": target.channel, "to": target.to_address,
-                                  "remote_id": receipt.remote_id, "attempt": current.attempts}))
-            for hook in self._hooks:
-                await hook(s, current, None)
+        current = await self._current(s, row)
+        if current is None:
+            if self._claims:
+                # Sent by this instance while another holds the row: say it is done, so the
+                # other does not send it again, but run nothing twice.
+                await s.execute(update(Outbox).where(Outbox.id == row.id,
+                                                     Outbox.state == "pending")
+                                .values(state="done", done_at=now, last_error=None))
+            return
+        current.state, current.done_at = "done", now
+        current.attempts += 1
+        current.last_error = None
+        if deliver and row.message_id is not None:
+            message = await s.get_one(Message, row.message_id)
+            message.delivery_status, message.sent_at = "sent", now
+            message.failure_reason = None
         if deliver:
-            self._metrics.messages_out.labels(target.channel).inc()
-        log.info("sent outbox #%d (%s %s to %s)", row.id, row.kind, target.channel,
-                 target.to_address)
-        self._pulled.discard(row.id)
-        self._spent.discard(row.id)
-        if target.remote not in self._answering:
-            await self._pull_forward(target.remote, now)
+            s.add(Event(kind="message_sent", conversation_id=row.conversation_id,
+                        message_id=row.message_id, created_at=now,
+                        data={"channel": target.channel, "to": target.to_address,
+                              "remote_id": receipt.remote_id, "attempt": current.attempts}))
+        if receipt.record is not None:
+            await receipt.record(s)
+        for hook in self._hooks:
+            await hook(s, current, None)
+
+        def done() -> None:
+            if deliver:
+                self._metrics.messages_out.labels(target.channel).inc()
+            log.info("sent outbox #%d (%s %s to %s)", row.id, row.kind, target.channel,
+                     target.to_address)
+            self._pulled.discard(row.id)
+            self._spent.discard(row.id)
+        after.append(done)
 
     async def _pull_forward(self, remote: str, now: datetime) -> None:
         """``remote`` answered (the first success since it failed, or since this worker
@@ -465,25 +532,25 @@ class OutboxWorker:
                      remote, len(pulled))
             self.kick()
 
-    async def _failed(self, row: Outbox, target: _Target, exc: DeliveryError) -> None:
+    async def _failed(self, s: AsyncSession, row: Outbox, target: _Target, exc: DeliveryError,
+                      after: list[Callable[[], None]]) -> None:
         now = self._clock()
         if isinstance(exc, Deferred):  # a rate limit: wait, without counting an attempt
-            async with self._store.session() as s:
-                current = await self._current(s, row)
-                if current is None:
-                    return
-                current.next_attempt_at = now + timedelta(seconds=max(0.0, exc.retry_after or 0))
-                first_hold = isinstance(exc, Held) and current.last_error != exc.reason
-                current.last_error = exc.reason
-                current.claimed_by = None
-                if first_hold:
-                    s.add(Event(kind="reply_held", conversation_id=row.conversation_id,
-                                message_id=row.message_id, created_at=now,
-                                data={"channel": target.channel, "reason": exc.reason}))
-                    for hook in self._hooks:
-                        await hook(s, current, exc)
-            log.debug("outbox #%d (%s) deferred %.1fs: %s", row.id, row.kind,
-                      exc.retry_after or 0, exc.reason)
+            current = await self._current(s, row)
+            if current is None:
+                return
+            current.next_attempt_at = now + timedelta(seconds=max(0.0, exc.retry_after or 0))
+            first_hold = isinstance(exc, Held) and current.last_error != exc.reason
+            current.last_error = exc.reason
+            current.claimed_by = None
+            if first_hold:
+                s.add(Event(kind="reply_held", conversation_id=row.conversation_id,
+                            message_id=row.message_id, created_at=now,
+                            data={"channel": target.channel, "reason": exc.reason}))
+                for hook in self._hooks:
+                    await hook(s, current, exc)
+            after.append(lambda: log.debug("outbox #%d (%s) deferred %.1fs: %s", row.id,
+                                           row.kind, exc.retry_after or 0, exc.reason))
             return
         permanent = isinstance(exc, PermanentFailure)
         if not permanent:  # the remote did not answer as it should: not known to answer now
@@ -492,43 +559,57 @@ class OutboxWorker:
                 self._spent.add(row.id)
                 if len(self._spent) > _SPENT_LIMIT:  # rows finished elsewhere are never removed
                     self._spent.clear()
-        async with self._store.session() as s:
-            current = await self._current(s, row)
-            if current is None:
-                return
-            current.attempts += 1
-            current.last_error = exc.reason
-            current.claimed_by = None
-            give_up = permanent or (current.attempts >= self._policy.max_attempts
-                                    and not isinstance(exc, Unanswered))
+        current = await self._current(s, row)
+        if current is None:
+            return
+        current.attempts += 1
+        current.last_error = exc.reason
+        current.claimed_by = None
+        give_up = permanent or (current.attempts >= self._policy.max_attempts
+                                and not isinstance(exc, Unanswered))
+        if give_up:
+            current.state, current.done_at = "failed", now
+            if row.kind == "deliver" and row.message_id is not None:
+                message = await s.get_one(Message, row.message_id)
+                message.delivery_status = "failed"
+                message.failure_reason = exc.reason
+            s.add(Event(kind="delivery_failed", conversation_id=row.conversation_id,
+                        message_id=row.message_id, created_at=now,
+                        data={"kind": row.kind, "channel": target.channel,
+                              "to": target.to_address, "reason": exc.reason,
+                              "attempts": current.attempts}))
+            for hook in self._hooks:
+                await hook(s, current, exc)
+        else:
+            current.next_attempt_at = now + self._policy.delay(current.attempts,
+                                                               exc.retry_after)
+        attempts, next_at = current.attempts, current.next_attempt_at
+
+        def done() -> None:
+            self._metrics.delivery_failures.labels(
+                target.channel, "permanent" if give_up else "temporary").inc()
             if give_up:
                 self._pulled.discard(row.id)
                 self._spent.discard(row.id)
-                current.state, current.done_at = "failed", now
-                if row.kind == "deliver" and row.message_id is not None:
-                    message = await s.get_one(Message, row.message_id)
-                    message.delivery_status = "failed"
-                    message.failure_reason = exc.reason
-                s.add(Event(kind="delivery_failed", conversation_id=row.conversation_id,
-                            message_id=row.message_id, created_at=now,
-                            data={"kind": row.kind, "channel": target.channel,
-                                  "to": target.to_address, "reason": exc.reason,
-                                  "attempts": current.attempts}))
-                for hook in self._hooks:
-                    await hook(s, current, exc)
+                log.warning("gave up on outbox #%d (%s %s to %s) after %d attempt(s): %s",
+                            row.id, row.kind, target.channel, target.to_address, attempts,
+                            exc.reason)
             else:
-                current.next_attempt_at = now + self._policy.delay(current.attempts,
-                                                                   exc.retry_after)
-        self._metrics.delivery_failures.labels(
-            target.channel, "permanent" if give_up else "temporary").inc()
-        if give_up:
-            log.warning("gave up on outbox #%d (%s %s to %s) after %d attempt(s): %s",
-                        row.id, row.kind, target.channel, target.to_address, current.attempts,
-                        exc.reason)
-        else:
-            log.warning("outbox #%d (%s %s to %s) failed, retry at %s: %s", row.id, row.kind,
-                        target.channel, target.to_address,
-                        current.next_attempt_at.isoformat(timespec="seconds"), exc.reason)
+                log.warning("outbox #%d (%s %s to %s) failed, retry at %s: %s", row.id,
+                            row.kind, target.channel, target.to_address,
+                            next_at.isoformat(timespec="seconds"), exc.reason)
+        after.append(done)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One send's outcome, to be recorded: a receipt, a delivery error, or the store away."""
+
+    row: Outbox
+    target: _Target
+    receipt: Receipt | None = None
+    error: DeliveryError | None = None
+    store_away: Exception | None = None
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,8 +91,8 @@ class Processor:
     without end).
     """
 
-    batch_size = 50
-    commit_every = 2  # SQLite; on PostgreSQL one message per transaction (_process_locked)
+    batch_size = 100
+    """Journal rows read, parsed and stored together, in one transaction."""
     race_attempts = 40
     """A row rolled back by races this many times is a dead letter after all (a unique key that
     never stops clashing is a bug, not a race)."""
@@ -205,13 +204,13 @@ class Processor:
         elif held := self._held_back():
             query = query.where(table.c.id.not_in(held))
         query = query.order_by(table.c.id).limit(self.batch_size)
-        async with self._store.read_engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        if not rows:
-            return []
         if self._store.dialect == "postgresql":
-            done = await self._process_locked(rows, last_try)
+            done = await self._process_locked(query, last_try)
         else:
+            async with self._store.read_engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            if not rows:
+                return []
             done = await self._process_read(rows, last_try)
         for row, outcome in done:
             if outcome.again_in is None and not outcome.retry:
@@ -260,76 +259,64 @@ class Processor:
 
     async def _process_read(self, rows: Sequence[Any],
                             last_try: bool) -> list[tuple[Any, Outcome]]:
-        """SQLite (one instance): parse the batch outside any transaction, then apply it."""
+        """SQLite (one instance): parse the batch outside any transaction, then store it in one
+        transaction, behind the journal's commits waiting at the write gate (the store's single
+        writer goes to the senders' 250/200 first)."""
         parsed = await self._parse(rows)
-        done: list[tuple[Any, Outcome]] = []
-        # Short transactions, each behind the journal's commits waiting at the write gate: the
-        # store's single writer (SQLite) goes to the sender's 250/200 first.
-        for start in range(0, len(parsed), self.commit_every):
-            await self._yield_to_ingest()
-            began = time.monotonic()
-            now = self._clock()
-            async with self._store.session() as session:
-                for row, message, error in parsed[start:start + self.commit_every]:
-                    done.append((row, await self._apply_one(session, row, message, error, now,
-                                                            last_try)))
-            self._last_chunk = time.monotonic() - began
-            await asyncio.sleep(0)
+        await self._yield_to_ingest()
+        began = time.monotonic()
+        async with self._store.session() as session:
+            done = await self._apply(session, parsed, self._clock(), last_try)
+        self._last_chunk = time.monotonic() - began
         return done
 
-    async def _process_locked(self, rows: Sequence[Any],
-                              last_try: bool) -> list[tuple[Any, Outcome]]:
-        """PostgreSQL (maybe several instances): each chunk locks its rows first, skipping rows
-        another instance holds, and parses only the rows it got."""
-        table = core_table(InboundJournal)
+    async def _process_locked(self, query: Any, last_try: bool) -> list[tuple[Any, Outcome]]:
+        """PostgreSQL (maybe several instances): lock a batch of pending rows, skipping the rows
+        other instances hold (they take the next ones, never the same), then parse and store
+        them in the same transaction."""
+        await self._yield_to_ingest()
+        began = time.monotonic()
         done: list[tuple[Any, Outcome]] = []
-        # One message per transaction: a transaction then locks one customer's contact at most,
-        # so two instances can never hold two customers each in opposite orders (a deadlock).
-        for start in range(len(rows)):
-            chunk = rows[start:start + 1]
-            await self._yield_to_ingest()
-            began = time.monotonic()
-            async with self._store.session() as session:
-                held = set((await session.execute(
-                    select(table.c.id)
-                    .where(table.c.id.in_([r.id for r in chunk]), table.c.state == "pending")
-                    .with_for_update(skip_locked=True)
-                )).scalars())
-                mine = [r for r in chunk if r.id in held]
-                if mine:
-                    now = self._clock()
-                    for row, message, error in await self._parse(mine):
-                        done.append((row, await self._apply_one(session, row, message, error,
-                                                                now, last_try)))
-            self._last_chunk = time.monotonic() - began
-            await asyncio.sleep(0)
+        async with self._store.session() as session:
+            mine = (await session.execute(query.with_for_update(skip_locked=True))).all()
+            if mine:
+                done = await self._apply(session, await self._parse(mine), self._clock(),
+                                         last_try)
+        self._last_chunk = time.monotonic() - began
         return done
 
-    async def _apply_one(self, session: AsyncSession, row: Any, message: InboundMessage | None,
-                         error: str | None, now: datetime, last_try: bool) -> Outcome:
-        table = core_table(InboundJournal)
-        if error is None:
-            assert message is not None
+    async def _apply(self, session: AsyncSession,
+                     parsed: Sequence[tuple[Any, InboundMessage | None, str | None]],
+                     now: datetime, last_try: bool) -> list[tuple[Any, Outcome]]:
+        """Store the parsed rows: all together (one savepoint), or, when that raises, each
+        alone in a savepoint of its own, so a message that fails is rolled back alone."""
+        good = [(row, m) for row, m, error in parsed if m is not None and error is None]
+        outcomes: dict[int, Outcome] = {}
+        if len(good) > 1:
             try:
                 async with session.begin_nested():
-                    claimed = await session.execute(
-                        update(table).where(table.c.id == row.id, table.c.state == "pending")
-                        .values(state="done", processed_at=now, error=None,
-                                attempts=table.c.attempts + 1)
-                    )
-                    if cast(CursorResult[Any], claimed).rowcount == 0:  # another one took it
-                        return Outcome(row.id, None, None)
-                    if await self._consumed(session, message, row.id, now):
-                        return Outcome(row.id, None, None)
-                    msg_id, conv_id = await self._store_message(session, message, row, now)
-                    await session.execute(
-                        update(table).where(table.c.id == row.id).values(message_id=msg_id))
-                return Outcome(row.id, msg_id, conv_id)
+                    outcomes = await _Batch(self, session, now).store(good)
+            except Exception as exc:  # noqa: BLE001 - the rows are tried one by one below
+                log.info("a batch of %d journal rows could not be stored together (%s); "
+                         "storing them one by one", len(good), _summary(_describe(exc)))
+                outcomes = {}
+        for row, m in good:
+            if row.id in outcomes:
+                continue
+            try:
+                async with session.begin_nested():
+                    outcomes.update(await _Batch(self, session, now).store([(row, m)]))
             except Exception as exc:  # noqa: BLE001 - rolled back alone; tried again or failed
                 if self._race(exc):
-                    return await self._again(session, row, exc, now)
-                error = _describe(exc)
-        return await self._failed_attempt(session, row, error, now, last_try)
+                    outcomes[row.id] = await self._again(session, row, exc, now)
+                else:
+                    outcomes[row.id] = await self._failed_attempt(session, row, _describe(exc),
+                                                                  now, last_try)
+        for row, _m, error in parsed:
+            if row.id not in outcomes:
+                outcomes[row.id] = await self._failed_attempt(
+                    session, row, error or "no message", now, last_try)
+        return [(row, outcomes[row.id]) for row, _m, _e in parsed]
 
     async def _failed_attempt(self, session: AsyncSession, row: Any, error: str, now: datetime,
                               last_try: bool) -> Outcome:
@@ -381,141 +368,252 @@ class Processor:
         if self._step_aside is not None:
             await self._step_aside.wait(self._last_chunk, lambda: self._stopping)
 
-    async def _consumed(self, session: AsyncSession, m: InboundMessage, journal_id: int,
-                        now: datetime) -> bool:
-        for consume in self._filters:
-            if await consume(session, m, journal_id, now):
-                return True
-        return False
+@dataclass
+class _Item:
+    """One message of a batch on its way into the store."""
 
-    async def _store_message(self, session: AsyncSession, m: InboundMessage, row: Any,
-                             now: datetime) -> tuple[int, int]:
-        existing = (await session.execute(
-            select(Message.id, Message.conversation_id)
-            .where(Message.channel == m.channel, Message.external_id == m.external_id)
-        )).first()
-        if existing:  # the same message by another road (SMTP and IMAP, a resend)
-            return existing.id, existing.conversation_id
-        contact = await self._contact_for(session, m, now)
-        conversation, is_new, reopened = await self._thread(session, m, contact, now)
-        message = Message(
-            conversation_id=conversation.id, direction="in", author="customer",
-            author_name=m.sender_name or contact.name, channel=m.channel,
-            external_id=m.external_id, address=m.sender_address, subject=m.subject,
-            text=m.text, text_new=m.text_new, html=m.html, headers=dict(m.headers),
-            automated=m.automated,
-            created_at=now, journal_id=row.id,
-        )
-        session.add(message)
-        await session.flush()
-        for a in m.attachments:
-            session.add(_attachment_row(message.id, a))
-        conversation.updated_at = now
-        if not m.automated:
-            conversation.last_customer_message_at = now
-        events = []
-        if is_new:
-            events.append(Event(kind="conversation_created", conversation_id=conversation.id,
-                                contact_id=contact.id, message_id=message.id, created_at=now,
-                                data={"channel": m.channel, "automated": m.automated}))
-        if reopened:
-            events.append(Event(kind="conversation_reopened", conversation_id=conversation.id,
-                                contact_id=contact.id, message_id=message.id, created_at=now,
-                                actor="customer"))
-        events.append(Event(kind="message_received", conversation_id=conversation.id,
-                            contact_id=contact.id, message_id=message.id, created_at=now,
-                            actor="customer",
-                            data={"channel": m.channel, "journal_id": row.id,
-                                  **({"automated": m.automated_reason} if m.automated else {})}))
-        session.add_all(events)
-        for hook in self._hooks:
-            result = hook(session, conversation, message, is_new)
-            if asyncio.iscoroutine(result):
-                await result
-        await session.flush()
-        return message.id, conversation.id
+    row: Any
+    m: InboundMessage
+    contact: Contact | None = None
+    conversation: Conversation | None = None
+    is_new: bool = False
+    reopened: bool = False
+    stored: Message | None = None
+    same_as: _Item | tuple[int, int] | None = None
+    """A message stored before (its ids) or earlier in this batch: this one is a repeat."""
+    consumed: bool = False
 
-    async def _contact_for(self, session: AsyncSession, m: InboundMessage,
-                           now: datetime) -> Contact:
-        kind = m.identity_channel or m.channel
-        query = (select(Contact).join(Identity, Identity.contact_id == Contact.id)
-                 .where(Identity.channel == kind, Identity.address == m.sender_address))
-        lock = self._lock_contacts
-        if lock:  # held until commit: the same customer's next message waits for this one's
+
+class _Batch:
+    """Stores a batch of parsed journal rows in the caller's transaction, in three steps: find or
+    make each message's contact and conversation (lookups for the whole batch at once), write the
+    messages, then the events and the hooks (the Slack card, the SLA clocks, the channels' own
+    records). A batch remembers what it made, so two messages of one batch meet as they would one
+    after the other (a sender's second message, a reply to the first, a repeat)."""
+
+    def __init__(self, processor: Processor, session: AsyncSession, now: datetime) -> None:
+        self.p = processor
+        self.session = session
+        self.now = now
+        self.contacts: dict[tuple[str, str], Contact] = {}
+        self.made_contacts: set[int] = set()  # id() of the contacts this batch made
+        self.messages: dict[tuple[str, str], _Item | tuple[int, int]] = {}
+        self.refs: dict[tuple[str, str], tuple[int, Conversation | int]] = {}
+        """(channel, external id) -> (order, conversation): stored messages by their message id,
+        then this batch's own after them."""
+        self.chats: dict[tuple[int, str], Conversation] = {}
+
+    async def store(self, items: Sequence[tuple[Any, InboundMessage]]) -> dict[int, Outcome]:
+        table = core_table(InboundJournal)
+        claimed = set((await self.session.execute(
+            update(table).where(table.c.id.in_([row.id for row, _m in items]),
+                                table.c.state == "pending")
+            .values(state="done", processed_at=self.now, error=None,
+                    attempts=table.c.attempts + 1)
+            .returning(table.c.id))).scalars())
+        outcomes = {row.id: Outcome(row.id, None, None) for row, _m in items
+                    if row.id not in claimed}  # another instance took it
+        batch = [_Item(row, m) for row, m in items if row.id in claimed]
+        for item in batch:
+            for consume in self.p._filters:
+                if await consume(self.session, item.m, item.row.id, self.now):
+                    item.consumed = True
+                    outcomes[item.row.id] = Outcome(item.row.id, None, None)
+                    break
+        batch = [item for item in batch if not item.consumed]
+        if not batch:
+            return outcomes
+        await self._look_up(batch)
+        for item in batch:
+            await self._place(item)
+        await self.session.flush()  # contacts, identities, conversations: their ids
+        for item in batch:
+            self._write(item)
+        await self.session.flush()  # the messages and attachments: their ids
+        journal: list[dict[str, Any]] = []
+        for item in batch:
+            msg_id, conv_id = await self._tell(item)
+            outcomes[item.row.id] = Outcome(item.row.id, msg_id, conv_id)
+            journal.append({"id": item.row.id, "message_id": msg_id})
+        await self.session.execute(update(InboundJournal), journal)
+        await self.session.flush()
+        return outcomes
+
+    async def _look_up(self, batch: Sequence[_Item]) -> None:
+        """What the store knows of the batch's messages, senders and threads, in three
+        queries."""
+        # (channel, key) pairs, each found through its unique index.
+        ids = {(item.m.channel, item.m.external_id) for item in batch}
+        for found in (await self.session.execute(
+                select(Message.id, Message.conversation_id, Message.channel, Message.external_id)
+                .where(tuple_(Message.channel, Message.external_id).in_(ids)))).all():
+            self.messages[(found.channel, found.external_id)] = (found.id, found.conversation_id)
+        senders = {(item.m.identity_channel or item.m.channel, item.m.sender_address)
+                   for item in batch}
+        query = (select(Identity.channel, Identity.address, Contact)
+                 .join(Contact, Identity.contact_id == Contact.id)
+                 .where(tuple_(Identity.channel, Identity.address).in_(senders))
+                 .order_by(Contact.id))
+        if self.p._lock_contacts:  # held until commit: another instance's batch waits for this
             # NO KEY UPDATE: it serialises the processors, yet rows that merely point at the
             # contact (events, identities) are not held up, which made deadlocks with sweeps.
-            query = (query.with_for_update(of=Contact, key_share=True)  # conversation, then
-                     .execution_options(populate_existing=True))        # joins it
-        found: Contact | None = (await session.execute(query)).scalars().first()
-        if found is not None:
-            known: Contact = found
-            while known.merged_into_id is not None:  # a merge: the contact it went into
-                known = await session.get_one(Contact, known.merged_into_id,
-                                              with_for_update={"key_share": True} if lock
-                                              else None)
-            if not known.name and m.sender_name:
-                known.name = m.sender_name
-                known.updated_at = now
-            return known
-        contact = Contact(name=m.sender_name, created_at=now, updated_at=now, tags={})
-        session.add(contact)
-        await session.flush()
-        session.add(Identity(contact_id=contact.id, channel=kind, address=m.sender_address,
-                             created_at=now))
-        await session.flush()
-        return contact
+            # In the contacts' id order, so two instances never wait on each other in a ring.
+            query = (query.with_for_update(of=Contact, key_share=True)
+                     .execution_options(populate_existing=True))
+        for kind, address, contact in (await self.session.execute(query)).all():
+            self.contacts[(kind, address)] = contact
+        refs = {(item.m.channel, ref) for item in batch for ref in item.m.thread_refs}
+        if refs:
+            for found in (await self.session.execute(
+                    select(Message.id, Message.conversation_id, Message.channel,
+                           Message.external_id)
+                    .where(tuple_(Message.channel, Message.external_id).in_(refs)))).all():
+                key = (found.channel, found.external_id)
+                if key not in self.refs or self.refs[key][0] < found.id:
+                    self.refs[key] = (found.id, found.conversation_id)
 
-    async def _thread(self, session: AsyncSession, m: InboundMessage, contact: Contact,
-                      now: datetime) -> tuple[Conversation, bool, bool]:
-        """Find the conversation this message belongs to: (conversation, is_new, reopened)."""
-        conversation = await self._find_thread(session, m, contact, now)
+    async def _place(self, item: _Item) -> None:
+        """The item's contact and conversation, found or made (in the session, not yet
+        written)."""
+        m = item.m
+        key = (m.channel, m.external_id)
+        if key in self.messages:  # the same message by another road (SMTP and IMAP, a resend)
+            item.same_as = self.messages[key]
+            return
+        self.messages[key] = item
+        item.contact = contact = await self._contact(m)
+        conversation = await self._find_thread(m, contact)
         if conversation is None:
             conversation = Conversation(
                 status="open", priority="normal", subject=m.subject[:998], channel=m.channel,
-                inbox_address=m.inbox_address, contact_id=contact.id, created_at=now,
-                updated_at=now,
-                first_response_due_at=None if m.automated else self._due.first_response_due(now),
+                inbox_address=m.inbox_address, contact=contact, created_at=self.now,
+                updated_at=self.now,
+                first_response_due_at=None if m.automated
+                else self.p._due.first_response_due(self.now),
                 escalation_level=0,
             )
-            session.add(conversation)
-            await session.flush()
-            return conversation, True, False
-        reopened = False
-        if not m.automated and conversation.status != "open":
-            reopened = conversation.status == "resolved"
+            self.session.add(conversation)
+            item.is_new = True
+        elif not m.automated and conversation.status != "open":
+            item.reopened = conversation.status == "resolved"
             conversation.status = "open"
             conversation.resolved_at = None
             conversation.snoozed_until = None
-        return conversation, False, reopened
+        item.conversation = conversation
+        self.refs[key] = (_IN_BATCH + len(self.messages), conversation)
+        self.chats[(id(contact), m.channel)] = conversation
 
-    async def _find_thread(self, session: AsyncSession, m: InboundMessage, contact: Contact,
-                           now: datetime) -> Conversation | None:
-        if m.thread_refs:
-            conv_id = (await session.execute(
-                select(Message.conversation_id)
-                .where(Message.channel == m.channel, Message.external_id.in_(m.thread_refs))
-                .order_by(Message.id.desc()).limit(1)
-            )).scalar()
-            if conv_id is not None:
-                return await session.get(Conversation, conv_id)
+    async def _contact(self, m: InboundMessage) -> Contact:
+        key = (m.identity_channel or m.channel, m.sender_address)
+        found = self.contacts.get(key)
+        if found is None:
+            contact = Contact(name=m.sender_name, created_at=self.now, updated_at=self.now,
+                              tags={})
+            contact.identities.append(Identity(channel=key[0], address=key[1],
+                                               created_at=self.now))
+            self.session.add(contact)
+            self.contacts[key] = contact
+            self.made_contacts.add(id(contact))
+            return contact
+        known = found
+        while known.merged_into_id is not None:  # a merge: the contact it went into
+            known = await self.session.get_one(
+                Contact, known.merged_into_id,
+                with_for_update={"key_share": True} if self.p._lock_contacts else None)
+        if not known.name and m.sender_name:
+            known.name = m.sender_name
+            known.updated_at = self.now
+        return known
+
+    async def _conversation(self, ref: Conversation | int) -> Conversation | None:
+        if isinstance(ref, Conversation):
+            return ref
+        return await self.session.get(Conversation, ref)
+
+    async def _find_thread(self, m: InboundMessage, contact: Contact) -> Conversation | None:
+        known = [self.refs[(m.channel, ref)] for ref in m.thread_refs
+                 if (m.channel, ref) in self.refs]
+        if known:  # the latest message it answers: this batch's own, else the newest stored
+            return await self._conversation(max(known, key=lambda k: k[0])[1])
         if m.conversation_hint is not None:
-            conversation = await session.get(Conversation, m.conversation_hint)
+            conversation = await self.session.get(Conversation, m.conversation_hint)
             if conversation is not None:
                 return conversation
         if m.subject_token is not None:
-            conversation = await session.get(Conversation, m.subject_token)
-            if conversation is not None and await _belongs(session, conversation, contact, m):
+            conversation = await self.session.get(Conversation, m.subject_token)
+            if conversation is not None and await _belongs(self.session, conversation,
+                                                           contact, m):
                 return conversation
         if m.channel == "email" or m.standalone:
             return None
         # Chat-like channels: the contact's open conversation there, or a recently resolved one.
-        since = now - self._rules.reopen_window
-        return (await session.execute(
+        if (id(contact), m.channel) in self.chats:
+            return self.chats[(id(contact), m.channel)]
+        if id(contact) in self.made_contacts:
+            return None  # a contact this batch made has no conversation in the store
+        since = self.now - self.p._rules.reopen_window
+        return (await self.session.execute(
             select(Conversation)
             .where(Conversation.contact_id == contact.id, Conversation.channel == m.channel,
                    or_(Conversation.status != "resolved", Conversation.resolved_at >= since))
             .order_by(Conversation.id.desc()).limit(1)
         )).scalars().first()
+
+    def _write(self, item: _Item) -> None:
+        """The item's message (and its attachments), in the session."""
+        if item.same_as is not None:
+            return
+        m, contact, conversation = item.m, item.contact, item.conversation
+        assert contact is not None and conversation is not None
+        item.stored = Message(
+            conversation_id=conversation.id, direction="in", author="customer",
+            author_name=m.sender_name or contact.name, channel=m.channel,
+            external_id=m.external_id, address=m.sender_address, subject=m.subject,
+            text=m.text, text_new=m.text_new, html=m.html, headers=dict(m.headers),
+            automated=m.automated, created_at=self.now, journal_id=item.row.id,
+            attachments=[_attachment_row(a) for a in m.attachments],
+        )
+        self.session.add(item.stored)
+        conversation.updated_at = self.now
+        if not m.automated:
+            conversation.last_customer_message_at = self.now
+
+    async def _tell(self, item: _Item) -> tuple[int, int]:
+        """The item's events and hooks; its (message id, conversation id)."""
+        if item.same_as is not None:
+            same = item.same_as
+            if isinstance(same, _Item):
+                assert same.stored is not None
+                return same.stored.id, same.stored.conversation_id
+            return same
+        m, contact, conversation, message = item.m, item.contact, item.conversation, item.stored
+        assert contact is not None and conversation is not None and message is not None
+        events = []
+        if item.is_new:
+            events.append(Event(kind="conversation_created", conversation_id=conversation.id,
+                                contact_id=contact.id, message_id=message.id,
+                                created_at=self.now,
+                                data={"channel": m.channel, "automated": m.automated}))
+        if item.reopened:
+            events.append(Event(kind="conversation_reopened", conversation_id=conversation.id,
+                                contact_id=contact.id, message_id=message.id,
+                                created_at=self.now, actor="customer"))
+        events.append(Event(kind="message_received", conversation_id=conversation.id,
+                            contact_id=contact.id, message_id=message.id, created_at=self.now,
+                            actor="customer",
+                            data={"channel": m.channel, "journal_id": item.row.id,
+                                  **({"automated": m.automated_reason} if m.automated else {})}))
+        self.session.add_all(events)
+        for hook in self.p._hooks:
+            result = hook(self.session, conversation, message, item.is_new)
+            if asyncio.iscoroutine(result):
+                await result
+        return message.id, conversation.id
+
+
+_IN_BATCH = 1 << 62
+"""The order of a message of this batch among the messages a reply may answer: after every
+stored one."""
 
 
 _RACE_STATES = frozenset({
@@ -539,8 +637,8 @@ async def _belongs(session: AsyncSession, conversation: Conversation, contact: C
     return count > 0
 
 
-def _attachment_row(message_id: int, a: InboundAttachment) -> Attachment:
-    return Attachment(message_id=message_id, filename=a.filename[:512],
+def _attachment_row(a: InboundAttachment) -> Attachment:
+    return Attachment(filename=a.filename[:512],
                       content_type=a.content_type[:256], size=len(a.data),
                       sha256=hashlib.sha256(a.data).hexdigest())
 
