@@ -336,3 +336,62 @@ async def _records(caplog: pytest.LogCaptureFixture, words: str) -> list[logging
     found = [r for r in caplog.records
              if r.name == "frontdesk.daemon.process.outbox" and words in r.getMessage()]
     return found if any(r.exc_info for r in found) else []
+
+
+async def test_independent_lanes_are_sent_together_at_most_eight_to_one_remote(
+        database_url: str) -> None:
+    import asyncio
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from frontdesk.daemon.process.metrics import Metrics
+    from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
+    from frontdesk.domain.messages import OutboundMessage, Receipt
+    from frontdesk.storage.db import Store
+    from frontdesk.storage.models import Contact, Conversation
+
+    store = Store(database_url)
+    await store.ensure_schema()
+    now = datetime.now(UTC)
+    async with store.session() as s:  # twelve conversations, two texts each
+        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
+        s.add(contact)
+        await s.flush()
+        ids = []
+        for i in range(12):
+            c = Conversation(status="open", priority="normal", subject=f"Matter {i}",
+                             channel="sms", contact_id=contact.id, created_at=now,
+                             updated_at=now, escalation_level=0)
+            s.add(c)
+            await s.flush()
+            ids.append(c.id)
+        for seq in range(2):
+            for cid in ids:
+                out = OutboundMessage(channel="sms", to_address="+15550001", text=f"{cid}:{seq}")
+                s.add(Outbox(kind="deliver", conversation_id=cid, payload=asdict(out),
+                             idempotency_key=f"t-{cid}-{seq}", state="pending", attempts=0,
+                             next_attempt_at=now, created_at=now))
+    in_flight, most, sent = 0, 0, []
+
+    async def send(out: OutboundMessage) -> Receipt:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        sent.append(out.text)
+        return Receipt(remote_id=out.text)
+
+    worker = OutboxWorker(store, senders={"sms": send}, clock=lambda: datetime.now(UTC),
+                          metrics=Metrics(), policy=RetryPolicy(), poll=timedelta(seconds=1))
+    try:
+        total = 0
+        while attempted := await worker.deliver_due():  # the heads of the twelve lanes, then
+            total += attempted                           # the second of each
+        assert total == 24
+        assert most == 8  # together, but never more than eight at one remote
+    finally:
+        await store.dispose()
+    assert sorted(sent) == sorted(f"{c}:{q}" for c in ids for q in range(2))
+    for cid in ids:  # each conversation's order kept
+        assert sent.index(f"{cid}:0") < sent.index(f"{cid}:1")

@@ -1,0 +1,118 @@
+"""The processor stores a batch of journal rows in one transaction (issue 18): messages of one
+batch meet as they would one after the other, and a row that fails is rolled back alone. The
+daemon is built, not started: each test journals its rows, then processes them as one batch.
+On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from frontdesk.channels.email.parse import remote_id_for
+from frontdesk.daemon.process.app import Daemon
+from frontdesk.storage.models import Contact, Conversation, InboundJournal, Message
+from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
+from tests.support.helpers import SMTP_POLICY, mail
+
+
+@pytest.fixture
+async def daemon(make_settings: Any, database_url: str) -> AsyncIterator[Daemon]:
+    d = Daemon(make_settings(database_url=database_url,
+                             telegram={"bot_token": TELEGRAM_TOKEN,
+                                       "api_base_url": "http://127.0.0.1:9"}))
+    await d.store.ensure_schema()
+    d.journal.start()
+    try:
+        yield d
+    finally:
+        await d.journal.stop()
+        await d.store.dispose()
+
+
+async def journal_mails(d: Daemon, *mails: EmailMessage) -> None:
+    for m in mails:
+        raw = m.as_bytes(policy=SMTP_POLICY)
+        assert await d.journal.accept("email", remote_id_for(raw), raw,
+                                      {"mail_from": "", "rcpt_tos": ["support@example.com"],
+                                       "peer": "127.0.0.1", "helo": "client"})
+
+
+async def process_one_batch(d: Daemon, n: int) -> None:
+    done = await d.processor.process_pending()
+    assert len(done) == n and all(o.error is None for o in done), done
+
+
+async def count(d: Daemon, model: Any) -> int:
+    async with d.store.reader() as s:
+        return int((await s.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_a_reply_to_a_message_of_the_same_batch_joins_its_conversation(
+        daemon: Daemon) -> None:
+    await journal_mails(
+        daemon,
+        mail(msgid="<first@example.org>"),
+        mail(frm="Bob <bob@example.org>", subject="Another matter", msgid="<bob@example.org>"),
+        mail(subject="Re: Order 1234 never arrived", msgid="<second@example.org>",
+             In_Reply_To="<first@example.org>", References="<first@example.org>"))
+    await process_one_batch(daemon, 3)
+    async with daemon.store.reader() as s:
+        rows = (await s.execute(select(Message.conversation_id).order_by(Message.id))).all()
+    first, bob, second = (r.conversation_id for r in rows)
+    assert second == first and bob != first
+    assert await count(daemon, Conversation) == 2
+    assert await count(daemon, Contact) == 2  # Ada's two mails: one contact
+
+
+async def test_the_same_mail_twice_in_a_batch_is_stored_once(daemon: Daemon) -> None:
+    one = mail(msgid="<same@example.org>")
+    await journal_mails(daemon, one, mail(frm="Bob <bob@example.org>", msgid="<b@example.org>"))
+    raw = one.as_bytes(policy=SMTP_POLICY)  # the same mail by another road (IMAP after SMTP)
+    assert await daemon.journal.accept("email", remote_id_for(raw) + ":imap", raw,
+                                       {"mail_from": "", "rcpt_tos": ["support@example.com"],
+                                        "source": "imap"})
+    await process_one_batch(daemon, 3)
+    assert await count(daemon, Message) == 2
+    async with daemon.store.reader() as s:
+        pointed = (await s.execute(
+            select(InboundJournal.message_id).order_by(InboundJournal.id))).scalars().all()
+    assert pointed[0] == pointed[2] and pointed[0] is not None  # both rows name the one message
+
+
+async def test_a_chat_senders_messages_in_one_batch_make_one_conversation(
+        daemon: Daemon) -> None:
+    for n in range(1, 5):
+        update = {"update_id": 500 + n,
+                  "message": {"message_id": n, "date": 1795000000,
+                              "from": {"id": 77, "is_bot": False, "first_name": "Grace"},
+                              "chat": {"id": 77, "type": "private"}, "text": f"part {n}"}}
+        assert await daemon.journal.accept("telegram", f"message:77:{n}",
+                                           json.dumps(update).encode(), {"source": "polling"})
+    await process_one_batch(daemon, 4)
+    assert await count(daemon, Contact) == 1
+    assert await count(daemon, Conversation) == 1
+    assert await count(daemon, Message) == 4
+
+
+async def test_a_row_that_fails_is_rolled_back_alone(daemon: Daemon) -> None:
+    def breaks_on_bob(session: Any, conversation: Any, message: Any, is_new: bool) -> None:
+        if message.address == "bob@example.org":
+            raise RuntimeError("a hook's bug")
+    daemon.processor._hooks = [*daemon.processor._hooks, breaks_on_bob]  # type: ignore[list-item]
+    await journal_mails(daemon, mail(msgid="<a1@example.org>"),
+                        mail(frm="Bob <bob@example.org>", msgid="<b1@example.org>"),
+                        mail(frm="Cy <cy@example.org>", msgid="<c1@example.org>"))
+    done = await daemon.processor.process_pending()
+    assert [o.error is None for o in done] == [True, False, True]
+    assert "a hook's bug" in (done[1].error or "") and done[1].again_in is not None
+    async with daemon.store.reader() as s:
+        stored = set((await s.execute(select(Message.address))).scalars())
+        states = (await s.execute(select(InboundJournal.state).order_by(InboundJournal.id))
+                  ).scalars().all()
+    assert stored == {"ada@example.org", "cy@example.org"}
+    assert states == ["done", "pending", "done"]  # Bob's is tried again after a pause
