@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -127,6 +127,8 @@ class OutboxWorker:
     """PostgreSQL: rows claimed at a time; a small batch, so rows are not held back from the
     other instances while this one sends them."""
     sends_per_remote = 8
+    round_per_remote = 32
+    """Rows one round takes for one remote at most (see :meth:`_next_round`)."""
     """Rows sent to one remote (``outbox.channel``: email, slack, sms, a webhook receiver) at the
     same time, at most. The rows of one round are each the head of a different lane (one
     conversation's rows of one kind to one channel), so they never wait for each other."""
@@ -207,8 +209,8 @@ class OutboxWorker:
             self._wakeup.clear()
 
     async def deliver_due(self) -> int:
-        """Send every due row (in id order, keeping each conversation's order); return how many
-        were attempted."""
+        """Send a round of due rows (see :meth:`_next_round`; each conversation's order kept);
+        return how many were attempted."""
         async with self._round:
             if not self._claims:
                 return await self._send_rows(await self._due_rows(self.batch_size))
@@ -225,31 +227,48 @@ class OutboxWorker:
     def _due(now: datetime) -> tuple[Any, ...]:
         return Outbox.state == "pending", Outbox.next_attempt_at <= now, head_of_lane()
 
+    def _next_round(self, now: datetime, limit: int) -> Any:
+        """The ids of the due rows a round takes, in the order they go: a person's words first
+        (a staff reply, not an automatic message), then each remote's oldest in turn, at most
+        :attr:`round_per_remote` for one remote: a backlog at one (a burst's thousands of Slack
+        cards) never holds up another (the customers' acknowledgements and replies)."""
+        urgency = case((and_(Outbox.kind == "deliver",
+                             Outbox.payload["automated"].as_boolean().is_not(True)), 0), else_=1)
+        ranked = (select(Outbox.id, urgency.label("urgency"),
+                         func.row_number().over(partition_by=Outbox.channel,
+                                                order_by=(urgency, Outbox.id)).label("place"))
+                  .where(*self._due(now)).subquery())
+        return (select(ranked.c.id).where(ranked.c.place <= self.round_per_remote)
+                .order_by(ranked.c.urgency, ranked.c.place, ranked.c.id).limit(limit))
+
     async def _due_rows(self, limit: int) -> list[Outbox]:
-        """SQLite: the due rows, read (this process is the only sender)."""
+        """SQLite: the due rows of a round, read (this process is the only sender)."""
         async with self._store.reader() as s:
-            return list((await s.execute(
-                select(Outbox).where(*self._due(self._clock()))
-                .order_by(Outbox.id).limit(limit)
-            )).scalars().all())
+            ids = list((await s.execute(self._next_round(self._clock(), limit))).scalars())
+            rows = {r.id: r for r in (await s.execute(
+                select(Outbox).where(Outbox.id.in_(ids)))).scalars()}
+        return [rows[i] for i in ids if i in rows]
 
     async def _claim(self, limit: int) -> list[Outbox]:
         """PostgreSQL: claim up to ``limit`` due rows for this instance, for one lease. Rows
         another instance is claiming at this moment are skipped, not waited for; a claimed row
         is pending but not due, so it is neither claimed again nor passed in its lane."""
         now = self._clock()
-        due = (select(Outbox.id).where(*self._due(now)).order_by(Outbox.id).limit(limit)
-               .with_for_update(skip_locked=True, of=Outbox))
         async with self._store.session() as s:
-            rows = (await s.execute(
+            ids = list((await s.execute(self._next_round(now, limit))).scalars())
+            if not ids:
+                return []
+            due = (select(Outbox.id).where(Outbox.id.in_(ids), *self._due(now))
+                   .with_for_update(skip_locked=True, of=Outbox))
+            rows = {r.id: r for r in (await s.execute(
                 update(Outbox)
                 .where(Outbox.id.in_(due.scalar_subquery()), Outbox.state == "pending",
                        Outbox.next_attempt_at <= now)
                 .values(next_attempt_at=now + self._lease, claimed_by=self.instance)
                 .returning(Outbox)
                 .execution_options(synchronize_session=False)
-            )).scalars().all()
-        return sorted(rows, key=lambda r: r.id)
+            )).scalars()}
+        return [rows[i] for i in ids if i in rows]
 
     async def _renew(self, rows: Sequence[Outbox]) -> set[int]:
         """Push the lease of rows this instance still holds; returns their ids (a row whose

@@ -395,3 +395,64 @@ async def test_independent_lanes_are_sent_together_at_most_eight_to_one_remote(
     assert sorted(sent) == sorted(f"{c}:{q}" for c in ids for q in range(2))
     for cid in ids:  # each conversation's order kept
         assert sent.index(f"{cid}:0") < sent.index(f"{cid}:1")
+
+
+async def test_a_staff_reply_is_not_held_behind_a_backlog(database_url: str) -> None:
+    from collections import Counter
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from frontdesk.daemon.process.metrics import Metrics
+    from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
+    from frontdesk.domain.messages import OutboundMessage, Receipt
+    from frontdesk.storage.db import Store
+    from frontdesk.storage.models import Contact, Conversation
+
+    store = Store(database_url)
+    await store.ensure_schema()
+    now = datetime.now(UTC)
+    async with store.session() as s:  # a burst: 150 Slack cards and 60 acknowledgements queued,
+        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})  # then a reply
+        s.add(contact)
+        await s.flush()
+        conversations = [Conversation(status="open", priority="normal", subject=f"Matter {i}",
+                                      channel="sms", contact_id=contact.id, created_at=now,
+                                      updated_at=now, escalation_level=0) for i in range(151)]
+        s.add_all(conversations)
+        await s.flush()
+        for c in conversations[:150]:
+            s.add(Outbox(kind="slack", conversation_id=c.id,
+                         payload={"op": "root", "slack_channel": "C1"},
+                         idempotency_key=f"root-{c.id}", state="pending", attempts=0,
+                         next_attempt_at=now, created_at=now))
+        for c in conversations[:60]:
+            ack = OutboundMessage(channel="sms", to_address="+15550001", text=f"ack {c.id}",
+                                  automated=True)
+            s.add(Outbox(kind="deliver", conversation_id=c.id, payload=asdict(ack),
+                         idempotency_key=f"ack-{c.id}", state="pending", attempts=0,
+                         next_attempt_at=now, created_at=now))
+        reply = OutboundMessage(channel="sms", to_address="+15550002", text="staff reply")
+        s.add(Outbox(kind="deliver", conversation_id=conversations[150].id,
+                     payload=asdict(reply), idempotency_key="reply", state="pending",
+                     attempts=0, next_attempt_at=now, created_at=now))
+    order: list[str] = []
+
+    async def send(out: OutboundMessage) -> Receipt:
+        order.append(out.text)
+        return Receipt()
+
+    async def post(row: Outbox) -> Receipt:
+        order.append(f"card {row.conversation_id}")
+        return Receipt()
+
+    worker = OutboxWorker(store, senders={"sms": send}, handlers={"slack": post},
+                          clock=lambda: datetime.now(UTC), metrics=Metrics(),
+                          policy=RetryPolicy(), poll=timedelta(seconds=1))
+    try:
+        await worker.deliver_due()
+    finally:
+        await store.dispose()
+    assert order[0] == "staff reply"  # a person's words first
+    # Then the remotes in turn: the acknowledgements go beside the cards, not after them.
+    turns = Counter(text.split()[0] for text in order[1:21])
+    assert turns["ack"] >= 9 and turns["card"] >= 9, order[:21]
