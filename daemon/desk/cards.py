@@ -11,7 +11,6 @@ scheduler); :meth:`RootCards.update` sends it only when the card looks different
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from frontdesk.storage.models import (
     SlackState,
     SlackThread,
 )
+from frontdesk.storage.together import Together
 
 log = logging.getLogger(__name__)
 
@@ -77,42 +77,71 @@ class RootCards:
         self.api = api
         self.queue = queue
         self.clock = clock
-        self._marks: tuple[set[int], asyncio.Future[None]] | None = None
-        self._marking = asyncio.Lock()
-        self._marker: asyncio.Task[None] | None = None
+        # What concurrent sends ask at the same moment, asked once (storage.together).
+        self._thread = Together(self._threads)
+        self._rendering = Together(self._render)
+        self._attempting = Together(self._write_marks)
 
     # -- what the root and the thread show ---------------------------------------------------------
 
     async def card(self, s: AsyncSession, conversation_id: int) -> blocks.Card:
-        c = await s.get_one(Conversation, conversation_id)
-        contact = c.contact
-        first = (await s.execute(
-            select(Message).where(Message.conversation_id == c.id, Message.direction == "in")
-            .order_by(Message.id).limit(1))).scalars().first()
-        earlier_query = select(Conversation).where(Conversation.contact_id == c.contact_id,
-                                                   Conversation.id < c.id)
-        earlier = (await s.execute(select(func.count()).select_from(
-            earlier_query.subquery()))).scalar_one()
-        last = (await s.execute(earlier_query.order_by(Conversation.id.desc()).limit(1))
-                ).unique().scalars().first()
-        return blocks.Card(
-            conversation_id=c.id, reference=c.reference, channel=c.channel, subject=c.subject,
-            status=c.status, priority=c.priority, assignee=c.assignee,
-            created_at=c.created_at, first_response_due_at=c.first_response_due_at,
-            first_responded_at=c.first_responded_at, snoozed_until=c.snoozed_until,
-            escalation_level=c.escalation_level, contact_name=contact.name,
-            identities=tuple((i.channel, i.address) for i in contact.identities),
-            earlier=earlier,
-            last_earlier=(last.reference, last.status, last.subject) if last else None,
-            first_text=_shown_text(first) if first else "",
-            first_automated="automated" if first is not None and first.automated else None,
-            attachments=_attachment_names(first) if first else (),
-            inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled)
+        return (await self.cards(s, [conversation_id]))[conversation_id]
+
+    async def cards(self, s: AsyncSession, ids: list[int]) -> dict[int, blocks.Card]:
+        """The cards of the conversations ``ids``, in four queries whatever their number."""
+        conversations = (await s.execute(select(Conversation).where(Conversation.id.in_(ids)))
+                         ).unique().scalars().all()
+        ranked = (select(Message.id, func.row_number().over(
+                      partition_by=Message.conversation_id, order_by=Message.id).label("n"))
+                  .where(Message.conversation_id.in_(ids), Message.direction == "in").subquery())
+        firsts = {m.conversation_id: m for m in (await s.execute(
+            select(Message).join(ranked, ranked.c.id == Message.id).where(ranked.c.n == 1))
+        ).scalars()}
+        history: dict[int, list[Any]] = {}  # each contact's conversations, oldest first
+        for row in (await s.execute(
+                select(Conversation.id, Conversation.contact_id, Conversation.status,
+                       Conversation.subject)
+                .where(Conversation.contact_id.in_({c.contact_id for c in conversations}),
+                       Conversation.id < max(ids))
+                .order_by(Conversation.id))).all():
+            history.setdefault(row.contact_id, []).append(row)
+        cards = {}
+        for c in conversations:
+            contact, first = c.contact, firsts.get(c.id)
+            earlier = [h for h in history.get(c.contact_id, []) if h.id < c.id]
+            last = earlier[-1] if earlier else None
+            cards[c.id] = blocks.Card(
+                conversation_id=c.id, reference=c.reference, channel=c.channel,
+                subject=c.subject, status=c.status, priority=c.priority, assignee=c.assignee,
+                created_at=c.created_at, first_response_due_at=c.first_response_due_at,
+                first_responded_at=c.first_responded_at, snoozed_until=c.snoozed_until,
+                escalation_level=c.escalation_level, contact_name=contact.name,
+                identities=tuple((i.channel, i.address) for i in contact.identities),
+                earlier=len(earlier),
+                last_earlier=(f"FD-{last.id}", last.status, last.subject) if last else None,
+                first_text=_shown_text(first) if first else "",
+                first_automated="automated" if first is not None and first.automated else None,
+                attachments=_attachment_names(first) if first else (),
+                inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled)
+        return cards
 
     async def render_root(self, conversation_id: int) -> tuple[str, list[dict[str, Any]]]:
+        """The root message's text and blocks; the roots rendered at the same moment (a round
+        of the outbox) are read together."""
+        rendered = await self._rendering(conversation_id)
+        if rendered is None:
+            raise LookupError(f"FD-{conversation_id} does not exist")
+        return rendered
+
+    async def _render(self, ids: list[int]) -> dict[int, tuple[str, list[dict[str, Any]]]]:
         async with self.store.reader() as s:
-            card = await self.card(s, conversation_id)
-        return blocks.root_message(card)
+            cards = await self.cards(s, ids)
+        return {i: blocks.root_message(card) for i, card in cards.items()}
+
+    async def _threads(self, ids: list[int]) -> dict[int, SlackThread]:
+        async with self.store.reader() as s:
+            return {t.conversation_id: t for t in (await s.execute(
+                select(SlackThread).where(SlackThread.conversation_id.in_(ids)))).scalars()}
 
     async def thread_line(self, message_id: int) -> str | None:
         """A stored message as a thread post; None for a note (or a message that is gone)."""
@@ -137,8 +166,7 @@ class RootCards:
         """The conversation's root message, posted now if it is not there yet (True).
         ``paced``: the caller took the channel's posting slot (:meth:`SlackApi.pace`)."""
         reference = f"FD-{conversation_id}"
-        async with self.store.reader() as s:  # made with the root's outbox row, as a rule
-            record = await s.get(SlackThread, conversation_id)
+        record = await self._thread(conversation_id)  # made with the root's row, as a rule
         if record is None:
             async with self.store.session() as s:
                 conversation = await s.get_one(Conversation, conversation_id)
@@ -166,33 +194,15 @@ class RootCards:
         return Thread(conversation_id, reference, channel, ts,
                       blocks.fingerprint(text, root_blocks), saved=False), True
 
-    async def _attempting(self, conversation_id: int) -> None:
-        """Write that the root is being posted (should the daemon die before the post is
-        recorded, the next try looks for it first). The roots posted at the same moment (a round
-        of the outbox) are marked in one transaction: while one is written, the next gather."""
-        loop = asyncio.get_running_loop()
-        if self._marks is None:
-            self._marks = (set(), loop.create_future())
-            self._marker = loop.create_task(self._write_marks(), name="slack-root-marks")
-        ids, written = self._marks
-        ids.add(conversation_id)
-        await asyncio.shield(written)
-
-    async def _write_marks(self) -> None:
-        async with self._marking:  # one write at a time; the next group gathers meanwhile
-            assert self._marks is not None
-            ids, written = self._marks
-            self._marks = None
-            try:
-                now = self.clock()
-                async with self.store.session() as s:
-                    await s.execute(update(SlackThread)
-                                    .where(SlackThread.conversation_id.in_(sorted(ids)))
-                                    .values(root_attempted_at=now, updated_at=now))
-            except Exception as exc:  # noqa: BLE001 - each waiting post fails with it
-                written.set_exception(exc)
-            else:
-                written.set_result(None)
+    async def _write_marks(self, ids: list[int]) -> dict[int, None]:
+        """Write that these roots are being posted (should the daemon die before a post is
+        recorded, the next try looks for it first): the roots posted at the same moment, in
+        one transaction."""
+        now = self.clock()
+        async with self.store.session() as s:
+            await s.execute(update(SlackThread).where(SlackThread.conversation_id.in_(ids))
+                            .values(root_attempted_at=now, updated_at=now))
+        return {}
 
     def save(self, thread: Thread) -> Callable[[AsyncSession], Awaitable[None]]:
         """The step that writes a root just posted (or found), to run in the transaction that

@@ -22,7 +22,8 @@ once; an instance that finds the lock taken tries again a moment later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -74,6 +75,62 @@ class Acknowledgements:
         self.dialect = dialect
         self.rate_limits = parse_rate_limits(config.rate_limits)
         self.global_rate_limits = parse_rate_limits(config.global_rate_limits)
+        self._known: _Known | None = None
+
+    async def prepare(self, s: AsyncSession, conversations: Sequence[Conversation],
+                      now: datetime) -> None:
+        """A sweep's batch is about to be acknowledged: read what the decisions need for all of
+        it at once (each conversation's first message, the acknowledgements already sent, and
+        on SQLite, where this process is the only writer, what the rate limits count), instead
+        of several queries for each. :meth:`finish` forgets it."""
+        ids = [c.id for c in conversations]
+        known = _Known()
+        if ids:
+            ranked = (select(Message.id, func.row_number().over(
+                          partition_by=Message.conversation_id, order_by=Message.id).label("n"))
+                      .where(Message.conversation_id.in_(ids), Message.direction == "in",
+                             Message.author == "customer").subquery())
+            known.firsts = {m.conversation_id: m for m in (await s.execute(
+                select(Message).join(ranked, ranked.c.id == Message.id)
+                .where(ranked.c.n == 1))).scalars()}
+            known.acknowledged = set((await s.execute(
+                select(Acknowledgement.conversation_id)
+                .where(Acknowledgement.conversation_id.in_(ids)))).scalars())
+        known.ids = set(ids)
+        if self.dialect == "sqlite":  # PostgreSQL: counted under each recipient's lock
+            if self.rate_limits:
+                longest = max(limit.window for limit in self.rate_limits)
+                recipients = {m.address.lower() for m in known.firsts.values()}
+                known.recent = {}
+                for recipient, at in (await s.execute(
+                        select(Acknowledgement.recipient, Acknowledgement.created_at)
+                        .where(Acknowledgement.recipient.in_(recipients),
+                               Acknowledgement.created_at > now - longest))).all():
+                    known.recent.setdefault(recipient, []).append(at)
+            if self.global_rate_limits:
+                longest = max(limit.window for limit in self.global_rate_limits)
+                known.everyone = list((await s.execute(
+                    select(Acknowledgement.created_at)
+                    .where(Acknowledgement.created_at > now - longest))).scalars())
+        self._known = known
+
+    def finish(self) -> None:
+        self._known = None
+
+    async def _first(self, s: AsyncSession, c: Conversation) -> Message | None:
+        if self._known is not None and c.id in self._known.ids:
+            return self._known.firsts.get(c.id)
+        return (await s.execute(
+            select(Message).where(Message.conversation_id == c.id, Message.direction == "in",
+                                  Message.author == "customer")
+            .order_by(Message.id).limit(1))).scalars().first()
+
+    async def _acknowledged(self, s: AsyncSession, c: Conversation) -> bool:
+        if self._known is not None and c.id in self._known.ids:
+            return c.id in self._known.acknowledged
+        return (await s.execute(select(Acknowledgement.id)
+                                .where(Acknowledgement.conversation_id == c.id))).first() \
+            is not None
 
     def plan(self, c: Conversation, now: datetime) -> None:
         """A new conversation from a customer: acknowledge it after ``acknowledgement.delay``."""
@@ -84,10 +141,7 @@ class Acknowledgements:
                           state: SlaState, now: datetime) -> bool:
         """Send the acknowledgement now, or audit why not; True if it was sent. When another
         instance holds the recipient's lock, ``ack_due_at`` is set a moment later instead."""
-        first = (await s.execute(
-            select(Message).where(Message.conversation_id == c.id, Message.direction == "in",
-                                  Message.author == "customer")
-            .order_by(Message.id).limit(1))).scalars().first()
+        first = await self._first(s, c)
         reason = None
         if not self.config.enabled:
             reason = "acknowledgements are disabled"
@@ -102,8 +156,7 @@ class Acknowledgements:
             reason = "staff already answered"
         elif c.status == "resolved":
             reason = "the conversation is already resolved"
-        elif (await s.execute(select(Acknowledgement.id)
-                              .where(Acknowledgement.conversation_id == c.id))).first():
+        elif await self._acknowledged(s, c):
             reason = "it was already acknowledged"
         else:
             reason = await self.customers.refusal(
@@ -133,6 +186,12 @@ class Acknowledgements:
             neutral=_sender_check(first) == "unverified")
         s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                               recipient=first.address.lower(), created_at=now))
+        if self._known is not None:  # the batch's later decisions count this one
+            self._known.acknowledged.add(c.id)
+            if self._known.recent is not None:
+                self._known.recent.setdefault(first.address.lower(), []).append(now)
+            if self._known.everyone is not None:
+                self._known.everyone.append(now)
         return True
 
     async def _recipient_lock(self, s: AsyncSession, address: str) -> bool:
@@ -149,11 +208,14 @@ class Acknowledgements:
     async def _rate_limited(self, s: AsyncSession, address: str, now: datetime) -> str | None:
         if not self.rate_limits:
             return None
-        longest = max(limit.window for limit in self.rate_limits)
-        sent = list((await s.execute(
-            select(Acknowledgement.created_at)
-            .where(Acknowledgement.recipient == address.lower(),
-                   Acknowledgement.created_at > now - longest))).scalars())
+        if self._known is not None and self._known.recent is not None:
+            sent = self._known.recent.get(address.lower(), [])
+        else:
+            longest = max(limit.window for limit in self.rate_limits)
+            sent = list((await s.execute(
+                select(Acknowledgement.created_at)
+                .where(Acknowledgement.recipient == address.lower(),
+                       Acknowledgement.created_at > now - longest))).scalars())
         for most, window, spec in self.rate_limits:
             if sum(1 for t in sent if t > now - window) >= most:
                 return f"the rate limit {spec} for {address} is reached"
@@ -161,13 +223,29 @@ class Acknowledgements:
 
     async def _globally_limited(self, s: AsyncSession, now: datetime) -> str | None:
         for most, window, spec in self.global_rate_limits:
-            sent = (await s.execute(
-                select(func.count()).select_from(Acknowledgement)
-                .where(Acknowledgement.created_at > now - window))).scalar_one()
+            if self._known is not None and self._known.everyone is not None:
+                sent = sum(1 for t in self._known.everyone if t > now - window)
+            else:
+                sent = (await s.execute(
+                    select(func.count()).select_from(Acknowledgement)
+                    .where(Acknowledgement.created_at > now - window))).scalar_one()
             if sent >= most:
                 return (f"the global rate limit {spec} for all acknowledgements is reached "
                         "(acknowledgement.global_rate_limits)")
         return None
+
+
+@dataclass
+class _Known:
+    """What :meth:`Acknowledgements.prepare` read for a batch."""
+
+    ids: set[int] = field(default_factory=set)
+    firsts: dict[int, Message] = field(default_factory=dict)
+    acknowledged: set[int] = field(default_factory=set)
+    recent: dict[str, list[datetime]] | None = None
+    """Each recipient's acknowledgements within the longest rate-limit window (SQLite)."""
+    everyone: list[datetime] | None = None
+    """All acknowledgements within the longest global window (SQLite)."""
 
 
 def _sender_check(message: Message) -> str | None:

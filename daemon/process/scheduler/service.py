@@ -277,11 +277,17 @@ class Scheduler:
                      tally: Tally[str]) -> None:
         """The claimed conversations, loaded at once; their new rows written together."""
         rows = OutboxRows(self.store.dialect)
-        loaded = (await s.execute(select(Conversation).where(Conversation.id.in_(ids))
-                                  .execution_options(populate_existing=True))).unique().scalars()
-        for c in list(loaded):
-            await self._process(s, c, now, tally, rows)
-            tally["planned"] += 1
+        loaded = list((await s.execute(select(Conversation).where(Conversation.id.in_(ids))
+                                       .execution_options(populate_existing=True))
+                       ).unique().scalars())
+        await self.acknowledgements.prepare(
+            s, [c for c in loaded if c.ack_due_at is not None and c.ack_due_at <= now], now)
+        try:
+            for c in loaded:
+                await self._process(s, c, now, tally, rows)
+                tally["planned"] += 1
+        finally:
+            self.acknowledgements.finish()
         await rows.write(s)
 
     async def _alone(self, conversation_id: int, now: datetime, tally: Tally[str]) -> None:
