@@ -81,6 +81,7 @@ class RootCards:
         self._thread = Together(self._threads)
         self._rendering = Together(self._render)
         self._attempting = Together(self._write_marks)
+        self._lines = Together(self._thread_lines)
 
     # -- what the root and the thread show ---------------------------------------------------------
 
@@ -144,20 +145,28 @@ class RootCards:
                 select(SlackThread).where(SlackThread.conversation_id.in_(ids)))).scalars()}
 
     async def thread_line(self, message_id: int) -> str | None:
-        """A stored message as a thread post; None for a note (or a message that is gone)."""
+        """A stored message as a thread post; None for a note (or a message that is gone).
+        The lines asked for at the same moment are read together."""
+        return await self._lines(message_id)
+
+    async def _thread_lines(self, ids: list[int]) -> dict[int, str]:
         async with self.store.reader() as s:
-            m = await s.get(Message, message_id)
-            if m is None or m.is_note:
-                return None
-            conversation = await s.get_one(Conversation, m.conversation_id)
-            reference = conversation.reference
-            if m.direction == "in":
-                return blocks.customer_line(
-                    m.author_name or m.address, m.channel, _shown_text(m), reference=reference,
-                    automated="automated" if m.automated else None,
-                    attachments=_attachment_names(m))
-            return blocks.outbound_line(m.author_name, m.author, m.channel, m.text,
-                                        reference=reference, address=m.address)
+            messages = (await s.execute(select(Message).where(Message.id.in_(ids)))).scalars()
+            lines = {}
+            for m in messages:
+                if m.is_note:
+                    continue
+                reference = f"FD-{m.conversation_id}"
+                if m.direction == "in":
+                    lines[m.id] = blocks.customer_line(
+                        m.author_name or m.address, m.channel, _shown_text(m),
+                        reference=reference, automated="automated" if m.automated else None,
+                        attachments=_attachment_names(m))
+                else:
+                    lines[m.id] = blocks.outbound_line(m.author_name, m.author, m.channel,
+                                                       m.text, reference=reference,
+                                                       address=m.address)
+            return lines
 
     # -- the root message in Slack ----------------------------------------------------------------
 
