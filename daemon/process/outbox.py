@@ -123,9 +123,9 @@ def head_of_lane() -> Any:
 class OutboxWorker:
     batch_size = 100
     """Rows attempted in one round at most (``deliver_due``)."""
-    claim_size = 20
-    """PostgreSQL: rows claimed at a time; a small batch, so rows are not held back from the
-    other instances while this one sends them."""
+    claim_size = 100
+    """PostgreSQL: rows claimed at a time (a round: they are sent together, so they are held
+    from the other instances only while they go)."""
     sends_per_remote = 8
     round_per_remote = 32
     """Rows one round takes for one remote at most (see :meth:`_next_round`)."""
