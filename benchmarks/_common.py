@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +53,38 @@ def asyncpg_dsn(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _pg_execute(url: str, sql: str) -> None:
+    import asyncpg
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
+
+
+class PgDatabase:
+    """A fresh database (``fd_bench_<hex>``) on the PostgreSQL server of ``url``, which the
+    user must be allowed to create; :attr:`url` names it, :meth:`drop` removes it."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.admin = url
+        self.name = f"fd_bench_{secrets.token_hex(4)}"
+        try:
+            _pg_execute(url, f'CREATE DATABASE "{self.name}"')
+        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
+            sys.exit(f"cannot create a PostgreSQL database with {make_url(url)!r}: {exc}")
+        self.url = make_url(url).set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        _pg_execute(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 def start_frontdesk(config: Path, http_port: int, log: Path,

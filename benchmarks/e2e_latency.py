@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
-    asyncpg_dsn,
+    PgDatabase,
     code_version,
     free_port,
     ms,
@@ -343,37 +343,6 @@ class Remote:
 
 
 # --- the daemon and its store ------------------------------------------------------------------
-
-def _pg(url: str, sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-class PgDatabase:
-    """A fresh database on the server named by ``url``, dropped by :meth:`drop`."""
-
-    def __init__(self, url: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        self.admin = url
-        self.name = f"fd_bench_{secrets.token_hex(4)}"
-        try:
-            _pg(url, f'CREATE DATABASE "{self.name}"')
-        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
-            sys.exit(f"cannot create a PostgreSQL database with {make_url(url)!r}: {exc}")
-        self.url = make_url(url).set(database=self.name).render_as_string(hide_password=False)
-
-    def drop(self) -> None:
-        _pg(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
 
 # An acknowledgement is queued when its row in `acknowledgements` is written: in the same
 # transaction as its message and the outbox row that delivers it.

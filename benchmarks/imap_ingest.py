@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -49,7 +48,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from benchmarks import _helpdesk_peer as peer
-from benchmarks._common import asyncpg_dsn, code_version, free_port
+from benchmarks._common import PgDatabase, asyncpg_dsn, code_version, free_port
 from tests.support import dovecot  # the same Dovecot the tests run
 
 HERE = Path(__file__).resolve()
@@ -104,38 +103,6 @@ def store_counts(url: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
 
     return asyncio.run(query())
-
-
-def _pg_execute(url: str, sql: str) -> None:
-    import asyncpg
-
-    async def execute() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(execute())
-
-
-class PgDatabase:
-    """A fresh database on the server named by ``url``, dropped by :meth:`drop` (as in
-    e2e_latency.py)."""
-
-    def __init__(self, url: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        self.admin = url
-        self.name = f"fd_bench_{secrets.token_hex(4)}"
-        try:
-            _pg_execute(url, f'CREATE DATABASE "{self.name}"')
-        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
-            sys.exit(f"cannot create a PostgreSQL database with {make_url(url)!r}: {exc}")
-        self.url = make_url(url).set(database=self.name).render_as_string(hide_password=False)
-
-    def drop(self) -> None:
-        _pg_execute(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    PgDatabase,
     asyncpg_dsn,
     code_version,
     free_port,
@@ -702,37 +703,6 @@ class PgProbe(StoreProbe):
             self.loop.run_until_complete(self.conn.close())
         finally:
             self.loop.close()
-
-
-class PgDatabase:
-    """A fresh database on the PostgreSQL server of ``admin_url``, dropped by :meth:`drop`."""
-
-    def __init__(self, admin_url: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        self.admin_url = admin_url
-        self.name = f"fd_bench_{uuid.uuid4().hex[:8]}"
-        try:
-            self._admin(f'CREATE DATABASE "{self.name}"')
-        except Exception as exc:  # noqa: BLE001 - any connection or permission problem
-            sys.exit(f"cannot create a PostgreSQL database with {make_url(admin_url)!r}: {exc}")
-        self.url = make_url(admin_url).set(database=self.name).render_as_string(
-            hide_password=False)
-
-    def _admin(self, sql: str) -> None:
-        import asyncpg
-
-        async def run() -> None:
-            conn = await asyncpg.connect(asyncpg_dsn(self.admin_url), timeout=10)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
-
-    def drop(self) -> None:
-        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 class Profiler:
