@@ -10,6 +10,11 @@ conversation going to one channel (``outbox.channel``: the customer channel, ``s
 desk's posts). A row waits while an earlier row of its lane is still pending, so a second reply
 follows the first; but a text message that cannot go never holds up an email reply in the same
 conversation, a Slack post never holds up a reply, and conversations never wait for each other.
+The worker goes in rounds: the due rows of a round are each the head of a different lane, so they
+are sent together (at most ``sends_per_remote`` at a time to one remote) and their outcomes are
+recorded in one transaction. A round takes a person's words first (a staff reply before the
+automatic messages), then each remote's oldest rows in turn, so a backlog at one remote never
+holds up another.
 A row for a customer channel that does not run in this daemon (no credentials configured) fails
 at once, for good, saying so, rather than waiting out hours of retries. When a remote answers
 again after failures (the first successful send to it), its other rows waiting in backoff are
@@ -23,8 +28,8 @@ another instance is claiming at that moment are passed over, never waited for) a
 ``next_attempt_at`` ahead by the lease (``daemon.outbox_lease``) with ``claimed_by`` set to this
 instance, so they are not due for anyone else while it sends. Marking a row sent or failed ends
 the claim. A claim whose instance died simply falls due again when the lease runs out, and another
-instance sends the row. A claim never outlives its lease while its instance works: the rows still
-waiting in a claimed batch have their lease renewed once half of it is gone, a send is cut short
+instance sends the row. A claim never outlives its lease while its instance works: a claimed
+round whose lease is half gone before it is sent is renewed first, a send is cut short
 (and retried) before the lease ends, and a stopping instance hands back what it did not send.
 Lane order holds across instances because a claimed row stays ``pending``: the next row of its
 lane is not at the head of the lane until the claimed one is done. SQLite has one instance, whose
@@ -127,11 +132,11 @@ class OutboxWorker:
     """PostgreSQL: rows claimed at a time (a round: they are sent together, so they are held
     from the other instances only while they go)."""
     sends_per_remote = 8
-    round_per_remote = 32
-    """Rows one round takes for one remote at most (see :meth:`_next_round`)."""
     """Rows sent to one remote (``outbox.channel``: email, slack, sms, a webhook receiver) at the
     same time, at most. The rows of one round are each the head of a different lane (one
     conversation's rows of one kind to one channel), so they never wait for each other."""
+    round_per_remote = 32
+    """Rows one round takes for one remote at most (see :meth:`_next_round`)."""
 
     def __init__(self, store: Store, *, senders: Mapping[str, Sender], clock: Clock,
                  metrics: Metrics, policy: RetryPolicy, poll: timedelta,

@@ -1,8 +1,9 @@
 """The processor: journal rows become contacts, conversations and messages.
 
-It runs at once in the same process as the journal: it parses journal rows outside any
-transaction (parsing is pure), then applies them in one transaction with a savepoint each, so a
-message that fails is rolled back alone and blocks nothing. A message whose processing raises
+It runs at once in the same process as the journal: it parses a batch of journal rows in a
+worker thread (parsing is pure), then stores the batch in one transaction (:class:`_Batch`);
+when that raises, each row is stored again in a savepoint of its own, so a message that fails
+is rolled back alone and blocks nothing. A message whose processing raises
 (its parse, writing its attachments' files, storing it) stays pending and is tried again after a
 short pause, ``Processor.error_attempts`` times in all; then it is marked ``failed`` with its
 error (a dead letter: ``frontdesk journal --failed``, ``journal retry``, ``journal discard``).
@@ -76,10 +77,11 @@ class ThreadingRules:
 class Processor:
     """Turns journal rows into contacts, conversations and messages.
 
-    Several instances on one PostgreSQL process one journal: each commit chunk first locks its
-    rows with ``FOR UPDATE SKIP LOCKED`` (rows another instance holds are skipped, neither waited
-    for nor processed twice) and parses only those. A contact is locked before its conversation
-    is chosen or opened, so two messages of one customer at once end in one conversation. When
+    Several instances on one PostgreSQL process one journal: each batch is read with
+    ``FOR UPDATE SKIP LOCKED`` (rows another instance holds are skipped, neither waited for nor
+    processed twice; it takes the next ones). The batch's known contacts are locked, in id order,
+    before their conversations are chosen or opened, so two messages of one customer at once end
+    in one conversation. When
     two instances meet on the same new sender (a unique key), or deadlock, the loser's row is
     rolled back alone, left pending and tried again in a moment (``race_attempts`` at most).
 
