@@ -246,6 +246,10 @@ class StepAside:
         self._factor = factor
         self._max_wait = max_wait
 
+    def busy(self) -> bool:
+        """Senders are waiting on the journal most of the time lately: a flood."""
+        return self._busy()
+
     async def wait(self, last_step: float, stopping: Callable[[], bool] = lambda: False) -> None:
         if not self._busy():
             return

@@ -94,6 +94,10 @@ class Processor:
     """
 
     batch_size = 100
+    flood_hold = 0.01
+    """Seconds a batch may hold the store's single writer (SQLite) while messages flood in: the
+    batch is cut to the rows that fit, by the time a row took lately, so the senders' commits
+    (and their 250/200) never wait long behind processing."""
     """Journal rows read, parsed and stored together, in one transaction."""
     race_attempts = 40
     """A row rolled back by races this many times is a dead letter after all (a unique key that
@@ -122,6 +126,7 @@ class Processor:
         self._clock = clock
         self._metrics = metrics
         self._last_chunk = 0.0
+        self._row_time = 0.0  # seconds a row took to store, lately (a moving average)
         self._hooks = hooks  # by reference: services register theirs after construction
         self._filters = filters  # by reference, like hooks
         self._wakeup = asyncio.Event()
@@ -205,7 +210,7 @@ class Processor:
             query = query.where(table.c.id.in_(list(ids)))
         elif held := self._held_back():
             query = query.where(table.c.id.not_in(held))
-        query = query.order_by(table.c.id).limit(self.batch_size)
+        query = query.order_by(table.c.id).limit(self._batch_limit())
         if self._store.dialect == "postgresql":
             done = await self._process_locked(query, last_try)
         else:
@@ -269,8 +274,22 @@ class Processor:
         began = time.monotonic()
         async with self._store.session() as session:
             done = await self._apply(session, parsed, self._clock(), last_try)
-        self._last_chunk = time.monotonic() - began
+        self._took(time.monotonic() - began, len(rows))
         return done
+
+    def _batch_limit(self) -> int:
+        """``batch_size`` rows, or while the journal is flooded as many as store in about
+        ``flood_hold`` (at least one), so that processing holds the single writer briefly."""
+        if self._step_aside is None or not self._step_aside.busy() or self._row_time <= 0:
+            return self.batch_size
+        return max(1, min(self.batch_size, int(self.flood_hold / self._row_time)))
+
+    def _took(self, seconds: float, rows: int) -> None:
+        self._last_chunk = seconds
+        if rows:
+            per_row = seconds / rows
+            self._row_time = per_row if self._row_time <= 0 else (
+                0.7 * self._row_time + 0.3 * per_row)
 
     async def _process_locked(self, query: Any, last_try: bool) -> list[tuple[Any, Outcome]]:
         """PostgreSQL (maybe several instances): lock a batch of pending rows, skipping the rows
@@ -284,7 +303,7 @@ class Processor:
             if mine:
                 done = await self._apply(session, await self._parse(mine), self._clock(),
                                          last_try)
-        self._last_chunk = time.monotonic() - began
+        self._took(time.monotonic() - began, len(done))
         return done
 
     async def _apply(self, session: AsyncSession,

@@ -116,3 +116,23 @@ async def test_a_row_that_fails_is_rolled_back_alone(daemon: Daemon) -> None:
                   ).scalars().all()
     assert stored == {"ada@example.org", "cy@example.org"}
     assert states == ["done", "pending", "done"]  # Bob's is tried again after a pause
+
+
+async def test_while_messages_flood_in_a_batch_holds_the_writer_only_briefly(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a flood the senders' commits come first: a processing step stores only the rows
+    that fit in ``flood_hold`` by the time a row took lately, and the whole batch again when
+    the flood is over."""
+    await journal_mails(daemon, mail(msgid="<warm@example.org>"),
+                        mail(frm="Bob <bob@example.org>", msgid="<warm-b@example.org>"))
+    await process_one_batch(daemon, 2)  # the processor learns what a row takes
+    await journal_mails(daemon, *(mail(frm=f"C{i} <c{i}@example.org>", msgid=f"<f{i}@example.org>")
+                                  for i in range(6)))
+    flooded = True
+    monkeypatch.setattr(daemon.journal, "idle", lambda: not flooded)
+    monkeypatch.setattr(daemon.processor, "flood_hold", 1e-9)  # less than any row takes
+    await process_one_batch(daemon, 1)
+    await process_one_batch(daemon, 1)
+    flooded = False
+    await process_one_batch(daemon, 4)
+    assert await count(daemon, Message) == 8
