@@ -333,6 +333,62 @@ class ApiConfig(Section):
     """How long a POST's ``Idempotency-Key`` and its first answer are kept."""
 
 
+class DashboardConfig(Section):
+    """``[dashboard]``: the team lead's page at ``/dashboard`` on ``http.listen`` (sign in with a
+    token from ``frontdesk token create``, any scope)."""
+
+    enabled: bool = True
+    session_lifetime: Duration = timedelta(hours=12)
+    """How long a sign-in lasts (revoking the token ends it at once)."""
+    session_secret: SecretStr = SecretStr("")
+    """Signs the session cookies. Empty: a random key per process, so a restart signs everyone
+    out; give every instance the same one (32+ random characters) to keep sessions across
+    restarts and instances."""
+
+
+_WEEKDAY = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[str, ...] = get_args(_WEEKDAY)
+_SLACK_CHANNEL = re.compile(r"^[A-Z0-9]{2,32}$")
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class DigestConfig(Section):
+    """``[digest]``: once a week, the last 7 days' figures posted in a Slack channel (through
+    the Slack desk, so it needs ``[slack]``)."""
+
+    channel: str = ""
+    """The Slack channel's id (``C0123456789``, not ``#name``); empty: no digest."""
+    day: _WEEKDAY = "monday"
+    time: str = "09:00"
+    """``HH:MM`` on ``day``, in ``sla.timezone``."""
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _SLACK_CHANNEL.match(value):
+            raise ValueError(f"{value!r} is not a Slack channel id like C0123456789 (the id "
+                             "from the channel's details, not its #name)")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not _CLOCK_TIME.match(value.strip()):
+            raise ValueError(f'{value!r} is not a time like "09:00" (24-hour HH:MM)')
+        return value.strip()
+
+    @property
+    def weekday(self) -> int:
+        """Monday 0 ... Sunday 6."""
+        return WEEKDAYS.index(self.day)
+
+    @property
+    def hour_minute(self) -> tuple[int, int]:
+        hour, minute = self.time.split(":")
+        return int(hour), int(minute)
+
+
 class WebhookConfig(Section):
     """One ``[[webhooks]]`` receiver: signed per the Standard Webhooks specification, delivered
     through the outbox in a lane of its own."""
@@ -668,6 +724,34 @@ class EscalationLevel(Section):
         return self
 
 
+def _tag(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_:-]{1,50}", value):
+        raise ValueError(f"{value!r} is not a tag: 1-50 lower-case letters, digits, -, _ and :")
+    return value
+
+
+class TagRule(Section):
+    """One ``[[tag_rules]]`` entry: a new conversation that matches gets ``tags``.
+
+    The conditions are those of ``[[slack.routes]]`` (every condition named must match, a list
+    matches when any of its items does); unlike routes, every matching rule applies.
+    """
+
+    tags: list[Annotated[str, AfterValidator(_tag)]] = Field(min_length=1)
+    customer_channels: list[ChannelName] = Field(default_factory=list)
+    inbox_addresses: list[EmailAddress] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    contact_tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_a_condition(self) -> TagRule:
+        if not (self.customer_channels or self.inbox_addresses or self.keywords
+                or self.contact_tags):
+            raise ValueError("a tag rule needs at least one of customer_channels, "
+                             "inbox_addresses, keywords, contact_tags")
+        return self
+
+
 def _reply_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
         raise ValueError(f"{value!r}: a saved reply's name is letters, digits, - and _")
@@ -690,11 +774,15 @@ class CoreSettings(Section):
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     reminder: ReminderConfig = Field(default_factory=ReminderConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     saved_replies: dict[Annotated[str, AfterValidator(_reply_name)], str] = Field(
         default_factory=dict)
     """Answers a team gives every day, by name: ``refund = "Hi {name}, ..."`` (see
     :func:`frontdesk.domain.conversations.render_saved_reply` for the placeholders)."""
+    tag_rules: list[TagRule] = Field(default_factory=list)
+    """Tags a new conversation gets by its channel, inbox address, keywords or contact tags."""
 
     @field_validator("webhooks")
     @classmethod

@@ -106,7 +106,7 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
 # --- staff actions: the same from Slack, the command line and the scheduler ----------------------
 
 PRIORITIES = ("low", "normal", "high", "urgent")
-_TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+_TAG = re.compile(r"[a-z0-9_:-]{1,50}")
 
 
 class InvalidAction(ValueError):
@@ -141,7 +141,7 @@ async def resolve(session: AsyncSession, conversation: Conversation, *, actor: s
     conversation.snoozed_until = None
     conversation.updated_at = now
     _audit(session, conversation, "conversation_resolved", actor=actor, now=now, data=data,
-           previous=previous)
+           previous=previous, **({"noted": True} if note else {}))
     await session.flush()
     return True
 
@@ -215,12 +215,14 @@ _MORNING = frozenset({"morning", "next-business-morning", "next_business_morning
 
 
 def conversation_tag(text: str) -> str:
-    """A conversation tag as stored: lower-case letters and digits, ``-`` and ``_``."""
-    tag = text.strip().lower()
-    if not _TAG.match(tag):
-        raise InvalidAction(f"{text!r} is not a tag: lower-case letters, digits, - and _ "
-                            "(at most 48)")
-    return tag
+    """A conversation tag as given (CONTRACT.md): 1-50 lower-case letters, digits, ``-``, ``_``
+    and ``:``; anything else is refused, with the lower-case form suggested when that would do."""
+    tag = text.strip()
+    if _TAG.fullmatch(tag):
+        return tag
+    hint = f" (did you mean {tag.lower()!r}?)" if _TAG.fullmatch(tag.lower()) else ""
+    raise InvalidAction(f"{text!r} is not a tag: 1-50 lower-case letters, digits, -, _ and :"
+                        + hint)
 
 
 async def set_tags(session: AsyncSession, conversation: Conversation, *, add: Sequence[str] = (),

@@ -9,7 +9,8 @@ messages and notes, never frontdesk's own acknowledgements, surveys and reminder
 The query: words are matched as prefixes ("refund" finds "refunded") and all of them must occur in
 one message; ``"left the warehouse"`` in double quotes is a phrase (those words in that order);
 ``OR`` between two terms takes either (``refund OR return damaged``: refund or return, and
-damaged). Results are conversations, best match first, each with a snippet of its best-matching
+damaged); ``tag:refund`` keeps the conversations tagged ``refund`` (alone, it lists them, newest
+first). Results are conversations, best match first, each with a snippet of its best-matching
 message; matched words are marked :data:`MARK_START` ... :data:`MARK_END` for the caller to show as
 it likes (:func:`marked`).
 """
@@ -108,19 +109,33 @@ def parse_query(query: str) -> list[Clause]:
     return [tuple(c) for c in clauses]
 
 
+_TAG_TERM = re.compile(r"(?<!\S)tag:(\S*)", re.IGNORECASE)
+
+
+def split_tags(query: str) -> tuple[str, list[str]]:
+    """The query without its ``tag:NAME`` terms, and the tags they name."""
+    tags = [t.lower() for t in _TAG_TERM.findall(query)]
+    if any(not re.fullmatch(r"[a-z0-9_:-]{1,50}", t) for t in tags):
+        raise InvalidQuery("tag: is followed by a tag, like tag:refund")
+    return _TAG_TERM.sub(" ", query), tags
+
+
 async def search_conversations(session: AsyncSession, query: str, *,
                                limit: int = 20) -> list[SearchHit]:
     """Conversations with a message people wrote that matches ``query``, best first."""
-    terms = parse_query(query)
-    if not terms:
-        raise InvalidQuery("search for at least one word")
+    rest, tags = split_tags(query)
+    terms = parse_query(rest)
+    if not terms and not tags:
+        raise InvalidQuery("search for at least one word or tag:NAME")
     dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        best = await _sqlite(session, terms, limit)
-    elif dialect == "postgresql":
-        best = await _postgresql(session, terms, limit)
-    else:  # pragma: no cover - the store only runs on these two
+    if dialect not in ("sqlite", "postgresql"):  # pragma: no cover - the store runs on these
         raise InvalidQuery(f"full-text search is not available on {dialect}")
+    if not terms:
+        best = await _tagged(session, dialect, tags, limit)
+    elif dialect == "sqlite":
+        best = await _sqlite(session, terms, tags, limit)
+    else:
+        best = await _postgresql(session, terms, tags, limit)
     if not best:
         return []
     conversations = {c.id: c for c in (await session.execute(
@@ -165,13 +180,44 @@ def _tsquery(clauses: list[Clause]) -> str:
                       for c in clauses)
 
 
-async def _sqlite(session: AsyncSession, terms: list[Clause],
+def _having_tags(dialect: str, tags: list[str]) -> tuple[str, dict[str, str]]:
+    """SQL that keeps the conversations ``c`` tagged with every one of ``tags``."""
+    params = {f"tag{i}": t for i, t in enumerate(tags)}
+    if dialect == "sqlite":
+        each = "EXISTS (SELECT 1 FROM json_each(c.tags) WHERE json_each.value = :{})"
+    else:
+        each = "(c.tags::jsonb) @> jsonb_build_array(CAST(:{} AS text))"
+    return "".join(" AND " + each.format(k) for k in params), params
+
+
+async def _tagged(session: AsyncSession, dialect: str, tags: list[str],
+                  limit: int) -> list[tuple[int, int, str]]:
+    """Conversations with every one of ``tags``, newest first, each with its first message
+    people wrote as the snippet."""
+    having, params = _having_tags(dialect, tags)
+    rows = (await session.execute(text(
+        "SELECT c.id, (SELECT min(m.id) FROM messages m WHERE m.conversation_id = c.id "
+        "AND m.author != 'system') AS first FROM conversations c WHERE 1 = 1" + having +
+        " ORDER BY c.updated_at DESC, c.id DESC LIMIT :n"), {**params, "n": limit})).all()
+    firsts = [int(m) for _c, m in rows if m is not None]
+    texts: dict[int, str] = {}
+    if firsts:
+        texts = {i: " ".join(t.split())[:160] for i, t in (await session.execute(
+            text("SELECT id, text FROM messages WHERE id IN (" + ",".join(map(str, firsts))
+                 + ")"))).all()}
+    return [(int(c), int(m or 0), texts.get(int(m or 0), "")) for c, m in rows]
+
+
+async def _sqlite(session: AsyncSession, terms: list[Clause], tags: list[str],
                   limit: int) -> list[tuple[int, int, str]]:
     match = _fts5(terms)
+    having, params = _having_tags("sqlite", tags)
     rows = (await session.execute(text(
         "SELECT m.id, m.conversation_id FROM messages_fts JOIN messages m "
-        "ON m.id = messages_fts.rowid WHERE messages_fts MATCH :q AND m.author != 'system' "
-        "ORDER BY rank, m.id DESC LIMIT :n"), {"q": match, "n": _CANDIDATES})).all()
+        "ON m.id = messages_fts.rowid JOIN conversations c ON c.id = m.conversation_id "
+        "WHERE messages_fts MATCH :q AND m.author != 'system'" + having +
+        " ORDER BY rank, m.id DESC LIMIT :n"),
+        {"q": match, "n": _CANDIDATES, **params})).all()
     chosen = _best_per_conversation(list(rows), limit)
     if not chosen:
         return []
@@ -183,14 +229,16 @@ async def _sqlite(session: AsyncSession, terms: list[Clause],
     return [(c, m, snippets.get(m, "")) for c, m in chosen]
 
 
-async def _postgresql(session: AsyncSession, terms: list[Clause],
+async def _postgresql(session: AsyncSession, terms: list[Clause], tags: list[str],
                       limit: int) -> list[tuple[int, int, str]]:
     tsquery = _tsquery(terms)
+    having, params = _having_tags("postgresql", tags)
     rows = (await session.execute(text(
-        f"SELECT m.id, m.conversation_id FROM messages m, to_tsquery('simple', :q) query "
-        f"WHERE {_PG_DOCUMENT} @@ query AND m.author != 'system' "
+        f"SELECT m.id, m.conversation_id FROM messages m JOIN conversations c "
+        f"ON c.id = m.conversation_id, to_tsquery('simple', :q) query "
+        f"WHERE {_PG_DOCUMENT} @@ query AND m.author != 'system'{having} "
         f"ORDER BY ts_rank({_PG_DOCUMENT}, query) DESC, m.id DESC LIMIT :n"),
-        {"q": tsquery, "n": _CANDIDATES})).all()
+        {"q": tsquery, "n": _CANDIDATES, **params})).all()
     chosen = _best_per_conversation(list(rows), limit)
     if not chosen:
         return []

@@ -144,6 +144,7 @@ class Conversation(Base):
         Index("ix_conversations_status_id", "status", "id"),
         Index("ix_conversations_contact_channel", "contact_id", "channel"),
         Index("ix_conversations_next_due_at", "next_due_at"),
+        Index("ix_conversations_updated_at", "updated_at"),  # 0011: similar's refresh
         Index("ix_conversations_sla_dirty", "id",
               sqlite_where=text("updated_at <> sla_checked_at"),
               postgresql_where=text("updated_at <> sla_checked_at")),
@@ -500,3 +501,16 @@ class ApiIdempotency(Base):
     status: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SavedReply(Base):
+    """A saved reply kept in the store (``frontdesk saved-reply add``, the Slack shortcut);
+    the config file's ``[saved_replies]`` are listed beside these."""
+
+    __tablename__ = "saved_replies"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # lower-case
+    text: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

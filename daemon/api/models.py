@@ -127,11 +127,20 @@ class InboundOut(Open):
     reference: str | None = Field(description='"FD-12"; null while it is being made (202)')
 
 
+class ReportGroup(Open):
+    key: str | None = Field(description="The channel, tag or assignee; null: no tag / nobody")
+
+
 class ReportOut(Open):
     since: str | None
     until: str | None
     overall: dict[str, Any]
-    channels: dict[str, Any]
+    channels: dict[str, Any] | None = Field(default=None, description="Without ?by")
+    by: Literal["channel", "tag", "agent"] | None = None
+    groups: list[ReportGroup] | None = Field(
+        default=None, description="With ?by: one entry per key, the biggest first (a "
+                                  "conversation with two tags counts in both)")
+    filters: dict[str, str] | None = None
 
 
 class ExportOut(Open):
@@ -183,3 +192,7 @@ class ConversationQuery(Strict):
 
 class ReportQuery(Strict):
     since: str = Field(default="7d", max_length=16, description='"7d", "24h", "1h30m"')
+    by: Literal["channel", "tag", "agent"] | None = Field(
+        default=None, description="Groups instead of channels (as `frontdesk report --by`)")
+    channel: str | None = Field(default=None, max_length=16, description="Only this channel")
+    tag: str | None = Field(default=None, max_length=64, description="Only this tag")

@@ -68,7 +68,7 @@ from frontdesk.domain.privacy import (
     live_contact,
 )
 from frontdesk.domain.replies import ReplyComposer
-from frontdesk.domain.report import build_report
+from frontdesk.domain.report import Filters, build_report
 from frontdesk.domain.search import InvalidQuery, search_conversations
 from frontdesk.domain.sla import contact_tags
 from frontdesk.storage.attachments import AttachmentStore
@@ -235,7 +235,10 @@ def build(services: Services) -> list[Operation]:
                 tags = [value] if isinstance(value, str) else value
                 if tags is None:
                     raise InvalidAction("tag: value is the list of the conversation's tags")
-                await set_tags(call.session, c, replace=tags, **kw)
+                try:
+                    await set_tags(call.session, c, replace=tags, **kw)
+                except InvalidAction as exc:  # CONTRACT.md: a bad tag is a 400
+                    raise ApiError(400, str(exc)) from None
         except InvalidAction as exc:
             raise ApiError(422, str(exc)) from None
         return Answer(200, _summary(c), c.id)
@@ -248,8 +251,9 @@ def build(services: Services) -> list[Operation]:
             raise ApiError(422, f"since: {exc}") from None
         if since.total_seconds() <= 0:
             raise ApiError(422, "since: must be longer than 0")
-        return Answer(200, await build_report(call.session, since=since, now=call.now,
-                                              calendar=services.calendar))
+        return Answer(200, await build_report(
+            call.session, since=since, now=call.now, calendar=services.calendar, by=q.by,
+            filters=Filters(channel=q.channel or None, tag=q.tag or None)))
 
     async def get_contact(call: Call) -> Answer:
         return Answer(200, await _contact_view(call, await _contact(call)))

@@ -141,6 +141,19 @@ def private_umask() -> Iterator[None]:
         os.umask(old)
 
 
+def who_parser(parser_class: type[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The ``--as NAME`` option of a command that changes something (a parent parser)."""
+    who = parser_class(add_help=False)
+    who.add_argument("--as", dest="actor", metavar="NAME",
+                     help="who does it, for the audit (default: $USER)")
+    return who
+
+
+def actor_of(args: argparse.Namespace) -> str:
+    """Who runs the command, for the audit: ``--as``, else ``$USER``, else "staff"."""
+    return getattr(args, "actor", None) or os.environ.get("USER") or "staff"
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (a usage error, exit 2, otherwise)."""
     try:

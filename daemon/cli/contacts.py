@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from frontdesk.daemon.cli.common import (
     Failure,
+    actor_of,
     for_terminal,
     print_json,
     settings_of,
     terminal_text,
+    who_parser,
     with_store,
 )
 from frontdesk.daemon.cli.outbox import unsendable
@@ -43,9 +44,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
     show.add_argument("contact", metavar="ID|ADDRESS",
                       help="a contact id, or an address: ada@example.org, +15550001111, "
                            "telegram:12345")
-    who = parser_class(add_help=False)
-    who.add_argument("--as", dest="actor", metavar="NAME",
-                     help="who does it, for the audit (default: $USER)")
+    who = who_parser(parser_class)
     merge = actions.add_parser("merge", parents=[common, as_json, who],
                                help="merge contact B into contact A (both histories kept)")
     merge.add_argument("keep", metavar="A", help="the contact that stays (id or address)")
@@ -79,9 +78,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
     erase.add_argument("--confirm", action="store_true",
                        help="really erase (without it nothing changes)")
 
-
-def _actor(args: argparse.Namespace) -> str:
-    return args.actor or os.environ.get("USER") or "staff"
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
@@ -123,7 +119,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         async with store.session() as s:
             keep = await live_contact(s, await find_contact(s, args.keep, known=known))
             other = await live_contact(s, await find_contact(s, args.other, known=known))
-            result = await merge_contacts(s, keep, other, actor=_actor(args), now=utcnow())
+            result = await merge_contacts(s, keep, other, actor=actor_of(args), now=utcnow())
             detail = await contact_detail(s, keep)
         if args.json:
             print_json(detail)
@@ -143,7 +139,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
                 raise ContactError(f"{conversation.reference} is not contact {contact.id}'s")
             made = await request_link(s, contact, args.address,
                                       replies=replies, now=utcnow(),
-                                      requested_by=_actor(args), conversation=conversation,
+                                      requested_by=actor_of(args), conversation=conversation,
                                       unavailable=unsendable(settings))
         where = f" in FD-{made.conversation_id}" if made.conversation_id else ""
         print(f"a code is on its way to {terminal_text(made.address)}; it links the address "
@@ -155,7 +151,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
         async with store.session() as s:
             contact = await live_contact(s, await find_contact(s, args.contact, known=known))
             changes = {"remove": args.tags} if args.remove else {"add": args.tags}
-            await change_contact(s, contact, actor=_actor(args), now=utcnow(), **changes)
+            await change_contact(s, contact, actor=actor_of(args), now=utcnow(), **changes)
             tags = contact_tag_list(contact)
             contact_id = contact.id
         if args.json:
@@ -184,7 +180,7 @@ def cmd_contact(args: argparse.Namespace) -> int:
                 "nothing was changed: run it again with --confirm")
         async with store.session() as s:
             contact = await find_contact(s, args.contact, known=known)
-            report = await erase_contact(s, contact, actor=_actor(args), now=utcnow())
+            report = await erase_contact(s, contact, actor=actor_of(args), now=utcnow())
         report = await finish_erasure(store, AttachmentStore(settings.daemon.data_dir), report)
         counts = report.counts
         print(f"contact {report.contact_id} erased: {counts['identities']} identities, "

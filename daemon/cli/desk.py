@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
 from frontdesk.daemon.cli.common import (
     Failure,
+    actor_of,
     for_terminal,
     positive_int,
     print_json,
     settings_of,
     terminal_text,
+    who_parser,
     with_store,
 )
 from frontdesk.domain.business_hours import calendar_from_settings
@@ -28,9 +29,7 @@ from frontdesk.storage.clock import utcnow
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser,
                 parser_class: type[argparse.ArgumentParser]) -> None:
-    who = parser_class(add_help=False)
-    who.add_argument("--as", dest="actor", metavar="NAME",
-                     help="who does it, for the audit (default: $USER)")
+    who = who_parser(parser_class)
     search = sub.add_parser("search", parents=[common, as_json],
                             help="find conversations by the words in their messages")
     search.add_argument("text", metavar="TEXT", nargs="+",
@@ -40,6 +39,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                             ("reopen", "open a conversation again")):
         p = sub.add_parser(name, parents=[common, who], help=help_text)
         p.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
+        if name == "resolve":
+            p.add_argument("--note", metavar="TEXT",
+                           help="what solved it, kept as the conversation's resolution note "
+                                "(shown with it in similar conversations)")
     assign = sub.add_parser("assign", parents=[common, who],
                             help="give a conversation to someone (\"-\" for nobody)")
     assign.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
@@ -85,7 +88,7 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
         from frontdesk.domain.conversations import InvalidAction, get_conversation
 
         settings = settings_of(args)
-        actor = args.actor or os.environ.get("USER") or "staff"
+        actor = actor_of(args)
 
         async def work(store: Any) -> int:
             async with store.session() as s:
@@ -107,7 +110,8 @@ def _action(describe: Callable[[Any, argparse.Namespace], str],
 async def _resolve(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
     from frontdesk.domain.conversations import resolve
 
-    return await resolve(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"})
+    return await resolve(s, c, actor=kw["actor"], now=kw["now"], data={"via": "cli"},
+                         note=args.note)
 
 
 async def _reopen(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
@@ -132,7 +136,8 @@ async def _snooze(s: Any, c: Any, args: argparse.Namespace, **kw: Any) -> bool:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": cmd_search,
-    "resolve": _action(lambda c, a: f"{c.reference} resolved", _resolve),
+    "resolve": _action(lambda c, a: f"{c.reference} resolved"
+                       + (" (resolution note kept)" if a.note else ""), _resolve),
     "reopen": _action(lambda c, a: f"{c.reference} reopened", _reopen),
     "assign": _action(lambda c, a: f"{c.reference} assigned to {c.assignee}" if c.assignee
                       else f"{c.reference} unassigned", _assign),

@@ -22,6 +22,7 @@ from frontdesk import __version__
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
+from frontdesk.daemon.cli import knowledge as cli_knowledge
 from frontdesk.daemon.cli import log as cli_log
 from frontdesk.daemon.cli import outbox as cli_outbox
 from frontdesk.daemon.cli import tokens as cli_tokens
@@ -86,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", parents=[common], help="service figures")
     report.add_argument("--since", type=duration, default="7d",
                         help='the period up to now, like "7d", "24h" or "1d12h"')
+    report.add_argument("--by", choices=["channel", "tag", "agent"],
+                        help="one row per channel, conversation tag (a conversation with two "
+                             "tags counts in both) or assignee, instead of per channel")
+    report.add_argument("--channel", metavar="NAME",
+                        help="only conversations and messages on this channel")
+    report.add_argument("--tag", metavar="TAG", help="only conversations with this tag")
     report_format = report.add_mutually_exclusive_group()
     report_format.add_argument("--json", action="store_true", help="machine-readable output")
     report_format.add_argument("--csv", action="store_true",
@@ -113,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_outbox.add_parsers(sub, common, as_json, Parser)
     cli_log.add_parsers(sub, common, as_json, Parser)
     cli_tokens.add_parsers(sub, common, as_json, Parser)
+    cli_knowledge.add_parsers(sub, common, as_json, Parser)
     _with_examples(p)
     return p
 
@@ -126,12 +134,21 @@ EXAMPLES = {
     "conversations": "frontdesk conversations --status open --limit 20",
     "show": "frontdesk show FD-12\n  frontdesk show 12 --json",
     "reply": 'frontdesk reply FD-12 "It left our warehouse today." --as Grace',
-    "report": "frontdesk report --since 30d\n  frontdesk report --since 1d12h --csv",
+    "report": "frontdesk report --since 30d\n  frontdesk report --since 1d12h --csv\n"
+              "  frontdesk report --by tag --json\n  frontdesk report --by agent --channel email",
     "journal": "frontdesk journal --failed",
     "journal retry": "frontdesk journal retry 31",
     "journal discard": "frontdesk journal discard 31 --as Grace",
     "search": 'frontdesk search refund OR return "never arrived"',
-    "resolve": "frontdesk resolve FD-12 --as Grace",
+    "resolve": "frontdesk resolve FD-12 --as Grace\n"
+               '  frontdesk resolve FD-12 --note "Re-sent the invoice with the VAT number"',
+    "tag": "frontdesk tag FD-12 refund kettle\n  frontdesk tag FD-12 kettle --remove",
+    "similar": "frontdesk similar FD-12\n  frontdesk similar FD-12 --limit 5 --json",
+    "saved-reply": "frontdesk saved-reply list",
+    "saved-reply add": 'frontdesk saved-reply add tracking "Hi {first_name}, your parcel\'s '
+                       'tracking link is in the shipping mail."',
+    "saved-reply list": "frontdesk saved-reply list --json",
+    "saved-reply remove": "frontdesk saved-reply remove tracking --as Grace",
     "reopen": "frontdesk reopen FD-12",
     "assign": "frontdesk assign FD-12 Grace\n  frontdesk assign FD-12 -",
     "snooze": "frontdesk snooze FD-12 2h\n  frontdesk snooze FD-12 morning",
@@ -356,6 +373,10 @@ def _format_detail(d: dict[str, Any], when: Callable[[str | None], str]) -> str:
         f"{when(d['first_response_due_at'])}"
         + (f", answered {when(d['first_responded_at'])}" if d["first_responded_at"] else ""),
         *sla_lines(d, when),
+        *([f"  tags {' '.join(d['tags'])}"] if d.get("tags") else []),
+        *([f"  resolution note: {line}" if i == 0 else f"    {line}"
+           for i, line in enumerate(d["resolution_note"].splitlines())]
+          if d.get("resolution_note") else []),
         *_other_lines(d.get("other_conversations") or []),
         "",
     ]
@@ -411,15 +432,17 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from frontdesk.domain.report import build_report, format_report, report_csv
+    from frontdesk.domain.report import Filters, build_report, format_report, report_csv
 
     settings = settings_of(args)
     since = args.since
+    filters = Filters(channel=args.channel or None, tag=args.tag or None)
 
     async def work(store: Any) -> int:
         async with store.reader() as s:
             report = await build_report(s, since=since, now=utcnow(),
-                                        calendar=calendar_from_settings(settings.sla))
+                                        calendar=calendar_from_settings(settings.sla),
+                                        filters=filters, by=args.by)
         if args.json:
             print_json(report)
         elif args.csv:
@@ -528,6 +551,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **cli_outbox.COMMANDS,  # outbox [retry|cancel]
     **cli_log.COMMANDS,  # log phone|in-person|letter
     **cli_tokens.COMMANDS,  # token create|list|revoke
+    **cli_knowledge.COMMANDS,  # tag, similar, saved-reply add|list|remove
 }
 
 

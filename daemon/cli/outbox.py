@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from frontdesk.daemon.cli.common import (
     Failure,
+    actor_of,
     for_terminal,
     local_times,
     positive_int,
     print_json,
     settings_of,
+    who_parser,
     with_store,
 )
 from frontdesk.daemon.process.registry import Settings
@@ -46,9 +47,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                         help="the newest N rows (default 100)")
     actions = outbox.add_subparsers(dest="outbox_command", parser_class=parser_class,
                                     metavar="retry|cancel")
-    who = parser_class(add_help=False)
-    who.add_argument("--as", dest="actor", metavar="NAME",
-                     help="who does it, for the audit (default: $USER)")
+    who = who_parser(parser_class)
     retry = actions.add_parser("retry", parents=[common, who],
                                help="send now, clearing the backoff (a failed row is queued "
                                     "again)")
@@ -60,9 +59,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                                 help='give up on one: it ends failed, "cancelled by NAME"')
     cancel.add_argument("id", type=positive_int, metavar="ID", help="the outbox row")
 
-
-def _actor(args: argparse.Namespace) -> str:
-    return args.actor or os.environ.get("USER") or "staff"
 
 
 def unsendable(settings: Settings) -> dict[str, str]:
@@ -112,7 +108,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return 0
 
     async def retry(store: Any) -> int:
-        done = await retry_rows(store, None if args.all else args.id, actor=_actor(args),
+        done = await retry_rows(store, None if args.all else args.id, actor=actor_of(args),
                                 now=utcnow())
         if not args.all:
             if done.busy:
@@ -133,7 +129,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return 0
 
     async def cancel(store: Any) -> int:
-        item = for_terminal(await cancel_row(store, args.id, actor=_actor(args), now=utcnow()))
+        item = for_terminal(await cancel_row(store, args.id, actor=actor_of(args), now=utcnow()))
         where = f" on {item['conversation']}" if item["conversation"] else ""
         print(f"outbox #{item['id']} ({item['kind']} {item['channel']} to "
               f"{item['target'] or '-'}{where}) cancelled: it will not be sent")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +16,12 @@ from typing import Any
 from frontdesk.daemon.api.tokens import TokenError, create_token, list_tokens, revoke_token
 from frontdesk.daemon.cli.common import (
     Failure,
+    actor_of,
     for_terminal,
     print_json,
     settings_of,
     terminal_text,
+    who_parser,
     with_store,
 )
 from frontdesk.storage.clock import utcnow
@@ -32,9 +33,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                            help="REST API tokens: create (printed once), list, revoke")
     actions = token.add_subparsers(dest="token_command", required=True,
                                    parser_class=parser_class, metavar="COMMAND")
-    who = parser_class(add_help=False)
-    who.add_argument("--as", dest="actor", metavar="NAME",
-                     help="who does it, for the audit (default: $USER)")
+    who = who_parser(parser_class)
     create = actions.add_parser("create", parents=[common, as_json, who],
                                 help="a new token, printed once")
     create.add_argument("name", metavar="NAME", help="what uses it, like shop or n8n")
@@ -46,9 +45,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.Arg
                                 help="end a token at once")
     revoke.add_argument("name", metavar="NAME", help="the token's name (frontdesk token list)")
 
-
-def _actor(args: argparse.Namespace) -> str:
-    return args.actor or os.environ.get("USER") or "staff"
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -66,7 +62,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 async def _create(store: Any, args: argparse.Namespace) -> int:
     async with store.session() as s:
-        token = await create_token(s, args.name, args.scope, actor=_actor(args), now=utcnow())
+        token = await create_token(s, args.name, args.scope, actor=actor_of(args), now=utcnow())
     if args.json:
         print_json({"name": args.name, "scope": args.scope, "token": token})
     else:
@@ -92,7 +88,7 @@ async def _list(store: Any, args: argparse.Namespace) -> int:
 
 async def _revoke(store: Any, args: argparse.Namespace) -> int:
     async with store.session() as s:
-        await revoke_token(s, args.name, actor=_actor(args), now=utcnow())
+        await revoke_token(s, args.name, actor=actor_of(args), now=utcnow())
     print(f"token {terminal_text(args.name)} revoked")
     return 0
 

@@ -8,8 +8,12 @@ raises the priority one step.
 
 ``/frontdesk SUBCOMMAND [REF] [ARGS]``: ``resolve FD-12``, ``reopen FD-12``, ``claim FD-12``,
 ``assign FD-12 @user`` (or ``me``, ``nobody``), ``snooze FD-12 2h`` (or ``morning``),
-``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``; the answer
-is shown only to the person who typed it. ``log phone|in-person|letter`` opens a form
+``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``,
+``resolve FD-12 what solved it`` (a resolution note), ``tag FD-12 refund -kettle``,
+``similar FD-12``, ``saved-reply list|add NAME TEXT|remove NAME``; the answer is shown only to the
+person who typed it. The Resolve button opens a small form asking what solved it (optional); the
+message shortcut "Save as saved reply" (:data:`blocks.SAVE_REPLY_CALLBACK`) keeps a staff
+message's text as a saved reply. ``log phone|in-person|letter`` opens a form
 (:func:`blocks.log_modal`) whose submission records a contact taken by phone, in person or by
 letter through the daemon's :class:`~frontdesk.channels.logged.intake.Intake`, with the Slack
 user as the staff member who took it.
@@ -51,12 +55,21 @@ from frontdesk.domain.conversations import (
     reopen,
     resolve,
     set_priority,
+    set_tags,
     snooze,
     snooze_until,
 )
 from frontdesk.domain.privacy import change_contact, contact_tag_list, live_contact
 from frontdesk.domain.replies import ReplyComposer
+from frontdesk.domain.saved_replies import (
+    SavedReplyError,
+    add_saved_reply,
+    find_saved_reply,
+    remove_saved_reply,
+    saved_replies,
+)
 from frontdesk.domain.search import InvalidQuery, marked, search_conversations
+from frontdesk.domain.similar import SimilarConversations
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Contact
 
@@ -64,12 +77,15 @@ log = logging.getLogger(__name__)
 
 USAGE = """*/frontdesk* — what it does:
 • `show FD-12` — the conversation and its last messages
-• `resolve FD-12` · `reopen FD-12` · `claim FD-12`
+• `resolve FD-12` · `resolve FD-12 what solved it` · `reopen FD-12` · `claim FD-12`
 • `assign FD-12 @someone` (or `me`, or `nobody`)
 • `snooze FD-12 2h` (or `30m`, `1d`, `morning` for the next business morning)
 • `priority FD-12 high` (low, normal, high, urgent)
 • `search words` — earlier conversations that mention them
+• `tag FD-12 refund kettle` (`-kettle` takes a tag off)
+• `similar FD-12` — resolved conversations like it, with what solved them
 • `reply-with FD-12 NAME` — send a saved reply
+• `saved-reply list` · `saved-reply add NAME text` · `saved-reply remove NAME`
 • `log phone` (or `in-person`, `letter`) — log a contact you took: opens a form
 • `contact FD-12` — the customer's name, tags and addresses (or a contact id or address)
 • `contact FD-12 tag vip lang:de` · `contact FD-12 untag vip` · `contact FD-12 name Ada`{saved}"""
@@ -93,6 +109,16 @@ def _id_of(field: Any) -> str:
     return field if isinstance(field, str) else ""
 
 
+def _view_value(view: dict[str, Any], block: str) -> str:
+    """The text a modal's input block ``block`` (action ``value``) was given; "" if none."""
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, dict) else None
+    field = values.get(block) if isinstance(values, dict) else None
+    answer = field.get("value") if isinstance(field, dict) else None
+    text = answer.get("value") if isinstance(answer, dict) else None
+    return text if isinstance(text, str) else ""
+
+
 def _raise_priority(current: str) -> str:
     index = PRIORITIES.index(current) if current in PRIORITIES else 1
     return PRIORITIES[min(index + 1, len(PRIORITIES) - 1)]
@@ -111,6 +137,7 @@ class DeskParts(Protocol):
     api: SlackApi
     cards: RootCards
     intake: Intake | None
+    similar: SimilarConversations
     known_channels: tuple[str, ...]
     """The customer channel names an address may start with (``telegram:12345``)."""
 
@@ -138,9 +165,70 @@ class DeskActions:
         user = await self.desk.api.users.get(_id_of(body.get("user")))
         if kind is None:
             return
+        if kind == "resolve" and await self._ask_what_solved_it(reference, body):
+            return
         ok, text = await self.change(kind, reference, choice.strip(), user)
         if not ok:
             await self._tell(body, user, f":warning: {text}")
+
+    async def _ask_what_solved_it(self, reference: str, body: dict[str, Any]) -> bool:
+        """Open the Resolve form (what solved it, optional); False when it cannot be opened (no
+        trigger, Slack refused): then the click resolves at once, without a note."""
+        trigger_id = str(body.get("trigger_id") or "")
+        if not trigger_id or not _REFERENCE.match(reference.strip()):
+            return False
+        try:  # an unknown or resolved conversation: the click says so, no form
+            async with self.desk.store.reader() as s:
+                if (await get_conversation(s, reference)).status == "resolved":
+                    return False
+        except UnknownConversation:
+            return False
+        try:
+            await self.desk.api.open_view(trigger_id, blocks.resolve_modal(reference.strip()))
+        except CALL_ERRORS as exc:
+            log.warning("views.open for the Resolve form failed (%s); resolving without a note",
+                        describe(exc))
+            return False
+        return True
+
+    async def resolve_submitted(self, body: dict[str, Any], view: dict[str, Any]) -> str:
+        """The Resolve form sent: resolve with its note; what to show (a warning if it could
+        not be resolved)."""
+        note = _view_value(view, "note")
+        user = await self.desk.api.users.get(_id_of(body.get("user")))
+        ok, text = await self.change("resolve", str(view.get("private_metadata") or ""), note,
+                                     user)
+        return text if ok else f":warning: {text}"
+
+    async def save_reply_shortcut(self, body: dict[str, Any]) -> None:
+        """The message shortcut: a form to name the message's text as a saved reply."""
+        message = body.get("message")
+        text = str(message.get("text") or "") if isinstance(message, dict) else ""
+        trigger_id = str(body.get("trigger_id") or "")
+        if not trigger_id:
+            return
+        try:
+            await self.desk.api.open_view(trigger_id, blocks.save_reply_modal(
+                blocks.slack_to_plain(text)))
+        except CALL_ERRORS as exc:
+            log.warning("views.open for 'Save as saved reply' failed: %s", describe(exc))
+
+    async def save_reply_submitted(self, body: dict[str, Any],
+                                   view: dict[str, Any]) -> tuple[dict[str, str], str]:
+        """The form sent: ({block: why}, "") to fix a field, or ({}, what to show)."""
+        user = await self.desk.api.users.get(_id_of(body.get("user")))
+        name, text = _view_value(view, "name"), _view_value(view, "text")
+        try:
+            async with self.desk.store.session() as s:
+                new = await add_saved_reply(s, name, text, actor=user.actor, now=self.desk.clock())
+        except SavedReplyError as exc:
+            field = "name" if "name" in str(exc) else "text"
+            return {field: str(exc)}, ""
+        log.info("saved reply %s %s by %s", name.lower(), "saved" if new else "replaced",
+                 user.actor)
+        verb = "Saved" if new else "Replaced"
+        return {}, (f"{verb} the saved reply `{blocks.escape(name.lower())}`; send it with "
+                    f"`/frontdesk reply-with FD-12 {blocks.escape(name.lower())}`.")
 
     async def _tell(self, body: dict[str, Any], user: SlackUser, text: str) -> None:
         """A note only the clicking person sees (not a conversation post: not in the outbox)."""
@@ -159,6 +247,7 @@ class DeskActions:
         now = desk.clock()
         data = user.audit_data()
         changed = False
+        solved: str | None = None
         try:
             async with desk.store.session() as s:
                 c = await get_conversation(s, reference)
@@ -169,8 +258,19 @@ class DeskActions:
                     changed = await assign(s, c, assignee, actor=user.actor, now=now, data=data)
                     what = f"Assigned to {blocks.escape(assignee)}" if assignee else "Unassigned"
                 elif kind == "resolve":
-                    changed = await resolve(s, c, actor=user.actor, now=now, data=data)
+                    note = arg.strip() or None
+                    changed = await resolve(s, c, actor=user.actor, now=now, data=data,
+                                            note=note)
                     what = "Resolved"
+                    solved = note
+                elif kind == "tag":
+                    words = [w.lower() for w in arg.split()]
+                    changed = await set_tags(
+                        s, c, add=[w for w in words if not w.startswith("-")],
+                        remove=[w[1:] for w in words if w.startswith("-")],
+                        actor=user.actor, now=now, data=data)
+                    what = "Tags: " + (" ".join(f"`{blocks.escape(t)}`" for t in c.tags or [])
+                                       or "none")
                 elif kind == "reopen":
                     changed = await reopen(s, c, actor=user.actor, now=now, data=data)
                     what = "Reopened"
@@ -186,11 +286,18 @@ class DeskActions:
                 else:
                     return False, f"unknown action {kind!r}"
                 if changed:
-                    await desk.queue.text(s, c, blocks.action_line(what, user.name), now)
+                    line = blocks.action_line(what, user.name)
+                    if solved:
+                        line += "\n" + blocks.solved_line(solved)
+                    await desk.queue.text(s, c, line, now)
                 reference, status = c.reference, c.status
         except (UnknownConversation, InvalidAction) as exc:
             return False, str(exc)
+        if changed and kind in ("resolve", "reopen"):
+            desk.similar.changed()
         if not changed:
+            if kind == "tag":
+                return True, f"{reference} unchanged ({what.lower()})."
             return True, f"{reference} unchanged (it is {status})."
         desk.kick()
         log.info("%s: %s by %s", reference, what, user.actor)
@@ -202,7 +309,7 @@ class DeskActions:
         words = str(command.get("text") or "").split()
         user = await self.desk.api.users.get(str(command.get("user_id") or ""))
         if not words or words[0].lower() in ("help", "?", "-h", "--help"):
-            return self._usage()
+            return await self._usage()
         sub, rest = words[0].lower(), words[1:]
         if sub == "search":
             return await self.search(" ".join(rest))
@@ -210,18 +317,33 @@ class DeskActions:
             return await self.open_log_form(rest, str(command.get("trigger_id") or ""))
         if sub == "contact":
             return await self.contact(rest, user)
+        if sub in ("saved-reply", "saved_reply", "savedreply", "saved-replies"):
+            typed = str(command.get("text") or "").strip().split(None, 1)
+            return await self.saved_reply(typed[1] if len(typed) > 1 else "", user)
         if sub not in ("resolve", "reopen", "claim", "assign", "snooze", "priority", "show",
-                       "reply-with", "reply_with", "replywith"):
-            return f"I don't know `{blocks.escape(sub)}`.\n{self._usage()}"
+                       "reply-with", "reply_with", "replywith", "tag", "untag", "similar"):
+            return f"I don't know `{blocks.escape(sub)}`.\n{await self._usage()}"
         if not rest:
             return f"`{sub}` needs a conversation reference, like `{sub} FD-12`."
         reference, args = rest[0], rest[1:]
         if sub == "show":
             return await self.show(reference)
+        if sub == "similar":
+            return await self.similar(reference)
+        if sub in ("tag", "untag"):
+            if not args:
+                return f"`{sub} {blocks.escape(reference)} TAG...` needs at least one tag."
+            tags = args if sub == "tag" else [f"-{a.lstrip('-')}" for a in args]
+            ok, text = await self.change("tag", reference, " ".join(tags), user)
+            return text if ok else f":warning: {text}"
+        if sub == "resolve" and args:  # the rest, as typed, is what solved it
+            note = blocks.slack_to_plain(str(command.get("text") or "").strip().split(None, 2)[2])
+            ok, text = await self.change("resolve", reference, note, user)
+            return text if ok else f":warning: {text}"
         if sub in ("reply-with", "reply_with", "replywith"):
             if not args:
                 return f"`reply-with {blocks.escape(reference)} NAME` needs the saved reply's " \
-                       f"name.{self._saved_names()}"
+                       f"name.{await self._saved_names()}"
             return await self.reply_with(reference, args[0], user)
         if sub == "assign":
             if not args:
@@ -257,14 +379,8 @@ class DeskActions:
                             view: dict[str, Any]) -> tuple[dict[str, str], str]:
         """The form sent: ({block: why} for fields to fix, "") or ({}, what to show). The view's
         id is the contact's external id: the same form sent twice is logged once."""
-        state = view.get("state")
-        values = state.get("values") if isinstance(state, dict) else None
-
         def value(block: str) -> str:
-            field = (values or {}).get(block) if isinstance(values, dict) else None
-            answer = field.get("value") if isinstance(field, dict) else None
-            text = answer.get("value") if isinstance(answer, dict) else None
-            return text if isinstance(text, str) else ""
+            return _view_value(view, block)
 
         user = await self.desk.api.users.get(_id_of(body.get("user")))
         try:
@@ -308,14 +424,15 @@ class DeskActions:
             return (await self.desk.api.users.get(mention.group(1))).name
         return spec.lstrip("@") or None
 
-    def _saved_names(self) -> str:
-        names = sorted(self.desk.settings.saved_replies)
+    async def _saved_names(self) -> str:
+        async with self.desk.store.reader() as s:
+            names = [r.name for r in await saved_replies(s, self.desk.settings.saved_replies)]
         if not names:
-            return " No saved replies are configured (`[saved_replies]` in frontdesk.toml)."
-        return " Saved replies: " + ", ".join(f"`{n}`" for n in names) + "."
+            return " No saved replies yet (`/frontdesk saved-reply add NAME text`)."
+        return " Saved replies: " + ", ".join(f"`{blocks.escape(n)}`" for n in names) + "."
 
-    def _usage(self) -> str:
-        return USAGE.format(saved=("\n" + self._saved_names().strip()))
+    async def _usage(self) -> str:
+        return USAGE.format(saved=("\n" + (await self._saved_names()).strip()))
 
     async def show(self, reference: str) -> str:
         desk = self.desk
@@ -335,6 +452,11 @@ class DeskActions:
             f"Contact {blocks.cut(card.contact_name or '(no name)', 200)} ({ids})",
             f"SLA: {blocks.sla_line(card)}",
         ]
+        if c.tags:
+            lines.append("Tags: " + " ".join(f"`{blocks.escape(t)}`" for t in c.tags))
+        if c.resolution_note:
+            lines.append("What solved it: " + blocks.cut(" ".join(c.resolution_note.split()),
+                                                         500))
         if messages:
             lines.append("Last messages:")
         for m in messages[-5:]:
@@ -405,14 +527,60 @@ class DeskActions:
                          f"{blocks.cut(h.subject or '(no subject)', 120)} — {snippet[:400]}")
         return "\n".join(lines)
 
+    async def similar(self, reference: str) -> str:
+        try:
+            async with self.desk.store.reader() as s:
+                c = await get_conversation(s, reference)
+                hits = await self.desk.similar.similar_to(s, c, limit=3)
+                links = await self.desk.cards.links(s, [h.conversation_id for h in hits])
+        except UnknownConversation as exc:
+            return f":warning: {exc}"
+        if not hits:
+            return f"No resolved conversation is like {c.reference} yet."
+        lines = [f"Resolved conversations like {c.reference}:"]
+        lines += [blocks.similar_line(h.reference, h.subject, h.resolution_note,
+                                      links.get(h.conversation_id)) for h in hits]
+        return "\n".join(lines)
+
+    async def saved_reply(self, text: str, user: SlackUser) -> str:
+        """``saved-reply list``, ``saved-reply add NAME text...``, ``saved-reply remove NAME``."""
+        verb, _, rest = text.strip().partition(" ")
+        verb = verb.lower() or "list"
+        desk = self.desk
+        if verb == "list":
+            async with desk.store.reader() as s:
+                replies = await saved_replies(s, desk.settings.saved_replies)
+            if not replies:
+                return "No saved replies yet (`/frontdesk saved-reply add NAME text`)."
+            return "\n".join(["Saved replies:"] + [
+                f"• `{blocks.escape(r.name)}` ({r.source}): "
+                f"{blocks.cut(' '.join(r.text.split()), 200)}" for r in replies])
+        name, _, body = rest.strip().partition(" ")
+        if verb not in ("add", "remove") or not name or (verb == "add" and not body.strip()):
+            return "`saved-reply list`, `saved-reply add NAME text` or `saved-reply remove NAME`."
+        try:
+            async with desk.store.session() as s:
+                if verb == "add":
+                    new = await add_saved_reply(s, name, blocks.slack_to_plain(body),
+                                                actor=user.actor, now=desk.clock())
+                else:
+                    await remove_saved_reply(s, name, actor=user.actor, now=desk.clock(),
+                                             config=desk.settings.saved_replies)
+        except SavedReplyError as exc:
+            return f":warning: {blocks.escape(str(exc))}"
+        if verb == "remove":
+            return f"Removed the saved reply `{blocks.escape(name.lower())}`."
+        return f"{'Saved' if new else 'Replaced'} the saved reply `{blocks.escape(name.lower())}`."
+
     async def reply_with(self, reference: str, name: str, user: SlackUser) -> str:
         desk = self.desk
         if not desk.config.replies_enabled:
             return ":warning: Replies are off on this desk (`slack.replies_enabled = false`)."
-        template = desk.settings.saved_replies.get(name.lower())
+        async with desk.store.reader() as s:
+            template = await find_saved_reply(s, desk.settings.saved_replies, name)
         if template is None:
             return f":warning: There is no saved reply called `{blocks.escape(name)}`." \
-                   + self._saved_names()
+                   + await self._saved_names()
         now = desk.clock()
         try:
             async with desk.store.session() as s:

@@ -27,6 +27,11 @@ ACTION_RESOLVE = "frontdesk_resolve"
 ACTION_REOPEN = "frontdesk_reopen"
 ACTION_SNOOZE = "frontdesk_snooze"
 ACTION_PRIORITY = "frontdesk_priority"
+RESOLVE_CALLBACK = "frontdesk_resolve_note"
+"""The ``callback_id`` of the form the Resolve button opens (what solved it)."""
+SAVE_REPLY_CALLBACK = "frontdesk_save_reply"
+"""The ``callback_id`` of the message shortcut "Save as saved reply" (set it in the Slack app's
+Interactivity & Shortcuts page) and of the form it opens."""
 
 SNOOZE_CHOICES = (("1h", "1 hour"), ("4h", "4 hours"), ("morning", "Next business morning"))
 PRIORITY_CHOICES = (("low", "Low"), ("normal", "Normal"), ("high", "High"),
@@ -178,6 +183,11 @@ class Card:
     inbox_address: str | None = None
     replies_enabled: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    resolution_note: str | None = None
+    similar: tuple[tuple[str, str, str | None, str | None], ...] = ()
+    """Resolved conversations like this one: (reference, subject, resolution note, link to
+    its thread or None), best first."""
 
 
 def _button(text: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
@@ -258,6 +268,8 @@ def root_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
         context.append(":paperclip: " + cut(", ".join(card.attachments), 500))
     if not card.replies_enabled:
         context.append("alerts only: replies here are not sent to the customer")
+    if card.tags:
+        context.append(":label: " + cut(" ".join(card.tags), 500))
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:FIELD_LIMIT]}
@@ -265,6 +277,7 @@ def root_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
         {"type": "section", "text": {"type": "mrkdwn", "text": body}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": c[:FIELD_LIMIT]}
                                          for c in context]},
+        *_knowledge(card),
         {"type": "actions", "block_id": f"frontdesk_actions:{ref}", "elements": [
             _button("Claim", ACTION_CLAIM, ref),
             _button("Reopen", ACTION_REOPEN, ref) if card.status == "resolved"
@@ -274,6 +287,32 @@ def root_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
         ]},
     ]
     return text, blocks
+
+
+def _knowledge(card: Card) -> list[dict[str, Any]]:
+    """What the team knows about this conversation: what solved it once resolved, else the
+    resolved conversations like it."""
+    if card.status == "resolved" and card.resolution_note:
+        return [{"type": "section", "text": {"type": "mrkdwn",
+                                             "text": solved_line(card.resolution_note)}}]
+    if card.status == "resolved" or not card.similar:
+        return []
+    lines = ["*Solved before* (similar resolved conversations):"]
+    lines += [similar_line(*s) for s in card.similar]
+    return [{"type": "section", "text": {"type": "mrkdwn",
+                                         "text": cut_lines(lines, SECTION_LIMIT)}}]
+
+
+def cut_lines(lines: list[str], limit: int) -> str:
+    """Whole lines up to ``limit`` characters."""
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 > limit:
+            break
+        out.append(line)
+        size += len(line) + 1
+    return "\n".join(out)
 
 
 def fingerprint(text: str, blocks: list[dict[str, Any]]) -> str:
@@ -336,6 +375,65 @@ def action_line(what: str, actor: str) -> str:
     return f":information_source: {what} by *{cut(actor, 200)}*"
 
 
+def solved_line(note: str) -> str:
+    """A resolution note, for the thread."""
+    return ":bulb: *What solved it:*\n" + quote(note, 2500)
+
+
+def similar_line(reference: str, subject: str, note: str | None, link: str | None) -> str:
+    """One similar resolved conversation: its reference (a link to its thread when it has one),
+    subject and what solved it."""
+    ref = f"<{link}|{reference}>" if link else f"*{reference}*"
+    solved = cut(" ".join(note.split()), 300) if note else "_no resolution note_"
+    return f"• {ref} {cut(subject or '(no subject)', 120)}: {solved}"
+
+
+def resolve_modal(reference: str) -> dict[str, Any]:
+    """The Resolve button's form: what solved it, optional (``private_metadata``: the
+    reference)."""
+    return {"type": "modal", "callback_id": RESOLVE_CALLBACK, "private_metadata": reference,
+            "title": {"type": "plain_text", "text": f"Resolve {reference}"[:24]},
+            "submit": {"type": "plain_text", "text": "Resolve"},
+            "close": {"type": "plain_text", "text": "Cancel"},
+            "blocks": [{"type": "input", "block_id": "note", "optional": True,
+                        "label": {"type": "plain_text", "text": "What solved it?"},
+                        "hint": {"type": "plain_text", "text": "Kept with the conversation and "
+                                 "shown when a similar one comes in."},
+                        "element": {"type": "plain_text_input", "action_id": "value",
+                                    "multiline": True, "max_length": 3000}}]}
+
+
+def save_reply_modal(text: str) -> dict[str, Any]:
+    """The form of the shortcut "Save as saved reply": a name, and the text to keep."""
+    element: dict[str, Any] = {"type": "plain_text_input", "action_id": "value",
+                               "multiline": True, "max_length": 3000}
+    if text.strip():
+        element["initial_value"] = text.strip()[:3000]
+    return {"type": "modal", "callback_id": SAVE_REPLY_CALLBACK,
+            "title": {"type": "plain_text", "text": "Save as saved reply"},
+            "submit": {"type": "plain_text", "text": "Save"},
+            "close": {"type": "plain_text", "text": "Cancel"},
+            "blocks": [
+                {"type": "input", "block_id": "name",
+                 "label": {"type": "plain_text", "text": "Name"},
+                 "hint": {"type": "plain_text", "text": "Letters, digits, - and _; send it with "
+                          "/frontdesk reply-with FD-12 NAME"},
+                 "element": {"type": "plain_text_input", "action_id": "value",
+                             "max_length": 64}},
+                {"type": "input", "block_id": "text",
+                 "label": {"type": "plain_text", "text": "Reply"},
+                 "hint": {"type": "plain_text", "text": "{name}, {first_name}, {reference}, "
+                          "{subject} and {agent} are filled in when it is sent"},
+                 "element": element}]}
+
+
+def done_modal(title: str, text: str) -> dict[str, Any]:
+    """What a form shows once it is sent (``text`` is mrkdwn)."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": title[:24]},
+            "close": {"type": "plain_text", "text": "Done"},
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+
+
 def callback_line(actor: str) -> str:
     """A staff reply that nothing can carry to the customer (a logged contact without an email
     address or phone number): kept as a note; someone must call them back."""
@@ -370,7 +468,5 @@ def log_modal(channel: str) -> dict[str, Any]:
 
 
 def logged_modal(text: str) -> dict[str, Any]:
-    """What the form shows once it is sent (``text`` is mrkdwn)."""
-    return {"type": "modal", "title": {"type": "plain_text", "text": "Contact logged"},
-            "close": {"type": "plain_text", "text": "Done"},
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+    """What the log form shows once it is sent (``text`` is mrkdwn)."""
+    return done_modal("Contact logged", text)

@@ -27,6 +27,7 @@ from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, describe
 from frontdesk.daemon.desk.queue import SlackQueue, insert_once
 from frontdesk.domain.conversations import CALLBACK_NEEDED
 from frontdesk.domain.messages import Receipt
+from frontdesk.domain.similar import SimilarConversations
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Conversation,
@@ -71,8 +72,10 @@ class RootCards:
     """Builds, posts and refreshes root cards; renders stored messages for the thread."""
 
     def __init__(self, config: SlackConfig, store: Store, api: SlackApi, queue: SlackQueue,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime],
+                 similar: SimilarConversations | None = None) -> None:
         self.config = config
+        self.similar = similar
         self.store = store
         self.api = api
         self.queue = queue
@@ -106,6 +109,7 @@ class RootCards:
                        Conversation.id < max(ids))
                 .order_by(Conversation.id))).all():
             history.setdefault(row.contact_id, []).append(row)
+        similar = await self._similar(s, [c for c in conversations if c.status != "resolved"])
         cards = {}
         for c in conversations:
             contact, first = c.contact, firsts.get(c.id)
@@ -123,8 +127,32 @@ class RootCards:
                 first_text=_shown_text(first) if first else "",
                 first_automated="automated" if first is not None and first.automated else None,
                 attachments=_attachment_names(first) if first else (),
-                inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled)
+                inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled,
+                tags=tuple(c.tags or ()), resolution_note=c.resolution_note,
+                similar=similar.get(c.id, ()))
         return cards
+
+    async def _similar(self, s: AsyncSession, conversations: list[Conversation],
+                       ) -> dict[int, tuple[tuple[str, str, str | None, str | None], ...]]:
+        """For each open conversation, up to three resolved ones like it, with their links."""
+        if self.similar is None or not conversations:
+            return {}
+        hits = {c.id: await self.similar.similar_to(s, c, limit=3) for c in conversations}
+        links = await self.links(s, [h.conversation_id for found in hits.values()
+                                     for h in found])
+        return {i: tuple((h.reference, h.subject, h.resolution_note,
+                          links.get(h.conversation_id)) for h in found)
+                for i, found in hits.items() if found}
+
+    async def links(self, s: AsyncSession, ids: list[int]) -> dict[int, str]:
+        """Links to the Slack threads of the conversations ``ids`` that have one."""
+        if not ids:
+            return {}
+        rows = (await s.execute(select(SlackThread.conversation_id, SlackThread.channel_id,
+                                       SlackThread.ts).where(
+            SlackThread.conversation_id.in_(ids), SlackThread.ts.is_not(None)))).all()
+        return {i: f"https://slack.com/archives/{channel}/p{str(ts).replace('.', '')}"
+                for i, channel, ts in rows}
 
     async def render_root(self, conversation_id: int) -> tuple[str, list[dict[str, Any]]]:
         """The root message's text and blocks; the roots rendered at the same moment (a round
@@ -262,17 +290,22 @@ class RootCards:
                 return 0
             cursor = int(state.value or 0)
             rows = (await s.execute(
-                select(Event.id, Event.conversation_id, Event.kind, Event.actor)
+                select(Event.id, Event.conversation_id, Event.kind, Event.actor, Event.data)
                 .where(Event.id > cursor).order_by(Event.id).limit(1000))).all()
             if not rows:
                 return 0
             latest: dict[int, int] = {}
             callbacks = []  # staff replies nothing can carry: the thread says to call back
-            for event_id, conversation_id, kind, actor in rows:
+            notes = []  # resolved with a note elsewhere (command line, API): the thread says it
+            for event_id, conversation_id, kind, actor, data in rows:
                 if conversation_id is not None and kind not in _QUIET_EVENTS:
                     latest[conversation_id] = event_id
                 if conversation_id is not None and kind == CALLBACK_NEEDED:
                     callbacks.append((event_id, conversation_id, actor))
+                if conversation_id is not None and (data or {}).get("via") != "slack" and (
+                        kind == "resolution_noted"
+                        or (kind == "conversation_resolved" and (data or {}).get("noted"))):
+                    notes.append((event_id, conversation_id, actor))
             if latest:
                 # A root not posted yet needs no refresh: it shows the conversation as it is
                 # when it is posted (ensure_root marks the attempt before it renders the card).
@@ -287,6 +320,14 @@ class RootCards:
                             s, await s.get_one(Conversation, conversation_id),
                             blocks.callback_line(actor or "staff"), now,
                             key=f"slack-callback-{event_id}")
+                for event_id, conversation_id, actor in notes:
+                    conversation = await s.get_one(Conversation, conversation_id)
+                    if conversation_id in with_thread and conversation.resolution_note:
+                        await self.queue.text(
+                            s, conversation,
+                            blocks.action_line("Resolved", actor or "staff") + "\n"
+                            + blocks.solved_line(conversation.resolution_note), now,
+                            key=f"slack-solved-{event_id}")
                 for conversation_id in with_thread:
                     conversation = await s.get_one(Conversation, conversation_id)
                     await self.queue.update(

@@ -182,6 +182,9 @@ class DeskEvents:
             self.app.action(action_id)(self._action)
         self.app.command(re.compile(r".+"))(self._command)
         self.app.view(blocks.LOG_CALLBACK)(self._log_submitted)
+        self.app.view(blocks.RESOLVE_CALLBACK)(self._resolve_submitted)
+        self.app.shortcut(blocks.SAVE_REPLY_CALLBACK)(self._save_reply_shortcut)
+        self.app.view(blocks.SAVE_REPLY_CALLBACK)(self._save_reply_submitted)
         self.app.event(re.compile(r".+"))(self._other_event)
 
     async def http_handler(self, request: web.Request) -> web.Response:
@@ -285,6 +288,24 @@ class DeskEvents:
         if errors:
             return await ack(response_action="errors", errors=errors)
         return await ack(response_action="update", view=blocks.logged_modal(text))
+
+    async def _resolve_submitted(self, ack: AsyncAck, body: dict[str, Any],
+                                 view: dict[str, Any]) -> BoltResponse:
+        text = await self.actions.resolve_submitted(body, view)
+        if text.startswith(":warning:"):
+            return await ack(response_action="update", view=blocks.done_modal("Not resolved", text))
+        return await ack()
+
+    async def _save_reply_shortcut(self, ack: AsyncAck, body: dict[str, Any]) -> BoltResponse:
+        await self.actions.save_reply_shortcut(body)
+        return await ack()
+
+    async def _save_reply_submitted(self, ack: AsyncAck, body: dict[str, Any],
+                                    view: dict[str, Any]) -> BoltResponse:
+        errors, text = await self.actions.save_reply_submitted(body, view)
+        if errors:
+            return await ack(response_action="errors", errors=errors)
+        return await ack(response_action="update", view=blocks.done_modal("Saved reply", text))
 
     async def _other_event(self, body: dict[str, Any]) -> None:
         log.debug("slack event %s ignored", (body.get("event") or {}).get("type"))

@@ -19,7 +19,6 @@ of frontdesk (the scheduler's escalation notices) post in a thread with :meth:`S
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import CoreSettings, SlackRoute
+from frontdesk.domain.rules import Subject
 from frontdesk.domain.sla import contact_tags
 from frontdesk.storage.models import (
     Base,
@@ -55,27 +55,13 @@ async def insert_once(session: AsyncSession, model: type[Base], key: str,
 
 
 
-def _has_keyword(keyword: str, text: str) -> bool:
-    return re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?!\w)", text) is not None
-
-
 def route(routes: list[SlackRoute], default: str, *, channel: str, inbox_address: str | None,
           text: str, tags: set[str]) -> str:
     """The Slack channel for a conversation: the first route whose every condition matches."""
-    lowered = text.lower()
-    inbox = (inbox_address or "").lower()
-    base_inbox = re.sub(r"\+[^@]*@", "@", inbox)
+    subject = Subject(channel, inbox_address, text, tags)
     for r in routes:
-        if r.customer_channels and channel not in r.customer_channels:
-            continue
-        if r.inbox_addresses and inbox not in r.inbox_addresses \
-                and base_inbox not in r.inbox_addresses:
-            continue
-        if r.keywords and not any(_has_keyword(k, lowered) for k in r.keywords):
-            continue
-        if r.contact_tags and not tags & {t.lower() for t in r.contact_tags}:
-            continue
-        return r.channel_id
+        if subject.matches(r):
+            return r.channel_id
     return default
 
 

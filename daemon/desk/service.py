@@ -62,6 +62,7 @@ from frontdesk.daemon.desk.queue import KIND, SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.domain.messages import Receipt
 from frontdesk.domain.replies import ReplyComposer
+from frontdesk.domain.similar import SimilarConversations
 from frontdesk.storage.db import Backoff, Store
 from frontdesk.storage.models import Conversation, Message, Outbox, SlackMessage
 
@@ -141,7 +142,12 @@ class SlackDesk:
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.queue = SlackQueue(self.settings)
         self.api = SlackApi(self.config, self.clock)
-        self.cards = RootCards(self.config, self.store, self.api, self.queue, self.clock)
+        # At most one look at the store's changes every 2 s while cards are rendered (a burst
+        # of new conversations); a resolve or reopen in this process asks for one at once.
+        self.similar = SimilarConversations(refresh_interval=2.0)
+        """Resolved conversations like a new one, for its card and ``/frontdesk similar``."""
+        self.cards = RootCards(self.config, self.store, self.api, self.queue, self.clock,
+                               similar=self.similar)
         self.kick_outbox: Callable[[], None] = daemon.outbox.kick
         self._refresh_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

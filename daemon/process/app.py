@@ -61,6 +61,7 @@ from frontdesk.storage.models import InboundJournal, Outbox
 
 if TYPE_CHECKING:
     from frontdesk.daemon.api.server import ApiServer
+    from frontdesk.daemon.dashboard.server import DashboardServer
     from frontdesk.daemon.desk.service import SlackDesk
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class Daemon:
             rules=ThreadingRules(reopen_window=settings.conversation.reopen_window),
             clock=clock, metrics=self.metrics, hooks=self.inbound_hooks,
             filters=self.inbound_filters,
-            step_aside=step_aside,
+            step_aside=step_aside, tag_rules=settings.tag_rules,
         )
         self.journal = Journal(self.store, clock=clock, metrics=self.metrics,
                                on_commit=self.processor.kick)
@@ -273,6 +274,20 @@ class Daemon:
             self.http.app.router.add_routes(self.api.routes())
             self.http.app.middlewares.append(self.api.middleware)
             self.services.append(self.api)
+        self.dashboard: DashboardServer | None = None
+        """The team lead's page at ``/dashboard`` (``[dashboard] enabled``, on by default)."""
+        if settings.dashboard.enabled:
+            from frontdesk.daemon.dashboard.server import DashboardServer
+
+            self.dashboard = DashboardServer(settings.dashboard, store=self.store, clock=clock,
+                                             calendar=self.sla.calendar,
+                                             public_url=settings.http.public_url)
+            self.http.app.router.add_routes(self.dashboard.routes())
+        from frontdesk.daemon.process.digest import Digest
+
+        # The weekly digest in Slack ([digest] channel); without it, one line at start.
+        self.digest = Digest(self)  # registers its outbox handler
+        self.services.append(self.digest)
         self._started: list[Channel] = []
         self._stop = asyncio.Event()
         self.stop_failed = False

@@ -30,6 +30,8 @@ from frontdesk.daemon.process.journal import StepAside
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.domain.messages import Attachment as InboundAttachment
 from frontdesk.domain.messages import InboundMessage
+from frontdesk.domain.rules import Subject, TagRule, rule_tags
+from frontdesk.domain.sla import contact_tags
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Backoff, Store
@@ -116,8 +118,10 @@ class Processor:
                  due: DueTimes, rules: ThreadingRules, clock: Clock, metrics: Metrics,
                  hooks: Sequence[InboundHook] = (),
                  filters: Sequence[InboundFilter] = (),
-                 step_aside: StepAside | None = None) -> None:
+                 step_aside: StepAside | None = None,
+                 tag_rules: Sequence[TagRule] = ()) -> None:
         self._store = store
+        self._tag_rules = tag_rules
         self._step_aside = step_aside
         self._parsers = parsers
         self._attachments = attachments
@@ -511,7 +515,7 @@ class _Batch:
                 updated_at=self.now,
                 first_response_due_at=None if m.automated
                 else self.p._due.first_response_due(self.now),
-                escalation_level=0,
+                escalation_level=0, tags=self._rule_tags(m, contact),
             )
             self.session.add(conversation)
             item.is_new = True
@@ -523,6 +527,13 @@ class _Batch:
         item.conversation = conversation
         self.refs[key] = (_IN_BATCH + len(self.messages), conversation)
         self.chats[(id(contact), m.channel)] = conversation
+
+    def _rule_tags(self, m: InboundMessage, contact: Contact) -> list[str]:
+        """The tags ``[[tag_rules]]`` give a new conversation."""
+        if not self.p._tag_rules:
+            return []
+        return rule_tags(self.p._tag_rules, Subject(
+            m.channel, m.inbox_address, f"{m.subject}\n{m.text}", contact_tags(contact)))
 
     async def _contact(self, m: InboundMessage) -> Contact:
         key = (m.identity_channel or m.channel, m.sender_address)

@@ -409,6 +409,28 @@ class FakeSlack:
         return await self.post_signed(url, body, "application/x-www-form-urlencoded")
 
     @staticmethod
+    def message_shortcut(callback_id: str, text: str, *, user: str = "U0GRACE",
+                         channel: str = "C0SUPPORT", message_ts: str = "1.000002",
+                         thread_ts: str | None = None) -> dict[str, Any]:
+        """A message shortcut (the "..." menu of a message), as Slack sends it."""
+        message: dict[str, Any] = {"type": "message", "user": user, "text": text,
+                                   "ts": message_ts}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return {"type": "message_action", "callback_id": callback_id,
+                "team": {"id": TEAM_ID, "domain": "fake-team"},
+                "user": {"id": user, "name": user.lower()}, "channel": {"id": channel,
+                                                                       "name": "support"},
+                "api_app_id": APP_ID, "token": "legacy-verification-token",
+                "trigger_id": "1337.44.ijkl", "message_ts": message_ts, "message": message,
+                "response_url": "https://hooks.slack.com/app/T0/1/xyz"}
+
+    async def shortcut(self, url: str, callback_id: str, text: str,
+                       **kw: Any) -> tuple[int, str]:
+        body = urlencode({"payload": json.dumps(self.message_shortcut(callback_id, text, **kw))})
+        return await self.post_signed(url, body, "application/x-www-form-urlencoded")
+
+    @staticmethod
     def view_submission(view: dict[str, Any], values: dict[str, str], *,
                         user: str = "U0GRACE") -> dict[str, Any]:
         """A modal's submission as Slack sends it: ``values`` by input block (each block's one

@@ -98,7 +98,7 @@ class FakeClock:
 
 
 def settings_for(tmp_path: Path, *, database_url: str | None = None,
-                 **sections: dict[str, Any]) -> Settings:
+                 **sections: Any) -> Settings:
     data: dict[str, Any] = {
         "database": {"url": database_url or f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db"},
         "http": {"listen": "127.0.0.1:0"},
@@ -115,6 +115,9 @@ def settings_for(tmp_path: Path, *, database_url: str | None = None,
         "scheduler": {"enabled": False},
     }
     for section, values in sections.items():
+        if not isinstance(values, dict):  # a list of tables ([[tag_rules]]) or a value
+            data[section] = values
+            continue
         target = data.setdefault(section, {})
         for key, value in values.items():
             if isinstance(value, dict) and isinstance(target.get(key), dict):

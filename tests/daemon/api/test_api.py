@@ -124,6 +124,10 @@ async def test_reply_note_and_actions_are_audited_with_the_token(api: Api) -> No
                                      json={"action": "priority", "value": "extreme",
                                            "author": "Grace"})
     assert status == 422 and "priority" in body["error"]
+    for bad in (["Billing"], ["two words"], ["x" * 51], "<b>"):  # CONTRACT.md: a bad tag, 400
+        status, body, _ = await api.call("POST", f"/api/v1/conversations/{ref}/actions",
+                                         json={"action": "tag", "value": bad, "author": "Grace"})
+        assert status == 400 and "is not a tag" in body["error"], body
 
 
 async def test_an_idempotency_key_makes_a_repeat_a_no_op(api: Api) -> None:

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
@@ -34,18 +33,6 @@ from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 SUPPORT = "C0SUPPORT"
-
-
-@pytest.fixture
-async def slack() -> Any:
-    async with FakeSlack() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def sink() -> Any:
-    async with SmtpSink() as s:
-        yield s
 
 
 def desk_settings(make_settings: Any, slack: FakeSlack, sink: SmtpSink | None = None, *,
@@ -382,8 +369,15 @@ async def test_claim_snooze_priority_and_resolve_buttons(
         conversation = await get_conversation(s, 1)
     # Monday 10:00 UTC (10:00 London) → Tuesday 09:00 London = 09:00 UTC.
     assert conversation.snoozed_until.isoformat() == "2026-11-24T09:00:00+00:00"
+    # Resolve asks what solved it (optional) in a form; sending it resolves with the note.
     assert (await slack.click(url, "frontdesk_resolve", value="FD-1"))[0] == 200
-    assert (await detail(d.store, 1))["status"] == "resolved"
+    assert (await detail(d.store, 1))["status"] == "snoozed"
+    [form] = slack.views
+    assert form["callback_id"] == "frontdesk_resolve_note" and form["private_metadata"] == "FD-1"
+    assert (await slack.submit(url, form, {"note": "Sent a new kettle <b>free</b>"}))[0] == 200
+    shown = await detail(d.store, 1)
+    assert shown["status"] == "resolved"
+    assert shown["resolution_note"] == "Sent a new kettle <b>free</b>"
     await eventually(lambda: _updated(slack, root, "Resolved"))
     assert "frontdesk_reopen" in _elements(slack.find(SUPPORT, root["ts"]) or {})
     async with d.store.reader() as s:
@@ -396,7 +390,8 @@ async def test_claim_snooze_priority_and_resolve_buttons(
                      ("conversation_resolved", grace, "slack")]
     said = [m["text"] for m in await eventually(lambda: _thread(slack, root["ts"], 4))]
     assert said[0] == ":information_source: Claimed by *Grace Hopper*"
-    assert said[3] == ":information_source: Resolved by *Grace Hopper*"
+    assert said[3] == (":information_source: Resolved by *Grace Hopper*\n"
+                       ":bulb: *What solved it:*\n>Sent a new kettle &lt;b&gt;free&lt;/b&gt;")
     # A click on an unknown conversation is answered to the clicker alone.
     await slack.click(url, "frontdesk_resolve", value="FD-99")
     assert slack.ephemeral[-1]["text"] == ":warning: no conversation FD-99"

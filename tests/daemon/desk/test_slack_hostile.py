@@ -21,7 +21,6 @@ from tests.daemon.desk.test_slack_desk import (
     desk_settings,
     events_url,
     root_of,
-    slack,  # noqa: F401 - the fixture
     start,
 )
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack, thread_message
@@ -50,7 +49,7 @@ async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, st
 
 
 async def test_an_unsigned_megabyte_is_refused_with_one_short_log_line(
-        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,  # noqa: F811
+        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
         caplog: pytest.LogCaptureFixture) -> None:
     d = await start(daemon_factory, desk_settings(make_settings, slack), clock)
     caplog.set_level(logging.DEBUG, logger="slack_bolt")
@@ -86,7 +85,7 @@ async def test_an_unsigned_megabyte_is_refused_with_one_short_log_line(
 
 
 async def test_signed_requests_with_malformed_fields_get_a_4xx_or_a_harmless_200(
-        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,  # noqa: F811
+        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
         caplog: pytest.LogCaptureFixture) -> None:
     d = await start(daemon_factory, desk_settings(make_settings, slack), clock)
     await send(d.email.smtp.port, mail())
@@ -160,7 +159,7 @@ async def test_signed_requests_with_malformed_fields_get_a_4xx_or_a_harmless_200
 
 
 async def test_a_failing_listener_is_one_log_line_without_a_traceback(
-        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,  # noqa: F811
+        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from frontdesk.daemon.desk.actions import DeskActions
 
