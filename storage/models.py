@@ -186,6 +186,8 @@ class Conversation(Base):
     rated_at: Mapped[datetime | None]
     tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))  # 0010
     resolution_note: Mapped[str | None] = mapped_column(Text)  # what solved it; 0010
+    cc: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    """Addresses the customer copied (email), kept on staff replies unless removed; 0012."""
 
     contact: Mapped[Contact] = relationship(lazy="joined")
 
@@ -514,3 +516,19 @@ class SavedReply(Base):
     created_by: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthToken(Base):
+    """An account signed in with OAuth 2.0 (``frontdesk oauth login``) for the IMAP mailbox or
+    the outbound relay: its refresh token, encrypted with the key from the environment."""
+
+    __tablename__ = "oauth_tokens"
+
+    account: Mapped[str] = mapped_column(String(320), primary_key=True)  # the mailbox address
+    provider: Mapped[str] = mapped_column(String(16))  # google | microsoft | generic
+    refresh_token: Mapped[str] = mapped_column(Text)  # encrypted (never in clear)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    refreshed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

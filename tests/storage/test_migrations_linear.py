@@ -171,7 +171,7 @@ def frontdesk_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_history_is_one_line() -> None:
     script = script_directory()
-    assert script.get_heads() == ["0011"]
+    assert script.get_heads() == ["0012"]
     assert script.get_bases() == ["0001"]
     for revision in script.walk_revisions():
         assert not revision.is_branch_point, f"{revision.revision} has several children"
