@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import CoreSettings, Section
 from frontdesk.domain.business_hours import BusinessCalendar
+from frontdesk.domain.files import FileLinks
 from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
 from frontdesk.domain.replies import ReplyComposer, Threading
 from frontdesk.storage.attachments import AttachmentStore
@@ -149,6 +150,9 @@ class ChannelContext:
     first_response_due: Callable[[datetime], datetime]
     """When a new conversation opened at ``at`` is promised its first answer (the SLA's first
     response time in business hours): what a website tells a visitor before they write."""
+    file_links: FileLinks | None = None
+    """Signed links on ``http.public_url`` to files staff send, for providers that fetch a file
+    by URL (Twilio, Meta): ``await file_links.url(file)``."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -267,6 +267,12 @@ class SlackConfig(Section):
     replies_enabled: bool = True
     post_interval: Delay = timedelta(seconds=1)
     routes: list[SlackRoute] = Field(default_factory=list)
+    upload_max: int = Field(default=10 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    """A customer's file larger than this (bytes) is not uploaded into the thread: its name and
+    size are shown instead (0: no uploads)."""
+    download_max: int = Field(default=100 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """The largest file staff attach to a thread reply that frontdesk fetches from Slack to send
+    (each channel's own, smaller limits apply when it is sent)."""
 
     @field_validator("api_base_url")
     @classmethod

@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.domain import cc as cc_list
 from frontdesk.domain.business_hours import BusinessCalendar
-from frontdesk.domain.replies import ReplyComposer
+from frontdesk.domain.messages import OutboundFile
+from frontdesk.domain.replies import ReplyComposer, attach_files
 from frontdesk.domain.sla import sla_view
 from frontdesk.storage.models import Contact, Conversation, Event, Message, Outbox
 
@@ -59,15 +61,17 @@ async def messages_of(session: AsyncSession, conversation_id: int) -> list[Messa
 async def add_staff_reply(session: AsyncSession, conversation: Conversation, text: str, *,
                           author: str, replies: ReplyComposer, now: datetime,
                           actor: str | None = None,
-                          event_data: Mapping[str, Any] | None = None) -> Message:
+                          event_data: Mapping[str, Any] | None = None,
+                          files: Sequence[OutboundFile] = ()) -> Message:
     """Store a staff reply and queue its delivery on the customer's channel; where nothing
     reaches the customer (:meth:`ReplyComposer.unreachable`) it is kept as a note saying they must
     be called back (:data:`CALL_BACK`, audited as :data:`CALLBACK_NEEDED`).
 
     ``actor`` names the staff member in the audit (default: ``author``); ``event_data`` adds to
-    the audit event (where the reply came from, the Slack user)."""
+    the audit event (where the reply came from, the Slack user). ``files``: attachments already
+    in the attachment store (:func:`.files.store_files`); with files the text may be empty."""
     text = text.strip()
-    if not text:
+    if not text and not files:
         raise CannotReply("the reply is empty")
     history = await messages_of(session, conversation.id)
     customer = [m for m in history if m.direction == "in" and m.author == "customer"]
@@ -81,6 +85,7 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
                           created_at=now)
         session.add(message)
         await session.flush()
+        await attach_files(session, message, files)  # kept with the note, not lost
         conversation.updated_at = now
         session.add(Event(kind=CALLBACK_NEEDED, actor=actor or author,
                           conversation_id=conversation.id, contact_id=conversation.contact_id,
@@ -88,8 +93,10 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
                           data={"channel": channel, **(event_data or {})}))
         await session.flush()
         return message
+    to_address, cc = cc_list.reply_recipients(conversation, customer)  # reply-all
     message = await replies.queue(session, conversation, answering=customer[-1], text=text,
-                                  author="staff", author_name=author, now=now)
+                                  author="staff", author_name=author, now=now,
+                                  to_address=to_address, cc=cc, attachments=files)
     if conversation.first_responded_at is None:
         conversation.first_responded_at = now
     conversation.last_staff_message_at = now
@@ -98,7 +105,8 @@ async def add_staff_reply(session: AsyncSession, conversation: Conversation, tex
         conversation.status = "pending"
     session.add(Event(kind="staff_reply", actor=actor or author, conversation_id=conversation.id,
                       message_id=message.id, created_at=now,
-                      data={"channel": channel, **(event_data or {})}))
+                      data={"channel": channel, **(event_data or {}),
+                            **({"files": [f.filename for f in files]} if files else {})}))
     await session.flush()
     return message
 
@@ -340,6 +348,7 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
         "contact": contact_view(c.contact),
         **sla_view(c),  # the scheduler's due times, SLA policy and pause, survey and rating
         "tags": list(c.tags or []), "resolution_note": c.resolution_note,
+        "cc": cc_list.active(c.cc),
     }
 
 

@@ -69,6 +69,10 @@ class InboundMessage:
     standalone: bool = False
     """It opens a conversation of its own unless its thread refs, hint or subject token name one
     (like every email); otherwise a chat-like channel continues the sender's open conversation."""
+    cc: tuple[str, ...] = ()
+    """Other people the sender wrote to (email ``Cc:`` and the other ``To:`` recipients), lower
+    case, in order, without our own addresses and the sender: they join the conversation's CC
+    list (:mod:`frontdesk.domain.cc`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +91,19 @@ class DeliveryReport:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OutboundFile:
+    """A file sent with an outbound message: an ``attachments`` row of the message (``id``), its
+    bytes in the attachment store under ``sha256``. Channels read the bytes (email, Telegram) or
+    hand the provider a signed link to them (Twilio, Meta)."""
+
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    id: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class OutboundMessage:
     """A message to deliver to a customer on their channel."""
 
@@ -102,6 +119,16 @@ class OutboundMessage:
     automated: bool = False
     to_name: str = ""
     idempotency_key: str = ""
+    cc: tuple[str, ...] = ()
+    """Email: addresses copied (``Cc:``, and in the envelope); only on staff replies."""
+    attachments: tuple[OutboundFile, ...] = ()
+    """Files staff attached (in an outbox payload: dicts, made :class:`OutboundFile` again)."""
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(f, OutboundFile) for f in self.attachments):
+            object.__setattr__(self, "attachments", tuple(
+                f if isinstance(f, OutboundFile) else OutboundFile(**f)
+                for f in self.attachments))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

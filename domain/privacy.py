@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.domain import cc as cc_list
 from frontdesk.domain.contacts import ContactError, root_contact
 from frontdesk.domain.conversations import iso
 from frontdesk.storage.attachments import AttachmentStore
@@ -238,7 +239,7 @@ def _message_export(m: Message) -> dict[str, Any]:
 def _conversation_export(c: Conversation, messages: list[Message]) -> dict[str, Any]:
     return {"id": c.id, "reference": c.reference, "channel": c.channel, "status": c.status,
             "priority": c.priority, "subject": c.subject, "inbox_address": c.inbox_address,
-            "assignee": c.assignee, "tags": list(c.tags or []),
+            "assignee": c.assignee, "tags": list(c.tags or []), "cc": cc_list.active(c.cc),
             "resolution_note": c.resolution_note, "sla_policy": c.sla_policy,
             "created_at": iso(c.created_at), "updated_at": iso(c.updated_at),
             "first_response_due_at": iso(c.first_response_due_at),
@@ -417,11 +418,15 @@ async def _erase(session: AsyncSession, contact: Contact, ids: list[int], *, act
         update(Message).where(Message.conversation_id.in_(conversation_ids))
         .values(text="", text_new=None, html=None, headers={}, subject="", address="",
                 failure_reason=None, external_id=None).execution_options(**_NO_SYNC)))
+    # Their addresses leave the CC lists of other people's conversations (and their audit).
+    counts["cc_lists"] = await cc_list.forget(session, (await session.execute(
+        select(Identity.address).where(Identity.contact_id.in_(ids),
+                                       Identity.channel == "email"))).scalars())
     # Shells keep their figures (status, times, SLA, rating) but nothing is due on them any
     # more: no acknowledgement, escalation, reminder or survey about a person who is gone.
     await session.execute(
         update(Conversation).where(Conversation.id.in_(conversation_ids))
-        .values(subject="", resolution_note=None, ack_due_at=None, next_response_due_at=None,
+        .values(subject="", resolution_note=None, cc=[], ack_due_at=None, next_response_due_at=None,
                 resolution_due_at=None, escalation_due_at=None, survey_due_at=None,
                 reminder_due_at=None, next_due_at=None, snoozed_until=None)
         .execution_options(**_NO_SYNC))

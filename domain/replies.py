@@ -17,9 +17,10 @@ from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from frontdesk.domain.messages import OutboundMessage
-from frontdesk.storage.models import Conversation, Message, Outbox
+from frontdesk.domain.messages import OutboundFile, OutboundMessage
+from frontdesk.storage.models import Attachment, Conversation, Message, Outbox
 
 REPLY_VIA = "X-Frontdesk-Reply-Via"
 """The header key, on a customer message, of the channel replies to it go out on when the
@@ -41,6 +42,9 @@ class ReplyContext:
     """The remote id of the customer message this answers."""
     earlier: Sequence[str] = ()
     """Remote ids of the conversation's earlier messages on this channel, oldest first."""
+    cc: Sequence[str] = ()
+    """Addresses a staff reply copies (the conversation's CC list, :mod:`.cc`); a channel
+    that can copy people (email) puts them in ``OutboundMessage.cc``, the others ignore it."""
 
 
 class Threading(Protocol):
@@ -93,37 +97,65 @@ class ReplyComposer:
                     answering: Message, text: str, author: str, author_name: str,
                     now: datetime, subject: str = "", automated: bool = False,
                     headers: Mapping[str, str] | None = None,
-                    nameless: bool = False) -> Message:
+                    nameless: bool = False, to_address: str | None = None,
+                    cc: Sequence[str] = (),
+                    attachments: Sequence[OutboundFile] = ()) -> Message:
         """Store a message to the customer (``author``: ``staff`` or ``system``) answering
         ``answering`` and queue its delivery on the conversation's channel in the outbox.
         ``nameless``: no display name beside the recipient's address (a name the sender chose
-        is not repeated to an address nobody verified)."""
+        is not repeated to an address nobody verified). ``to_address``: the recipient, when not
+        ``answering``'s sender; ``cc``: addresses to copy (reply-all), for a staff reply only:
+        automated messages (acknowledgements, surveys) never copy anyone. ``attachments``: files
+        already in the attachment store (:func:`.files.store_files`), made ``attachments`` rows
+        of the message and named in the outbox payload."""
         channel = self.channel_for(conversation, answering)
+        to_address = to_address or answering.address
+        cc = () if automated or author != "staff" else tuple(cc)
         earlier = [r for r in (await session.execute(
             select(Message.external_id).where(Message.conversation_id == conversation.id,
                                               Message.channel == channel,
                                               Message.external_id.is_not(None))
             .order_by(Message.id))).scalars() if r]
         out = self.compose(
-            OutboundMessage(channel=channel, to_address=answering.address, text=text,
+            OutboundMessage(channel=channel, to_address=to_address, text=text,
                             subject=subject, conversation_reference=conversation.reference,
-                            to_name="" if nameless else (conversation.contact.name
-                                                         or answering.author_name),
+                            to_name="" if nameless else (
+                                conversation.contact.name or (answering.author_name if
+                                                              to_address == answering.address
+                                                              else "")),
                             automated=automated),
             ReplyContext(reference=conversation.reference, subject=conversation.subject,
                          inbox_address=conversation.inbox_address,
-                         answering=answering.external_id, earlier=earlier))
+                         answering=answering.external_id, earlier=earlier, cc=cc))
         message = Message(conversation_id=conversation.id, direction="out", author=author,
                           author_name=author_name, channel=channel,
-                          external_id=out.message_id, address=answering.address,
-                          subject=out.subject, text=text, headers=dict(headers or {}),
+                          external_id=out.message_id, address=to_address,
+                          subject=out.subject, text=text,
+                          headers={**(headers or {}), **({"Cc": ", ".join(out.cc)} if out.cc
+                                                         else {})},
                           automated=automated, delivery_status="queued", created_at=now)
         session.add(message)
         await session.flush()
+        files = await attach_files(session, message, attachments)
         key = f"message-{message.id}"
         session.add(Outbox(kind="deliver", conversation_id=conversation.id,
                            message_id=message.id,
-                           payload=asdict(replace(out, idempotency_key=key)), idempotency_key=key,
+                           payload=asdict(replace(out, idempotency_key=key, attachments=files)),
+                           idempotency_key=key,
                            state="pending", attempts=0, next_attempt_at=now, created_at=now))
         return message
 
+
+async def attach_files(session: AsyncSession, message: Message,
+                       files: Sequence[OutboundFile]) -> tuple[OutboundFile, ...]:
+    """Make ``files`` (already in the attachment store) ``attachments`` rows of ``message``;
+    the files as the outbox names them (with their row ids)."""
+    rows = [Attachment(message_id=message.id, filename=f.filename[:512],
+                       content_type=f.content_type[:256], size=f.size, sha256=f.sha256)
+            for f in files]
+    if not rows:
+        return ()
+    session.add_all(rows)
+    await session.flush()
+    set_committed_value(message, "attachments", rows)  # what the store now holds, no load
+    return tuple(OutboundFile(r.filename, r.content_type, r.size, r.sha256, r.id) for r in rows)

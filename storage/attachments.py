@@ -38,6 +38,13 @@ class AttachmentStore:
             os.replace(tmp, path)
         return digest
 
+    def read(self, sha256: str) -> bytes:
+        """The bytes of a stored file; FileNotFoundError when there is none (never stored, or
+        erased). Blocking I/O: call it in a worker thread."""
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise FileNotFoundError(f"{sha256!r} is not a stored file's SHA-256")
+        return self.path_for(sha256).read_bytes()
+
     def _folders(self, folder: Path) -> None:
         """The data directory (and, as before, any missing folder above it), the attachments
         folder and ``folder`` in it, each new one made 0750."""

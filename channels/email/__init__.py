@@ -8,10 +8,19 @@ The modules beside it do the work; the SDKs they need are imported only when a c
 from __future__ import annotations
 
 import importlib.util
+import re
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from frontdesk.channels.base import Channel, ChannelSection
 from frontdesk.config.schema import (
@@ -69,7 +78,13 @@ class OutboundConfig(Section):
     ca_file: ConfigPath = ""
     username: str = ""
     password: SecretStr = SecretStr("")
+    auth: Literal["password", "oauth2"] = "password"
+    """``oauth2``: AUTH XOAUTH2 as ``username`` with an access token from ``[email.oauth]``
+    (``frontdesk oauth login``) instead of the password."""
     timeout: Duration = timedelta(seconds=30)
+    max_message_bytes: int = Field(default=26214400, ge=1024)
+    """The largest email the relay takes (files included, as encoded): a reply whose files make
+    it larger fails at once, saying so, instead of being refused by the relay."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -81,6 +96,9 @@ class ImapConfig(Section):
     starttls: Literal["off", "required"] = "off"
     username: str = ""
     password: SecretStr = SecretStr("")
+    auth: Literal["password", "oauth2"] = "password"
+    """``oauth2``: AUTHENTICATE XOAUTH2 as ``username`` with an access token from
+    ``[email.oauth]`` (``frontdesk oauth login``) instead of LOGIN with the password."""
     folder: str = "INBOX"
     verify_tls: bool = True
     ca_file: ConfigPath = ""
@@ -102,6 +120,73 @@ class ImapConfig(Section):
         return self
 
 
+def _oauth_endpoint(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return value  # a server on this machine (a test, a local identity provider)
+    raise ValueError("must be an https:// address (http:// only for a server on this machine)")
+
+
+OAuthEndpoint = Annotated[str, AfterValidator(_oauth_endpoint)]
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class OAuthConfig(Section):
+    """``[email.oauth]``: the app registration frontdesk signs in with (OAuth 2.0, SASL
+    XOAUTH2) where ``email.imap.auth`` or ``email.outbound.auth`` is ``"oauth2"``. The refresh
+    token itself is in the store (``frontdesk oauth login``), encrypted with the key in the
+    environment variable named by ``key_env``."""
+
+    provider: Literal["", "google", "microsoft", "generic"] = ""
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    """Google's clients have one; a Microsoft public client (device code flow) has none."""
+    tenant: str = "common"
+    """Microsoft: ``common``, ``organizations``, or the directory's id or domain."""
+    authorization_endpoint: OAuthEndpoint = ""
+    token_endpoint: OAuthEndpoint = ""
+    device_authorization_endpoint: OAuthEndpoint = ""
+    """Set, these three override the provider's own (``generic`` needs ``token_endpoint``)."""
+    scopes: list[str] = Field(default_factory=list)
+    """Empty: the provider's (Google: ``https://mail.google.com/``; Microsoft: IMAP, SMTP and
+    ``offline_access``); ``generic`` needs them."""
+    key_env: str = "FRONTDESK_OAUTH_KEY"
+    """The environment variable holding the Fernet key that encrypts the stored refresh
+    tokens (``frontdesk oauth key`` makes one)."""
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        if not _TENANT.match(value):
+            raise ValueError(f"{value!r} is not a tenant: common, organizations, or the "
+                             "directory's id or domain")
+        return value
+
+    @field_validator("key_env")
+    @classmethod
+    def _key_env(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        if value.upper().startswith("FRONTDESK_") and "__" in value:
+            raise ValueError(f"{value} would be read as a config key (FRONTDESK_ with __); "
+                             "choose a name without a double underscore")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        out = [scope.strip() for scope in value if scope.strip()]
+        if any(" " in scope for scope in out):
+            raise ValueError("one scope per list item (no spaces within one)")
+        return out
+
+
 class EmailConfig(ChannelSection):
     """``[email]``: the SMTP server of our own, the relay for replies, an IMAP mailbox."""
 
@@ -111,7 +196,11 @@ class EmailConfig(ChannelSection):
     smtp_server: SmtpServerConfig = Field(default_factory=SmtpServerConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     imap: ImapConfig = Field(default_factory=ImapConfig)
-    reply_languages: list[str] = Field(default_factory=lambda: ["en"])
+    oauth: OAuthConfig = Field(default_factory=OAuthConfig)
+    reply_languages: list[str] = Field(default_factory=lambda: ["all"])
+    """The languages whose quote headers ("On ... wrote:", "Von:/Gesendet:") split a reply's
+    new part from its quote: ``["all"]`` (every language the splitter knows), or some of them
+    (``["en", "de"]``)."""
     max_mime_parts: int = Field(default=1000, ge=10, le=100_000)
     """How many MIME parts of one mail are read at most; the parts after them are left out,
     with a note in the message text (the raw mail stays whole in the journal). Bounds the time
@@ -128,20 +217,50 @@ class EmailConfig(ChannelSection):
     def trusted_authserv_ids(self) -> list[str]:
         return [v.strip() for v in self.trusted_authserv_id.split(",") if v.strip()]
 
+    @model_validator(mode="after")
+    def _oauth_ready(self) -> EmailConfig:
+        """Signing in with OAuth 2.0 needs the app registration and the key for the stored
+        tokens; every missing piece is named at once."""
+        users = [key for key, auth in (("email.imap.auth", self.imap.auth),
+                                       ("email.outbound.auth", self.outbound.auth))
+                 if auth == "oauth2"]
+        if not users:
+            return self
+        o = self.oauth
+        problems = []
+        if not o.provider:
+            problems.append("email.oauth.provider (google, microsoft or generic)")
+        if not o.client_id:
+            problems.append("email.oauth.client_id (the app registration's client id)")
+        if o.provider == "generic":
+            if not o.token_endpoint:
+                problems.append("email.oauth.token_endpoint (generic has no preset)")
+            if not o.scopes:
+                problems.append("email.oauth.scopes (generic has no preset)")
+        if self.outbound.auth == "oauth2" and not self.outbound.username:
+            problems.append("email.outbound.username (the mailbox address the relay signs "
+                            "in as)")
+        from frontdesk.channels.email.oauth import key_problem
+
+        if (problem := key_problem(o.key_env)) is not None:
+            problems.append(problem)
+        if problems:
+            raise ValueError(" and ".join(users) + ' = "oauth2" needs: ' + "; ".join(problems))
+        return self
+
     @field_validator("reply_languages")
     @classmethod
     def _languages(cls, value: list[str]) -> list[str]:
-        from mailparser_reply.constants import MAIL_LANGUAGES
+        from frontdesk.channels.email.quotes import ALL, LANGUAGES
 
-        known = sorted(k for k in MAIL_LANGUAGES if len(k) == 2)
         out = []
         for language in value:
             code = language.strip().lower()
-            if code not in known:
-                raise ValueError(f"{language!r} is not a language the quoted-reply parser knows "
-                                 f"({', '.join(known)})")
+            if code != ALL and code not in LANGUAGES:
+                raise ValueError(f"{language!r} is not a language the quoted-reply splitter "
+                                 f"knows ({ALL!r} or {', '.join(sorted(LANGUAGES))})")
             out.append(code)
-        return out
+        return out or [ALL]
 
     def build(self, core: CoreSettings) -> list[Channel | str]:
         """Email is always on: replies go out through the relay even when the SMTP server is
@@ -150,7 +269,12 @@ class EmailConfig(ChannelSection):
         extra) is installed."""
         from frontdesk.channels.email.channel import EmailChannel
 
-        built: list[Channel | str] = [EmailChannel(self)]
+        tokens = None
+        if "oauth2" in (self.imap.auth, self.outbound.auth):
+            from frontdesk.channels.email.oauth import AccessTokens
+
+            tokens = AccessTokens(self.oauth)  # one per process, shared by reader and relay
+        built: list[Channel | str] = [EmailChannel(self, tokens=tokens)]
         if not self.smtp_server.enabled:
             built.append("smtp server disabled: email.smtp_server.enabled is false")
         imap = self.imap
@@ -158,7 +282,7 @@ class EmailConfig(ChannelSection):
             built.append("imap mailbox disabled: email.imap.host is not set")
         elif not imap.username:
             built.append("imap mailbox disabled: email.imap.username is not set")
-        elif not imap.password.get_secret_value():
+        elif imap.auth == "password" and not imap.password.get_secret_value():
             built.append("imap mailbox disabled: email.imap.password is not set "
                          "(FRONTDESK_EMAIL__IMAP__PASSWORD)")
         elif importlib.util.find_spec("aioimaplib") is None:
@@ -167,7 +291,7 @@ class EmailConfig(ChannelSection):
         else:
             from frontdesk.channels.email.imap import ImapChannel
 
-            built.append(ImapChannel(self))
+            built.append(ImapChannel(self, tokens=tokens))
         return built
 
     def threading(self) -> Threading:

@@ -1,12 +1,18 @@
-"""Bounces: what a delivery status notification says about mail we sent, in plain words.
+"""Bounces: whether a mail is one, and what it says about mail we sent, in plain words.
 
-A bounce names the mail it is about by the returned message's Message-ID (the
-``message/rfc822`` or ``text/rfc822-headers`` part of an RFC 3464 report), an
+:func:`bounce_reason` tells a bounce from a person's mail: an RFC 3464 report, ``X-Failed-
+Recipients``, a mail system's own sender (``MAILER-DAEMON@``, ``postmaster@``, ``ndr@``,
+InterScan's ``imss@``, ``"System Administrator"@``), or a bounce's subject together with the
+null sender or with what mail delivery software writes (tables below). The envelope sender need
+not be null: gateways (InterScan, Symantec) send their notices from an address of their own.
+
+A bounce names the mail it is about by the returned message's Message-ID (a ``message/rfc822``
+or ``text/rfc822-headers`` part, in an RFC 3464 report or a plain ``multipart/mixed``), an
 ``Original-Message-ID`` field, or the bounce's own In-Reply-To/References; older MTAs send a
-plain text bounce with ``X-Failed-Recipients`` and the original headers quoted in the body. The
-per-recipient ``Action``, ``Status`` and ``Diagnostic-Code`` fields become a reason a person
-understands ("the address does not exist: 550 5.1.1 ... User unknown"), which frontdesk shows as
-the failed reply's ``failure_reason``.
+plain text bounce with the original headers quoted in the body. The per-recipient ``Action``
+(``failed``, and the ``failure``/``error`` some MTAs write), ``Status`` and ``Diagnostic-Code``
+fields become a reason a person understands ("the address does not exist: 550 5.1.1 ... User
+unknown"), which frontdesk shows as the failed reply's ``failure_reason``.
 
 Pure functions on an already parsed compat32 tree; no I/O.
 """
@@ -44,7 +50,16 @@ _STATUS_WORDS = {
     "7.1": "the recipient's server refused the message (not permitted, or taken for spam)",
     "7.26": "the message failed the recipient's sender authentication checks",
 }
+_REPLY_WORDS = {
+    "550": "the recipient's mailbox is unavailable",
+    "551": "the recipient is not at that mail server",
+    "552": "the recipient's mailbox is full or the message too large",
+    "553": "the address is not accepted",
+    "554": "the recipient's mail server refused the message",
+}
+"""Plain SMTP reply codes (RFC 5321), for an older report with no enhanced status code."""
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_REPLY = re.compile(r"^\s*(5\d\d)\b")
 _DIAGNOSTIC_LINE = re.compile(r"^.*\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3}\b)?.*$", re.MULTILINE)
 _MESSAGE_ID_LINE = re.compile(r"^\s*>?\s*Message-ID:\s*<([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
 _ANGLE = re.compile(r"<([^<>\s]+)>")
@@ -75,7 +90,8 @@ def _walk(msg: Message) -> Iterable[Message]:
 def _returned_headers(part: Message) -> Message | None:
     kind = part.get_content_type()
     payload = part.get_payload()
-    if kind in ("message/rfc822", "message/global") and isinstance(payload, list) and payload:
+    if (kind in ("message/rfc822", "message/global", "message/rfc822-headers")
+            and isinstance(payload, list) and payload):
         inner = payload[0]
         return inner if isinstance(inner, Message) else None
     if kind in ("text/rfc822-headers", "message/global-headers"):
@@ -83,6 +99,16 @@ def _returned_headers(part: Message) -> Message | None:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload)
         return HeaderParser().parsestr(text, headersonly=True)
     return None
+
+
+def _decoded(part: Message) -> str:
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return ""
+    try:
+        return data.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:  # an unknown charset
+        return data.decode("latin-1")
 
 
 def _clean(value: str | None) -> str:
@@ -97,10 +123,11 @@ def _without_type(value: str) -> str:
 
 def status_words(status: str) -> str | None:
     """Plain words for an enhanced status code (RFC 3463): ``5.1.1`` → the address does not
-    exist."""
+    exist; for a bare SMTP reply code (``553 ...``) when there is none."""
     match = _STATUS.search(status or "")
     if not match:
-        return None
+        reply = _REPLY.match(status or "")  # "553 Exceeded maximum inbound message size"
+        return _REPLY_WORDS.get(reply.group(1)) if reply else None
     _, subject, detail = match.groups()
     return _STATUS_WORDS.get(f"{subject}.{detail}") or _STATUS_WORDS.get(f"{subject}.0")
 
@@ -117,40 +144,127 @@ def _recipient_reason(recipient: str, status: str, diagnostic: str, failed: bool
     return f"{lead}: {words}" + (f" ({detail})" if detail else "")
 
 
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered|delivery (?:status notification|failure|has failed|failed)|"
-    r"failure notice|returned mail|mail delivery (?:failed|system)|could not be delivered|"
-    r"nondeliverable|non-delivery|unzustellbar|non remis|no entregado", re.IGNORECASE)
-_BOUNCE_LOCALS = frozenset({"mailerdaemon", "postmaster"})
+# --- is it a bounce? -----------------------------------------------------------------------------
+# Without a machine-readable report, a bounce is told by who sent it, by its subject and by what
+# mail delivery software writes in it. A person's mail about a parcel that "could not be
+# delivered" has the subject and the words of a bounce, but none of the software's phrases.
+
+BOUNCE_LOCALS = frozenset({
+    "mailerdaemon", "postmaster", "mdaemon", "ndr", "imss", "systemadministrator",
+    "maildeliverysystem", "maildeliverysubsystem",
+})
+"""Local parts (without ``-``, ``_``, ``.``, quotes and spaces) that only mail systems send from:
+``MAILER-DAEMON@``, ``ndr@`` (non-delivery reports), ``imss@`` (InterScan),
+``"System Administrator"@`` (old Exchange)."""
+
+BOUNCE_NAMES = frozenset({
+    "mail delivery system", "mail delivery subsystem", "mail delivery service",
+    "delivery subsystem", "mailer-daemon", "mailer daemon", "postmaster", "mail administrator",
+    "system administrator", "mail system",
+})
+"""Display names of mail systems (``Postmaster <>``): a sign with a bounce's subject."""
+
+BOUNCE_SUBJECT = re.compile(
+    r"undeliver|not delivered|non-?delivery|could not be delivered|"
+    r"deliver(?:y|ing) (?:status|notification|failure|report|problem|warning|error|has failed|"
+    r"failed)|(?:mail|message) delivery|delivery failure|failure (?:notice|delivery)|"
+    r"returned mail|mail (?:error|failed|failure|system error)|failed mail|"
+    r"(?:message|mail) delayed|delayed mail|not yet been delivered|"
+    r"unzustellbar|nicht zugestellt|non remis|non recapitabile|no entregado|"
+    r"no se pudo entregar", re.IGNORECASE)
+
+BOUNCE_TEXT = tuple(re.compile(pattern, re.IGNORECASE) for pattern in (
+    r"\b[45]\d\d[ -][45]\.\d{1,3}\.\d{1,3}\b",  # 550 5.1.1
+    r"smtp error|remote host said|\b[45]\d\d (?:unknown user|user unknown|mailbox unavailable)",
+    r"mail delivery (?:software|subsystem|system)|delivery status notification",
+    r"this is an automatically generated|messaging security suite|interscan",
+    r"the following (?:address(?:\(es\)|es)?|recipients?(?:\(s\))?|destination) "
+    r"(?:failed|had permanent|could not|was not)",
+    r"(?:could not|cannot|can't|couldn't|unable to|failed to) (?:be )?deliver(?:ed)? "
+    r"(?:\w+ )?(?:message )?to (?:the following|one or more)",
+    r"(?:could not|cannot|can't|couldn't|unable to) (?:be )?deliver(?:ed)? (?:\w+ )?"
+    r"(?:message )?to:?\s+<?[\w.+-]+@[\w-]+\.",  # "... could not be delivered to\nada@x.org"
+    r"did not reach (?:the following|some or all)|failed recipients?|permanent fatal error|"
+    r"error delivering your (?:mail|message)|\b(?:no such user|user unknown|unknown user)\b",
+    r"(?:original|returned) (?:message|mail) (?:follows|is attached)|-+ returned mail -+|"
+    r"header and top \d+ lines|first \d+ lines of your original message|"
+    r"header of the source mail|copy of the (?:original )?message|message headers follow",
+    r"delivery attempts will continue|continue to try to deliver|still being retried|"
+    r"please do not resend your original message",
+))
+"""What mail delivery software writes, and people do not."""
+
+_FORWARDED = re.compile(r"^\s*(?:fwd?|fw|wg|tr|rv|enc|doorst)\s*:", re.IGNORECASE)
+_MAX_SCAN = 20_000  # characters of the text searched for the software's phrases
+_MAX_QUOTED = 200_000  # characters of a text bounce searched for the original's Message-ID
+_NOT_FAILED = frozenset({"delivered", "relayed", "expanded", "delayed"})
 
 
-def _bounce_sender(address: str) -> bool:
+def bounce_sender(address: str, name: str = "") -> bool:
+    """Whether ``address`` is a mail system's own (``MAILER-DAEMON@``, ``postmaster@``,
+    ``ndr@``, BATV ``prvs=...=ndr@``)."""
     local = (address.rpartition("@")[0] or address).split("+", 1)[0].lower()
-    return re.sub(r"[-_.]", "", local) in _BOUNCE_LOCALS
+    if local.startswith(("prvs=", "batv=")):
+        local = local.rsplit("=", 1)[-1]
+    return re.sub(r"[-_.\"\s]", "", local) in BOUNCE_LOCALS
+
+
+def _software_text(text: str) -> bool:
+    head = text[:_MAX_SCAN]
+    return any(pattern.search(head) for pattern in BOUNCE_TEXT)
+
+
+def bounce_reason(msg: Message, headers: Mapping[str, list[str]], text: str, *, sender: str,
+                  null_sender: bool, subject: str, sender_name: str = "") -> str | None:
+    """Why this mail is a bounce (or a delay warning), or None.
+
+    A bounce is an RFC 3464 report, a mail with ``X-Failed-Recipients``, mail from a mail
+    system's own address, or mail with a bounce's subject that comes from the null sender or
+    says what mail delivery software says (:data:`BOUNCE_TEXT`). An auto-reply
+    (``Auto-Submitted: auto-replied``, an out-of-office) is never taken for one by its subject,
+    even with the null sender it should have; Exim's bounces, which also say ``auto-replied``,
+    are told by their sender and ``X-Failed-Recipients``.
+    """
+    if (msg.get_content_type() == "multipart/report"
+            and str(msg.get_param("report-type") or "").lower() == "delivery-status"):
+        return "report (delivery-status)"
+    if headers.get("x-failed-recipients"):
+        return "bounce (X-Failed-Recipients)"
+    if sender and bounce_sender(sender):
+        return f"sent by {sender.rpartition('@')[0] or sender}"
+    if any(v.split(";")[0].strip().lower() == "auto-replied"
+           for v in headers.get("auto-submitted", [])):
+        return None  # an out-of-office reply (Exim's bounces say auto-replied too, from above)
+    if not BOUNCE_SUBJECT.search(subject) or _FORWARDED.match(subject):
+        return None  # a person forwarding a bounce they got is a person
+    if null_sender or not sender:
+        return "bounce (null sender, a bounce's subject)"
+    if _software_text(text):
+        return "bounce (a bounce's subject and text)"
+    if sender_name.strip().strip('"').lower() in BOUNCE_NAMES:
+        return f"bounce (from {sender_name.strip()})"
+    return None
 
 
 def read_report(msg: Message, headers: Mapping[str, list[str]], text: str, *, sender: str,
-                null_sender: bool, subject: str) -> DeliveryReport | None:
+                null_sender: bool, subject: str, sender_name: str = "") -> DeliveryReport | None:
     """The delivery report in a bounce, or None when the mail is not a bounce that names any
-    message (an out-of-office reply, a list mail, a person's mail).
+    message (an out-of-office reply, a list mail, a person's mail): see :func:`bounce_reason`.
 
-    A bounce is an RFC 3464 report, a mail with X-Failed-Recipients, or a text bounce: from
-    MAILER-DAEMON/postmaster, or with the null sender and a bounce's subject. An auto-reply
-    (``Auto-Submitted: auto-replied``, an out-of-office) is never taken for one, even with the
-    null sender it should have.
+    The mail it returns is named by a ``message/rfc822`` (or ``text/rfc822-headers``) part,
+    whether the bounce is an RFC 3464 report or a plain ``multipart/mixed``; by an
+    ``Original-Message-ID``; by the bounce's own In-Reply-To/References; or, in an older MTA's
+    text bounce, by a quoted ``Message-ID:`` line.
     """
-    is_report = (msg.get_content_type() == "multipart/report"
-                 and str(msg.get_param("report-type") or "").lower() == "delivery-status")
-    failed_header = headers.get("x-failed-recipients", [])
-    auto_reply = any(v.split(";")[0].strip().lower() == "auto-replied"
-                     for v in headers.get("auto-submitted", []))
-    text_bounce = _bounce_sender(sender) or (null_sender and bool(_BOUNCE_SUBJECT.search(subject)))
-    if auto_reply or not (is_report or failed_header or text_bounce):
+    if bounce_reason(msg, headers, text, sender=sender, null_sender=null_sender,
+                     subject=subject, sender_name=sender_name) is None:
         return None
 
+    failed_header = headers.get("x-failed-recipients", [])
     ids: list[str] = []
     blocks: list[Message] = []
-    for part in _walk(msg) if is_report else ():
+    texts: list[str] = []
+    for part in _walk(msg):
         kind = part.get_content_type()
         if kind in ("message/delivery-status", "message/global-delivery-status"):
             payload = part.get_payload()
@@ -159,14 +273,23 @@ def read_report(msg: Message, headers: Mapping[str, list[str]], text: str, *, se
         else:
             returned = _returned_headers(part)
             if returned is not None:
-                ids += _ids(returned.get("message-id"))
+                found = _ids(returned.get("message-id"))
+                body = returned.get_payload()
+                if not found and isinstance(body, str):
+                    # A damaged copy whose headers end early (a stray blank line, folded lines
+                    # that lost their indent): its Message-ID is in what follows.
+                    found = _MESSAGE_ID_LINE.findall(body[:_MAX_SCAN])[:1]
+                ids += found
+            elif kind == "text/plain" and part.get_filename():
+                texts.append(_decoded(part))  # "the original message" as a text file
     for block in blocks:
         ids += _ids(block.get("original-message-id"))
     for name in ("original-message-id", "in-reply-to", "references"):
         for value in headers.get(name, []):
             ids += _ids(value)
-    if not ids:
-        ids += _MESSAGE_ID_LINE.findall(text)  # a plain text bounce quoting the original
+    if not ids:  # a plain text bounce quoting the original
+        for quoted in (text, *texts):
+            ids += _MESSAGE_ID_LINE.findall(quoted[:_MAX_QUOTED])
     ids = list(dict.fromkeys("".join(i.split()) for i in ids if i))
     if not ids:
         return None
@@ -182,7 +305,8 @@ def read_report(msg: Message, headers: Mapping[str, list[str]], text: str, *, se
         if not recipient and not action and not status:
             continue  # the per-message block (Reporting-MTA, Arrival-Date)
         diagnostic = _without_type(_clean(block.get("diagnostic-code")))
-        failed = action == "failed" or (not action and status.startswith("5"))
+        failed = action.startswith("fail") or action == "error" or (
+            action not in _NOT_FAILED and status.startswith("5"))
         delayed = action == "delayed" or (not action and status.startswith("4"))
         if not (failed or delayed):
             continue  # delivered, relayed, expanded: nothing wrong

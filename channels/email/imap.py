@@ -49,7 +49,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -57,6 +57,9 @@ from frontdesk.channels.base import Accept, ChannelContext, ChannelParts, Leader
 from frontdesk.channels.email import EmailConfig, ImapConfig
 from frontdesk.channels.email.parse import email_parser, remote_id_for
 from frontdesk.domain.messages import InboundMessage, OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from frontdesk.channels.email.oauth import AccessTokens
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +215,20 @@ def parse_fetch(lines: Sequence[Any]) -> list[_Record]:
     return records
 
 
+def _challenge_reason(challenges: Sequence[bytes]) -> str:
+    """The ``status`` of an XOAUTH2 error challenge (``+ eyJzdGF0dXMiOiI0MDAi...``)."""
+    import json
+
+    for line in challenges:
+        try:
+            data = json.loads(base64.b64decode(bytes(line).lstrip(b"+ ").strip()))
+        except (ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and data.get("status"):
+            return f"; status {str(data['status'])[:20]}"
+    return ""
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True
@@ -226,10 +243,12 @@ def _is_loopback(host: str) -> bool:
 class _Session:
     """One logged-in IMAP connection; every call is bounded by the configured timeout."""
 
-    def __init__(self, config: ImapConfig, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, config: ImapConfig, tls: ssl.SSLContext | None,
+                 tokens: AccessTokens | None = None) -> None:
         self.config = config
         self.timeout = config.timeout.total_seconds()
         self._tls = tls
+        self._tokens = tokens
         self.lost = asyncio.Event()
         self.client: Any = None
 
@@ -299,13 +318,56 @@ class _Session:
 
     async def login(self) -> None:
         c = self.config
-        response = await self.call("LOGIN", self.client.login(
-            c.username, c.password.get_secret_value()))
-        if response.result != "OK":
-            raise ImapError(f"the IMAP server refused the login of {c.username!r} "
-                            f"({_text(response)}); check email.imap.username and password")
+        if c.auth == "oauth2":
+            await self._xoauth2()
+        else:
+            response = await self.call("LOGIN", self.client.login(
+                c.username, c.password.get_secret_value()))
+            if response.result != "OK":
+                raise ImapError(f"the IMAP server refused the login of {c.username!r} "
+                                f"({_text(response)}); check email.imap.username and password")
         # What a server offers may change with the login (MOVE, UIDPLUS, IDLE): ask again.
         await self.call("CAPABILITY", self.client.protocol.capability())
+
+    async def _xoauth2(self) -> None:
+        """``AUTHENTICATE XOAUTH2`` with an access token (RFC 4959 initial response). A server
+        that refuses the token first sends its reason as a challenge (a base64 JSON object);
+        the empty answer to it brings the final NO."""
+        from aioimaplib import Command
+
+        from frontdesk.channels.email.oauth import OAuthError, xoauth2
+
+        c = self.config
+        assert self._tokens is not None, "email.imap.auth = oauth2 without AccessTokens"
+        try:
+            token = await self._tokens.access_token(c.username)
+        except OAuthError as exc:
+            raise ImapError(str(exc)) from None
+        protocol = self.client.protocol
+        sasl = xoauth2(c.username, token)
+        challenges: list[bytes] = []
+
+        class Authenticate(Command):
+            def flush(self) -> None:
+                # aioimaplib calls this after a continuation line (the server's challenge, the
+                # reason it refuses) and after every chunk read: answer each challenge once.
+                said = [line for line in self.response.lines
+                        if isinstance(line, bytes | bytearray) and bytes(line).startswith(b"+")]
+                for line in said[len(challenges):]:
+                    challenges.append(bytes(line))
+                    protocol.transport.write(b"\r\n")
+
+        response = await self.call("AUTHENTICATE XOAUTH2", protocol.execute(
+            Authenticate("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", sasl,
+                         loop=protocol.loop), scrub=sasl))
+        if response.result != "OK":
+            self._tokens.invalidate(c.username, token)
+            offered = any(cap.upper() == "AUTH=XOAUTH2" for cap in self.capabilities)
+            reason = _text(response) + _challenge_reason(challenges)
+            raise ImapError(
+                f"the IMAP server refused the OAuth 2.0 sign-in of {c.username!r} ({reason})"
+                + ("" if offered else "; it does not offer AUTH=XOAUTH2"))
+        protocol.state = "AUTH"
 
     async def select(self, folder: str) -> int:
         response = await self.call("SELECT", self.client.select(mailbox_arg(folder)))
@@ -379,9 +441,11 @@ class ImapChannel:
     journal_names: tuple[str, ...] = ()
     channel_names: tuple[str, ...] = ()
 
-    def __init__(self, config: EmailConfig) -> None:
+    def __init__(self, config: EmailConfig, *, tokens: AccessTokens | None = None) -> None:
         self._email = config
         self.config = config.imap
+        self._tokens = tokens if config.imap.auth == "oauth2" else None
+        """The access tokens of ``email.imap.auth = "oauth2"`` (shared with the relay)."""
         self._parse = email_parser(
             config, (parseaddr(config.outbound.from_)[1].rpartition("@")[2],))
         c = self.config
@@ -409,7 +473,16 @@ class ImapChannel:
         self.connect_store(checkpoints=StoreCheckpoints(context.store, clock=context.clock),
                            metrics=ImapMetrics(context.metrics),
                            leadership=context.leadership(self.checkpoint_name))
+        if self._tokens is not None:
+            self._tokens.connect(context.store, clock=context.clock)
+            self._tokens.watch(self.config.username)
         return ChannelParts()
+
+    def readiness_checks(self) -> dict[str, str]:
+        """``/readyz`` names a sign-in in trouble (``oauth:<account>``) beside ``imap``."""
+        if self._tokens is None:
+            return {}
+        return self._tokens.checks(self.config.username)
 
     def connect_store(self, *, checkpoints: Checkpoints, metrics: ImapMetrics | None = None,
                       leadership: Leader | None = None) -> None:
@@ -442,9 +515,11 @@ class ImapChannel:
                             "NOT checked, so anyone in between can read the mailbox password",
                             c.host)
         elif not _is_loopback(c.host):
-            log.warning("email.imap.tls is false and starttls is \"off\": the password for %s is "
+            log.warning("email.imap.tls is false and starttls is \"off\": the %s for %s is "
                         "sent in clear text; use TLS unless the server is on this machine",
-                        c.host)
+                        "access token" if c.auth == "oauth2" else "password", c.host)
+        if self._tokens is not None:
+            await self._tokens.start()
         self._stop.clear()
         runner = (self._run() if self._leadership is None
                   else self._leadership.run(self._run, stop=self._stop))
@@ -464,6 +539,8 @@ class ImapChannel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+        if self._tokens is not None:
+            await self._tokens.stop()
 
     async def _run(self) -> None:
         failures = 0
@@ -519,7 +596,7 @@ class ImapChannel:
     async def _session(self) -> None:
         c = self.config
         tls = await self._tls_context() if (c.tls or c.starttls == "required") else None
-        session = _Session(c, tls)
+        session = _Session(c, tls, self._tokens)
         try:
             await session.open()
             await session.login()

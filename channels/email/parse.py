@@ -46,10 +46,12 @@ from typing import Any
 from frontdesk.channels.base import ParseError
 from frontdesk.channels.email import EmailConfig
 from frontdesk.channels.email.auth_results import sender_verdict
+from frontdesk.channels.email.automated import HEADERS as AUTOMATED_HEADERS
+from frontdesk.channels.email.automated import automated_reason, is_null_sender
 from frontdesk.channels.email.dsn import read_report
-from frontdesk.channels.email.ids import is_own_message_id
 from frontdesk.channels.email.mime import Tree, later_text, read_tree
 from frontdesk.channels.email.quotes import new_part
+from frontdesk.domain.cc import MAX_CC, clean_address
 from frontdesk.domain.messages import SENDER_CHECK, Attachment, InboundMessage
 
 __all__ = ["html_to_text", "parse_email", "remote_id_for"]
@@ -315,6 +317,25 @@ def _placeholder_address(inbox_address: str | None, inbox_addresses: Sequence[st
     domain = next((d.strip().lower() for d in own_domains if d.strip()),
                   _PLACEHOLDER_FALLBACK_DOMAIN)
     return f"{_PLACEHOLDER_LOCAL}@{domain}"
+
+
+def _copied(addressed: Iterable[str], inboxes: Mapping[str, str],
+            sender: str) -> tuple[str, ...]:
+    """The other people a mail was written to (its To, then Cc addresses), for the
+    conversation's CC list: plain addresses only (:func:`~frontdesk.domain.cc.clean_address`),
+    never our inbox addresses or their plus-addresses, nor the sender; at most ``MAX_CC``."""
+    out: list[str] = []
+    for address in addressed:
+        local, _, domain = address.rpartition("@")
+        if address in inboxes or f"{local.partition('+')[0]}@{domain}" in inboxes:
+            continue
+        clean = clean_address(address)
+        if clean is None or clean == sender or clean in out:
+            continue
+        out.append(clean)
+        if len(out) >= MAX_CC:
+            break
+    return tuple(out)
 
 
 # --- the MIME tree ------------------------------------------------------------------------------
@@ -679,63 +700,6 @@ def _message_ids(values: Iterable[str]) -> list[str]:
     return ids
 
 
-_ROBOT_LOCALS = frozenset({"mailerdaemon", "postmaster", "noreply", "donotreply"})
-
-
-def _robot_local(address: str) -> bool:
-    local = address.rpartition("@")[0] or address
-    local = local.split("+", 1)[0].lower()
-    return re.sub(r"[-_.]", "", local) in _ROBOT_LOCALS
-
-
-def _first_token(value: str) -> str:
-    return value.split(";", 1)[0].strip().lower()
-
-
-def _automated(headers: Mapping[str, list[str]], msg: Message, envelope: str | None,
-               sender: str, own_domains: Sequence[str] = ()) -> str | None:
-    """Why this mail looks automated (auto-reply, bounce, bulk, our own mail back), or None."""
-    if own_domains:
-        own = next((i for i in _message_ids(headers.get("message-id", []))
-                    if is_own_message_id(i, own_domains)), None)
-        if own is not None:
-            return f"our own mail came back (Message-ID <{own}>)"
-    if "auto-submitted" in headers:
-        value = _first_token(headers["auto-submitted"][0])
-        if value != "no":
-            return f"Auto-Submitted: {value or 'present'}"
-    for name in ("x-autoreply", "x-autorespond", "x-autoresponse"):
-        if name in headers:
-            return f"{name.title()} header"
-    if "x-auto-response-suppress" in headers:
-        tokens = set(re.split(r"[,\s]+", headers["x-auto-response-suppress"][0].lower()))
-        if tokens & {"all", "oof", "autoreply"}:
-            return f"X-Auto-Response-Suppress: {headers['x-auto-response-suppress'][0].strip()}"
-    if "precedence" in headers:
-        value = _first_token(headers["precedence"][0])
-        if value in ("bulk", "list", "junk", "auto_reply", "auto-reply"):
-            return f"Precedence: {value}"
-    if "x-loop" in headers:
-        return f"X-Loop: {headers['x-loop'][0].strip()[:100]}"
-    if "x-failed-recipients" in headers:
-        return "bounce (X-Failed-Recipients)"
-    if msg.get_content_type() == "multipart/report":
-        return f"report ({msg.get_param('report-type') or 'multipart/report'})"
-    if envelope is not None and envelope.strip() in ("", "<>"):
-        return "null envelope sender"
-    if envelope is None and [v.strip() for v in headers.get("return-path", [])][:1] == ["<>"]:
-        return "null envelope sender (Return-Path)"
-    envelope_address = _envelope_address(envelope)
-    for address in (sender, envelope_address):
-        if address and _robot_local(address):
-            return f"sent by {address.rpartition('@')[0] or address}"
-    if "list-id" in headers:
-        return "mailing list (List-Id)"
-    if "list-unsubscribe" in headers:
-        return "bulk mail (List-Unsubscribe)"
-    return None
-
-
 # --- what could not be read -------------------------------------------------------------------
 _BOUNDARY_LINE = re.compile(r"--\S+\s*")
 _MAX_RAW_TEXT = 100_000
@@ -791,7 +755,7 @@ _WANTED = frozenset({
     "reply-to", "auto-submitted", "precedence", "list-id", "list-unsubscribe", "x-autoreply",
     "x-autorespond", "x-autoresponse", "x-auto-response-suppress", "x-failed-recipients",
     "return-path", "x-loop", "original-message-id", "authentication-results",
-})
+}) | AUTOMATED_HEADERS
 _KEPT_HEADERS = (
     ("message-id", "Message-ID"), ("from", "From"), ("to", "To"), ("cc", "Cc"),
     ("subject", "Subject"), ("date", "Date"), ("in-reply-to", "In-Reply-To"),
@@ -932,7 +896,8 @@ def _message(raw: bytes, tree: Tree, meta: Mapping[str, Any], inbox_addresses: S
     subject = _clean_subject(subject_raw)[:_MAX_SUBJECT]
 
     recipients: list[str] = []
-    for _name, address in _addresses(headers.get("to", []) + headers.get("cc", [])):
+    addressed = [a for _n, a in _addresses(headers.get("to", []) + headers.get("cc", []))]
+    for address in addressed:
         if address not in recipients:
             recipients.append(address)
     for rcpt in meta.get("rcpt_tos") or ():
@@ -955,6 +920,8 @@ def _message(raw: bytes, tree: Tree, meta: Mapping[str, Any], inbox_addresses: S
             match = _PLUS_TAG.fullmatch(tag)
             if match:
                 hint = int(match.group(1))
+
+    copied = _copied(addressed, inboxes, sender_address)
 
     plain_part, html_part = _find_bodies(msg)
     if plain_part is None and html_part is None and tree.rest:
@@ -989,15 +956,17 @@ def _message(raw: bytes, tree: Tree, meta: Mapping[str, Any], inbox_addresses: S
     kept[SENDER_CHECK] = ("unverified" if unaddressed else sender_verdict(
         headers.get("authentication-results", ()), trusted_authserv_ids, sender_address)
         or "unverified")
-    reason = _automated(headers, msg, envelope_str, robot_sender, own_domains)
+    reason = automated_reason(
+        headers, msg, envelope=envelope_str, envelope_address=_envelope_address(envelope_str),
+        sender=robot_sender, sender_name=sender_name, subject=subject_raw, text=text,
+        message_ids=_message_ids(headers.get("message-id", [])), own_domains=own_domains)
     if unaddressed:  # nobody to answer: a placeholder identity, and never acknowledged
         reason = reason or "no sender address"
         sender_address = _placeholder_address(inbox_address, inbox_addresses, own_domains)
         sender_name = sender_name or _PLACEHOLDER_NAME
-    null_sender = (envelope_str is not None and envelope_str.strip() in ("", "<>")) or (
-        envelope_str is None and [v.strip() for v in headers.get("return-path", [])][:1] == ["<>"])
-    report = read_report(msg, headers, text, sender=robot_sender, null_sender=null_sender,
-                         subject=subject_raw)
+    report = read_report(msg, headers, text, sender=robot_sender,
+                         null_sender=is_null_sender(envelope_str, headers), subject=subject_raw,
+                         sender_name=sender_name)
     thread_refs = _message_ids(headers.get("in-reply-to", []) + headers.get("references", []))
     if report is not None:
         thread_refs += [i for i in report.original_ids if i not in thread_refs]
@@ -1028,6 +997,7 @@ def _message(raw: bytes, tree: Tree, meta: Mapping[str, Any], inbox_addresses: S
         raw_ref=int(journal_id) if journal_id is not None else None,
         text_new=text_new,
         delivery_report=report,
+        cc=copied,
     )
 
 

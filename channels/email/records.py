@@ -4,7 +4,8 @@ Plugged into the ingest transaction by :meth:`EmailChannel.attach` as an inbound
 (an :class:`InboundMessage` with a ``delivery_report``) marks each outbound email it names as
 ``failed`` with the report's reason, in the same transaction that stores the bounce itself (it
 is kept in the conversation as an automated message, and reopens nothing). A delay warning
-only adds an audit event.
+only adds an audit event, and so does a bounce that names only addresses the reply copied (CC):
+the customer's own copy went out (``cc_bounced``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ async def apply_delivery_report(session: AsyncSession, m: InboundMessage, journa
                 "journal_id": journal_id, "source": "bounce"}
         if not report.failed:
             session.add(Event(kind="delivery_delayed", actor="mail server",
+                              conversation_id=message.conversation_id, message_id=message.id,
+                              created_at=now, data=data))
+            continue
+        named = {r.strip().strip("<>").lower() for r in report.recipients}
+        if named and message.address and message.address.lower() not in named:
+            # Only copies (CC) bounced: the customer's mail went out; audited, not failed.
+            session.add(Event(kind="cc_bounced", actor="mail server",
                               conversation_id=message.conversation_id, message_id=message.id,
                               created_at=now, data=data))
             continue

@@ -29,17 +29,23 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 
 from frontdesk.channels.base import DeliveryError, PermanentFailure, TemporaryFailure
 from frontdesk.channels.email import OutboundConfig
 from frontdesk.channels.email.ids import new_message_id
+from frontdesk.domain.cc import clean_address
+from frontdesk.domain.files import file_words, size_words
 from frontdesk.domain.messages import OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from frontdesk.channels.email.oauth import AccessTokens
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,21 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
+def _copies(out: OutboundMessage) -> list[str]:
+    """The addresses ``out`` copies (``Cc:`` and the envelope) that can be written in both: plain
+    ASCII addresses other than the recipient's; anything else is left out (one bad recipient
+    must not fail the whole reply)."""
+    to = out.to_address.strip().lower()
+    copies: list[str] = []
+    for text in out.cc or ():
+        address = clean_address(str(text))
+        if address is None:
+            logger.warning("CC address %r left out: not a plain email address", str(text)[:100])
+        elif address != to and address not in copies:
+            copies.append(address)
+    return copies
+
+
 def _random_looking(token: str) -> bool:
     """A base64 token rather than a word: a digit, ``+``, ``/`` or ``=`` in it, or capitals
     after its first letter."""
@@ -98,8 +119,11 @@ class EmailSender:
         *,
         hostname: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        tokens: AccessTokens | None = None,
     ) -> None:
         self.config = config
+        self._tokens = tokens if config.auth == "oauth2" else None
+        """``auth = "oauth2"``: AUTH XOAUTH2 with these access tokens instead of the password."""
         self._hostname = hostname
         self._clock = clock or (lambda: datetime.now(UTC))
         _, address = email.utils.parseaddr(config.from_)
@@ -118,8 +142,9 @@ class EmailSender:
 
     # -- building ---------------------------------------------------------------------------
 
-    def build(self, out: OutboundMessage) -> EmailMessage:
-        """The RFC 5322 message for ``out`` (CRLF line ends when serialised). No I/O.
+    def build(self, out: OutboundMessage, files: Sequence[bytes] = ()) -> EmailMessage:
+        """The RFC 5322 message for ``out`` (CRLF line ends when serialised), with ``files``
+        (the bytes of ``out.attachments``, in order) attached. No I/O.
 
         Raises ValueError (or an :class:`email.errors.MessageError`) for an address that cannot
         be written in a header.
@@ -127,6 +152,9 @@ class EmailSender:
         msg = EmailMessage(policy=email.policy.SMTP)
         msg["From"] = self.config.from_
         msg["To"] = Address(display_name=_one_line(out.to_name), addr_spec=out.to_address.strip())
+        copies = _copies(out)
+        if copies:  # reply-all: the people the customer copied
+            msg["Cc"] = [Address(addr_spec=address) for address in copies]
         msg["Subject"] = _one_line(out.subject)
         msg["Date"] = email.utils.format_datetime(self._clock())
         if out.message_id:
@@ -145,21 +173,31 @@ class EmailSender:
             msg["X-Auto-Response-Suppress"] = "All"
         text = out.text.replace("\r\n", "\n").replace("\r", "\n")
         msg.set_content(text, subtype="plain", charset="utf-8")
+        for meta, data in zip(out.attachments, files, strict=True):
+            maintype, _, subtype = meta.content_type.partition("/")
+            if not subtype or maintype in ("multipart", "message"):
+                maintype, subtype = "application", "octet-stream"
+            msg.add_attachment(data, maintype=maintype, subtype=subtype,
+                               filename=_one_line(meta.filename))
         return msg
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, out: OutboundMessage) -> Receipt:
-        """Relay ``out``; the receipt holds its Message-ID and the relay's final reply."""
+    async def send(self, out: OutboundMessage, files: Sequence[bytes] = ()) -> Receipt:
+        """Relay ``out`` (with ``files``, the bytes of its attachments); the receipt holds its
+        Message-ID and the relay's final reply."""
         try:
-            msg = self.build(out)
+            msg = self.build(out, files)
         except (ValueError, email.errors.MessageError) as exc:
             raise PermanentFailure(
                 f"the email to {out.to_address!r} could not be written: {exc}"
             ) from None
+        if out.attachments:
+            self._check_size(out, len(msg.as_bytes()))
         message_id = _bare_id(str(msg["Message-ID"]))
         sender = "" if out.automated else self.from_address
         recipient = out.to_address.strip()
+        copies = _copies(out)
         config = self.config
 
         tls_context = (
@@ -188,7 +226,7 @@ class EmailSender:
                         f"the mail relay {self.relay} does not offer STARTTLS, and "
                         'email.outbound.starttls is "required", so nothing was sent'
                     )
-            if config.username:
+            if config.username or self._tokens is not None:
                 stage = "auth"
                 if smtp.get_transport_info("sslcontext") is None:
                     raise TemporaryFailure(
@@ -197,9 +235,14 @@ class EmailSender:
                         'email.outbound.starttls is "off"); use STARTTLS, or tls = true on '
                         "port 465"
                     )
-                await smtp.login(config.username, config.password.get_secret_value())
+                if self._tokens is not None:
+                    await self._xoauth2(smtp)
+                else:
+                    await smtp.login(config.username, config.password.get_secret_value())
             stage = "send"
-            _, reply = await smtp.send_message(msg, sender=sender, recipients=[recipient])
+            refused, reply = await smtp.send_message(msg, sender=sender,
+                                                     recipients=[recipient, *copies])
+            reply = self._partly(refused, reply, message_id, recipient, copies)
         except DeliveryError as own:
             smtp.close()
             logger.debug("email %s to %s not sent: %s", message_id, recipient, own.reason)
@@ -215,6 +258,61 @@ class EmailSender:
         await self._quit(smtp)
         logger.debug("email %s to %s accepted by %s: %s", message_id, recipient, self.relay, reply)
         return Receipt(remote_id=message_id, detail=reply)
+
+    def _partly(self, refused: dict[str, aiosmtplib.SMTPResponse], reply: str,
+                message_id: str, recipient: str, copies: list[str]) -> str:
+        """The relay took the message for some recipients only. The customer refused while
+        copies went out: a permanent failure (a retry would send the copies again). A copy
+        refused: said in the receipt's detail; the reply counts as sent."""
+        if not refused:
+            return reply
+        said = {address: f"{answer.code} {answer.message}" for address, answer in refused.items()}
+        mine = said.pop(recipient, None)
+        if mine is not None:
+            went = ", ".join(c for c in copies if c not in refused)
+            raise PermanentFailure(self._scrub(
+                f"the mail relay refused the recipient {recipient}: {mine}; only the copies "
+                f"to {went} went out"))
+        logger.info("email %s: the relay refused the CC recipient(s) %s", message_id,
+                    ", ".join(f"{k} ({v})" for k, v in said.items()))
+        return self._scrub(f"{reply} (CC refused: "
+                           + "; ".join(f"{k}: {v}" for k, v in said.items()) + ")")
+
+    def _check_size(self, out: OutboundMessage, size: int) -> None:
+        """An email larger than ``email.outbound.max_message_bytes`` (what the relay takes) is
+        not tried: the reply fails at once, naming its files."""
+        limit = self.config.max_message_bytes
+        if size > limit:
+            names = ", ".join(file_words(f) for f in out.attachments)
+            raise PermanentFailure(
+                f"the email with its files ({names}) is {size_words(size)} as sent, more than "
+                f"the {size_words(limit)} the mail relay takes (email.outbound.max_message_bytes)"
+            )
+
+    async def _xoauth2(self, smtp: aiosmtplib.SMTP) -> None:
+        """``AUTH XOAUTH2`` with an access token. A relay that refuses the token sends its
+        reason as a 334 challenge (base64 JSON); the empty answer to it brings the final 535."""
+        from frontdesk.channels.email.oauth import OAuthError, xoauth2
+
+        assert self._tokens is not None
+        user = self.config.username
+        try:
+            token = await self._tokens.access_token(user)
+        except OAuthError as exc:
+            raise TemporaryFailure(f"frontdesk cannot sign in to the mail relay {self.relay}: "
+                                   f"{exc}") from None
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()
+        if "xoauth2" not in smtp.server_auth_methods:
+            raise TemporaryFailure(f"the mail relay {self.relay} does not offer AUTH XOAUTH2, "
+                                   'and email.outbound.auth is "oauth2"')
+        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2",
+                                           xoauth2(user, token).encode("ascii"))
+        if reply.code == 334:
+            reply = await smtp.execute_command(b"")
+        if reply.code != 235:
+            self._tokens.invalidate(user, token)
+            raise aiosmtplib.SMTPAuthenticationError(reply.code, reply.message)
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         """Say goodbye; the message is already accepted, so a failure here does not matter."""
@@ -316,10 +414,11 @@ class EmailSender:
             return TemporaryFailure(f"the TLS handshake with the mail relay {relay} failed ({tls})")
 
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            check = ("the account's sign-in (frontdesk oauth status)" if self._tokens is not None
+                     else "email.outbound.username and password")
             return TemporaryFailure(
                 f"the mail relay {relay} rejected frontdesk's login as "
-                f"{self.config.username!r} ({exc.code} {exc.message}); check "
-                "email.outbound.username and password"
+                f"{self.config.username!r} ({exc.code} {exc.message}); check {check}"
             )
         if stage == "auth" and type(exc) is aiosmtplib.SMTPException:
             return TemporaryFailure(
@@ -347,6 +446,10 @@ class EmailSender:
             return TemporaryFailure(
                 f"the mail relay {relay} deferred the recipient {refused.recipient}: {reply}"
             )
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused | aiosmtplib.SMTPDataError) \
+                and exc.code == 552 and stage == "send":  # RFC 1870: over the relay's SIZE
+            return PermanentFailure(f"the mail relay {relay} refused the email as too large: "
+                                    f"{exc.code} {exc.message}")
         if isinstance(exc, aiosmtplib.SMTPSenderRefused):
             who = exc.sender or "<> (the null sender of automated mail)"
             return self._by_code(exc, f"the mail relay {relay} refused the sender {who}")

@@ -9,7 +9,9 @@ receipts and reactions are applied, then 200. Events of a product that is not co
 dropped with one log line (and still answered 200: Meta would retry them for days).
 
 Send: split at the platform's text limit (Messenger and Instagram 2,000 characters, WhatsApp
-4,096), each part once (a retry after a failure in the middle sends only the rest). Windows:
+4,096), then each file staff attached in a message of its own (an attachment by URL, WhatsApp
+media by link: a signed link on ``http.public_url``, within :data:`FILE_RULES`), each part once
+(a retry after a failure in the middle sends only the rest). Windows:
 a free-form reply goes within 24 hours of the customer's last message on that channel;
 Messenger and Instagram up to 7 days with ``human_agent_tag`` (tag HUMAN_AGENT); WhatsApp after
 24 hours sends the configured template once and holds the reply in the outbox until the customer
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +40,7 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text, template_words
 from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob
+from frontdesk.channels.files import FileRules, check_files
 from frontdesk.channels.meta import HUMAN_AGENT_WINDOW, WINDOW, MetaConfig
 from frontdesk.channels.meta.graph import Graph, WindowClosed
 from frontdesk.channels.meta.parse import BadPayload, parse, split
@@ -47,7 +50,14 @@ from frontdesk.channels.meta.records import (
     PROFILE_JOB,
     MetaRecords,
 )
-from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.domain.files import FileLinks, FileProblem
+from frontdesk.domain.messages import (
+    Attachment,
+    InboundMessage,
+    OutboundFile,
+    OutboundMessage,
+    Receipt,
+)
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.models import Outbox
 
@@ -57,6 +67,33 @@ WEBHOOK_PATH = "/webhooks/meta"
 MAX_TEXT = {"messenger": 2000, "instagram": 1000, "whatsapp": 4096}
 MAX_BODY = 1024 * 1024  # aiohttp's client_max_size; Meta's batches are a few KB
 MAX_FILE = 100 * 1024 * 1024
+_MB = 1024 * 1024
+FILE_RULES = {
+    "messenger": FileRules("Messenger", max_each=25 * _MB, type_limits=(("image/*", 8 * _MB),)),
+    "instagram": FileRules(
+        "Instagram", max_each=25 * _MB, type_limits=(("image/*", 8 * _MB),),
+        types=frozenset({"image/png", "image/jpeg", "image/gif", "audio/aac", "audio/mp4",
+                         "audio/x-m4a", "audio/wav", "audio/x-wav", "video/mp4", "video/ogg",
+                         "video/quicktime", "video/webm", "video/x-msvideo", "application/pdf"}),
+        type_words="PNG, JPEG and GIF images, audio (AAC, M4A, WAV), video (MP4, MOV, WebM, "
+                   "AVI, OGG) and PDF"),
+    "whatsapp": FileRules(
+        "WhatsApp", max_each=100 * _MB,
+        type_limits=(("image/*", 5 * _MB), ("audio/*", 16 * _MB), ("video/*", 16 * _MB)),
+        types=frozenset({"image/jpeg", "image/png", "audio/aac", "audio/amr", "audio/mpeg",
+                         "audio/mp4", "audio/ogg", "video/mp4", "video/3gpp", "text/plain",
+                         "application/pdf", "application/msword", "application/vnd.ms-excel",
+                         "application/vnd.ms-powerpoint",
+                         "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                         "application/vnd.openxmlformats-officedocument.presentationml."
+                         "presentation"}),
+        type_words="JPEG and PNG images, audio (AAC, AMR, MP3, M4A, OGG), MP4 and 3GP video, "
+                   "text, PDF and Office documents"),
+}
+"""What each Meta channel takes: Messenger 25 MB (images 8 MB fetched by URL), Instagram its
+media types, WhatsApp's Cloud API images of 5 MB, audio and video of 16 MB, documents of
+100 MB."""
 _OBJECT_PRODUCT = {"page": "messenger", "instagram": "instagram",
                    "whatsapp_business_account": "whatsapp"}
 
@@ -76,6 +113,7 @@ class MetaChannel:
         self._accept: Accept | None = None
         self._records: MetaRecords | None = None
         self._clock: Clock | None = None
+        self._links: FileLinks | None = None  # bind(): signed links to staff files
         self._dropped: set[str] = set()
         self._profiles_failed: dict[str, float] = {}
 
@@ -91,6 +129,7 @@ class MetaChannel:
         self._records = MetaRecords(context.store, clock=context.clock, files=files,
                                     kick=context.kick_outbox)
         self._clock = context.clock
+        self._links = context.file_links
         return ChannelParts(
             routes=[web.get(WEBHOOK_PATH, self._handshake), web.post(WEBHOOK_PATH, self._post)],
             inbound_hooks=(self._records.after_store,),
@@ -188,8 +227,10 @@ class MetaChannel:
         if channel not in self.products:
             raise PermanentFailure(f"meta {channel} is not configured here")
         parts = split_text(outbound.text, MAX_TEXT[channel])
-        if not parts:
+        files = outbound.attachments
+        if not parts and not files:
             raise PermanentFailure("the message is empty")
+        urls = await self._file_links(channel, files)
         now = self._clock()
         last = await records.last_written(channel, outbound.to_address)
         age = now - last if last is not None else None
@@ -208,20 +249,67 @@ class MetaChannel:
         key = outbound.idempotency_key
         done = await records.parts.sent(PART_CHANNEL, key)
         ids: list[str] = []
-        for index, text in enumerate(parts):
+        # The text first, then each file in a message of its own (fetched by Meta from its link).
+        items: list[str | tuple[OutboundFile, str]] = [*parts, *zip(files, urls, strict=True)]
+        for index, item in enumerate(items):
             if index in done:
                 ids.append(done[index])
                 continue
             try:
-                remote = await self._send_text(channel, outbound.to_address, text, tag)
+                if isinstance(item, str):
+                    remote = await self._send_text(channel, outbound.to_address, item, tag)
+                else:
+                    remote = await self._send_file(channel, outbound.to_address, *item, tag)
             except WindowClosed as exc:
                 raise PermanentFailure(exc.reason) from None
             ids.append(remote)
-            await records.parts.record(PART_CHANNEL, key, index, len(parts), remote, "sent",
+            await records.parts.record(PART_CHANNEL, key, index, len(items), remote, "sent",
                                        rank=lambda s: {"sent": 1, "delivered": 2}.get(s, 0))
         return Receipt(remote_id=",".join(ids),
-                       detail=f"{len(parts)} message(s) on {channel}"
+                       detail=f"{len(items)} message(s) on {channel}"
                               + (" with the HUMAN_AGENT tag" if tag else ""))
+
+    async def _file_links(self, channel: str, files: Sequence[OutboundFile]) -> list[str]:
+        """Signed links Meta fetches the files from, once they pass the channel's limits;
+        a file that cannot go fails the reply before anything is sent."""
+        if not files:
+            return []
+        check_files(files, FILE_RULES[channel])
+        if self._links is None:
+            raise PermanentFailure("files cannot be sent here: frontdesk serves no links to "
+                                   "them (http.public_url)")
+        try:
+            return [await self._links.url(f) for f in files]
+        except FileProblem as exc:
+            raise PermanentFailure(f"the files cannot be sent: {exc}") from None
+
+    async def _send_file(self, channel: str, to: str, file: OutboundFile, url: str,
+                         tag: str | None) -> str:
+        """One file by its link: WhatsApp media (image, audio, video or document) or a
+        Messenger/Instagram attachment."""
+        main = file.content_type.partition("/")[0]
+        if channel == "whatsapp":
+            kind = ("image" if file.content_type in ("image/jpeg", "image/png") else
+                    main if main in ("audio", "video") else "document")
+            media: dict[str, Any] = {"link": url}
+            if kind == "document":
+                media["filename"] = file.filename
+            answer = await self._graph.post(
+                f"{self._config.whatsapp_phone_number_id}/messages",
+                {"messaging_product": "whatsapp", "recipient_type": "individual",
+                 "to": to.lstrip("+"), "type": kind, kind: media}, self._wa_token)
+            return str((answer.get("messages") or [{}])[0].get("id", ""))
+        kind = main if main in ("image", "audio", "video") else "file"
+        body: dict[str, Any] = {
+            "recipient": {"id": to},
+            "message": {"attachment": {"type": kind,
+                                       "payload": {"url": url, "is_reusable": False}}},
+            "messaging_type": "MESSAGE_TAG" if tag else "RESPONSE"}
+        if tag:
+            body["tag"] = tag
+        answer = await self._graph.post(f"{self._config.page_id}/messages", body,
+                                        self._page_token)
+        return str(answer.get("message_id", ""))
 
     def _window_words(self, channel: str, age: timedelta | None) -> str:
         when = ("has not written on this channel" if age is None

@@ -28,8 +28,10 @@ Files: getFile, then a download from ``telegram.api_base_url`` only (the file pa
 names must be under its file URL; see :mod:`frontdesk.channels.media`), at most
 :attr:`TelegramChannel.max_file_bytes`.
 
-Send: sendMessage to the chat, texts over 4,096 characters in several messages, in order;
-a user who blocked the bot is a permanent failure with that reason.
+Send: sendMessage to the chat, texts over 4,096 characters in several messages, in order, then
+each file staff attached as a multipart upload (sendPhoto for a JPEG or PNG of up to 10 MB,
+sendDocument for the rest, 50 MB at most); a user who blocked the bot is a permanent failure with
+that reason.
 
 Readiness: true once the webhook is set, or once a getUpdates call succeeded, or while another
 instance is the poller (a standby is healthy).
@@ -74,6 +76,7 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text
 from frontdesk.channels.chat_records import AttachmentJob
+from frontdesk.channels.files import FileRules, check_files, read_files
 from frontdesk.channels.media import MediaFetcher, MediaHosts, size_words
 from frontdesk.channels.telegram import TelegramConfig
 from frontdesk.channels.telegram.parse import (
@@ -85,12 +88,18 @@ from frontdesk.channels.telegram.parse import (
 )
 from frontdesk.channels.telegram.records import FILE_JOB, TelegramRecords
 from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
+from frontdesk.storage.attachments import AttachmentStore
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096
+MAX_PHOTO = 10 * 1024 * 1024
+"""sendPhoto's limit; a larger image goes as a document."""
+PHOTO_TYPES = frozenset({"image/jpeg", "image/png"})
+TELEGRAM_FILES = FileRules("Telegram", max_each=50 * 1024 * 1024)
+"""The Bot API uploads files of up to 50 MB (sendDocument), of any type."""
 ALLOWED_UPDATES = ["message"]  # edits are not asked for: a message is stored once, as sent
 
 # getUpdates goes through Bot.do_api_request (the updates as JSON, see the module docstring),
@@ -142,7 +151,8 @@ class TelegramChannel:
         self._ready = False
         self._stopping = False
         self._leadership: Leader | None = None  # polling only
-        self._files: MediaFetcher | None = None
+        self._fetcher: MediaFetcher | None = None
+        self._files: AttachmentStore | None = None  # bind(): staff files' bytes
 
     # -- composition ----------------------------------------------------------------------------
 
@@ -155,6 +165,7 @@ class TelegramChannel:
                                   greeting=self._config.greeting, files=files,
                                   kick=context.kick_outbox)
         self._records = records
+        self._files = context.attachments
         if self.mode == "polling":
             self._leadership = context.leadership(f"telegram:{self.bot_id}")
         return ChannelParts(
@@ -186,11 +197,11 @@ class TelegramChannel:
         self._accept = accept
         self._stopping = False
         self._bot = self._make_bot()
-        self._files = MediaFetcher(
+        self._fetcher = MediaFetcher(
             MediaHosts(origins=[self._config.api_base_url], settings="telegram.api_base_url"),
             provider="Telegram", timeout=self._config.request_timeout.total_seconds(),
             max_bytes=self.max_file_bytes)
-        await self._files.start()
+        await self._fetcher.start()
         if self.mode == "webhook":
             runner = self._set_webhook()
         elif self._leadership is not None:
@@ -210,8 +221,8 @@ class TelegramChannel:
                 await self._task
             self._task = None
         self._accept = None
-        if self._files is not None:
-            await self._files.close()
+        if self._fetcher is not None:
+            await self._fetcher.close()
         if self._bot is not None:
             with contextlib.suppress(Exception):
                 await self._bot.shutdown()
@@ -460,10 +471,20 @@ class TelegramChannel:
             raise PermanentFailure(f"{outbound.to_address!r} is not a Telegram chat id"
                                    ) from None
         parts = split_text(outbound.text, MAX_TEXT)
-        if not parts:
+        files = outbound.attachments
+        if not parts and not files:
             raise PermanentFailure("the message is empty")
+        check_files(files, TELEGRAM_FILES)
         key = outbound.idempotency_key
         done = await records.parts.sent("telegram", key)
+        total = len(parts) + len(files)
+        todo = [n for n in range(len(parts), total) if n not in done]  # files still to go
+        data: dict[int, bytes] = {}
+        if todo:
+            if self._files is None:
+                raise TemporaryFailure("the telegram channel is not attached to the store")
+            read = await read_files(self._files, [files[n - len(parts)] for n in todo])
+            data = dict(zip(todo, read, strict=True))
         ids: list[str] = []
         try:
             bot = await self._bot_up()
@@ -474,17 +495,30 @@ class TelegramChannel:
                 sent = await bot.send_message(chat_id=chat_id, text=text)
                 remote = f"{chat_id}:{sent.message_id}"
                 ids.append(remote)
-                await records.parts.record("telegram", key, index, len(parts), remote, "sent")
+                await records.parts.record("telegram", key, index, total, remote, "sent")
+            for index, f in enumerate(files, start=len(parts)):
+                if index in done:
+                    ids.append(done[index])
+                    continue
+                if f.content_type in PHOTO_TYPES and f.size <= MAX_PHOTO:  # shown as a photo
+                    sent = await bot.send_photo(chat_id=chat_id, photo=data[index],
+                                                filename=f.filename)
+                else:  # a file to download, its name kept
+                    sent = await bot.send_document(chat_id=chat_id, document=data[index],
+                                                   filename=f.filename)
+                remote = f"{chat_id}:{sent.message_id}"
+                ids.append(remote)
+                await records.parts.record("telegram", key, index, total, remote, "sent")
         except TelegramError as exc:
             raise self._failure(exc) from None
-        return Receipt(remote_id=",".join(ids), detail=f"{len(parts)} message(s) to {chat_id}")
+        return Receipt(remote_id=",".join(ids), detail=f"{total} message(s) to {chat_id}")
 
     # -- files ----------------------------------------------------------------------------------
 
     async def _fetch_file(self, item: Mapping[str, Any]) -> Attachment:
         """getFile, then the download from the API's own file URL (nothing else: a path that
         is not under it is refused), at most :attr:`max_file_bytes`."""
-        files = self._files
+        files = self._fetcher
         if files is None or not files.running:
             raise TemporaryFailure("the telegram channel is not running")
         try:

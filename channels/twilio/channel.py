@@ -21,7 +21,10 @@ job, with the reason.
 Send: the twilio REST client with its aiohttp-based AsyncTwilioHttpClient on the daemon's loop,
 pointed at ``twilio.api_base_url``, with a status callback to /webhooks/twilio/status. Texts over
 1,600 characters go out as several messages in order; the parts already sent are remembered so a
-retry does not repeat them. Nothing is ever sent to an opted-out number.
+retry does not repeat them. Files staff attach go as ``MediaUrl`` s, signed links on
+``http.public_url`` Twilio fetches (MMS: all with the first text, 10 and 5 MB at most; WhatsApp:
+one per message after the text), Twilio's limits checked first. Nothing is ever sent to an
+opted-out number.
 
 Voicemail: /webhooks/twilio/voice greets (open or closed wording from the SLA business hours) and
 records with transcription; the recording callback becomes one message on the caller's voice
@@ -67,6 +70,7 @@ from frontdesk.channels.base import (
 )
 from frontdesk.channels.chat import split_text, template_words
 from frontdesk.channels.chat_records import HELD, HOLD_FOR, AttachmentJob, last_written
+from frontdesk.channels.files import FileRules, check_files
 from frontdesk.channels.media import MediaFetcher, MediaHosts
 from frontdesk.channels.twilio import TwilioConfig
 from frontdesk.channels.twilio.parse import form_pairs, parse_twilio, strip_whatsapp
@@ -80,6 +84,7 @@ from frontdesk.channels.twilio.voice import (
     hangup_twiml,
     voicemail_twiml,
 )
+from frontdesk.domain.files import FileLinks, FileProblem
 from frontdesk.domain.messages import Attachment, InboundMessage, OutboundMessage, Receipt
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
@@ -93,6 +98,26 @@ VOICE_PATH = "/webhooks/twilio/voice"
 MAX_BODY = 1600  # Twilio's limit for one message's Body
 WHATSAPP_WINDOW = timedelta(hours=24)
 MAX_MEDIA_BYTES = 50 * 1024 * 1024
+_MB = 1024 * 1024
+MMS_FILES = FileRules(
+    "MMS", max_total=5 * _MB, max_count=10,
+    types=frozenset({"image/*", "audio/*", "video/*", "application/pdf", "text/vcard",
+                     "text/x-vcard", "text/csv", "text/rtf", "text/richtext", "text/calendar",
+                     "text/directory"}),
+    type_words="images, audio, video, PDF, vCard, CSV and calendar files")
+"""Twilio's MMS: at most 10 media and 5 MB in all, of its accepted content types."""
+WHATSAPP_FILES = FileRules(
+    "WhatsApp", max_each=16 * _MB, type_limits=(("image/*", 5 * _MB),),
+    types=frozenset({"image/jpeg", "image/jpg", "image/png", "audio/ogg", "audio/amr",
+                     "audio/3gpp", "audio/aac", "audio/mpeg", "audio/mp4", "video/mp4",
+                     "application/pdf", "application/msword", "text/vcard", "text/x-vcard",
+                     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                     "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+                     }),
+    type_words="JPEG and PNG images, audio (OGG, AMR, MP3, AAC), MP4 video, PDF, Word, Excel "
+               "and PowerPoint documents and vCards")
+"""WhatsApp through Twilio: 16 MB a file (images 5 MB), of WhatsApp's media types."""
 MAX_FORM_FIELDS = 500
 """A webhook form with more fields is refused (413) before it is parsed or its signature
 computed: Twilio sends a few dozen (10 media at most), and sorting hundreds of thousands of
@@ -215,6 +240,7 @@ class TwilioChannel:
         self._is_open: Callable[[], bool] = lambda: True
         self._store: Store | None = None
         self._clock: Clock | None = None
+        self._links: FileLinks | None = None  # bind(): signed links to staff files
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
         self._media: MediaFetcher | None = None
@@ -240,6 +266,7 @@ class TwilioChannel:
                                 kick=context.kick_outbox)
         self._records = records
         self._store, self._clock = context.store, context.clock
+        self._links = context.file_links
         calendar, clock = context.calendar, context.clock
         self._is_open = lambda: bool(calendar.is_open(clock()))
         return ChannelParts(
@@ -433,25 +460,51 @@ class TwilioChannel:
             raise PermanentFailure(f"{number!r} is not a phone number a text can be sent to")
         if await records.opted_out(number):
             raise PermanentFailure(OPTED_OUT)
-        parts = split_text(outbound.text, MAX_BODY)
+        whatsapp = outbound.channel == "whatsapp"
+        parts: list[tuple[str, list[str]]] = [(body, []) for body in
+                                              split_text(outbound.text, MAX_BODY)]
+        if outbound.attachments:
+            parts = await self._with_media(outbound, parts, whatsapp=whatsapp)
         if not parts:
             raise PermanentFailure("the message is empty")
-        if outbound.channel == "whatsapp":
+        if whatsapp:
             await self._window(client, sender, to, number, outbound)
         key = outbound.idempotency_key
         done = await records.parts.sent("twilio", key)
         callback = f"{self._public_url}{STATUS_PATH}"
         sids: list[str] = []
-        for index, body in enumerate(parts):
+        for index, (body, media) in enumerate(parts):
             if index in done:
                 sids.append(done[index])
                 continue
-            sid, status = await self._create(client, sender, to, body, callback, number)
+            sid, status = await self._create(client, sender, to, body, callback, number,
+                                             media=media)
             sids.append(sid)
             await records.parts.record("twilio", key, index, len(parts), sid, status,
                                        rank=status_rank)
         return Receipt(remote_id=",".join(sids),
                        detail=f"{len(parts)} message(s) from {sender} to {to}")
+
+    async def _with_media(self, outbound: OutboundMessage, parts: list[tuple[str, list[str]]], *,
+                    whatsapp: bool) -> list[tuple[str, list[str]]]:
+        """The messages a reply with files goes out as: by MMS, every file (at most 10, 5 MB
+        in all) with the first text; on WhatsApp (one medium a message) each file in a message
+        of its own after the text. Twilio fetches each file from a signed link on
+        ``http.public_url``. A file that cannot go fails the reply before anything is sent."""
+        files = outbound.attachments
+        check_files(files, WHATSAPP_FILES if whatsapp else MMS_FILES)
+        if self._links is None:
+            raise PermanentFailure("files cannot be sent here: frontdesk serves no links to "
+                                   "them (http.public_url)")
+        try:
+            urls = [await self._links.url(f) for f in files]
+        except FileProblem as exc:
+            raise PermanentFailure(f"the files cannot be sent: {exc}") from None
+        if whatsapp:
+            return [*parts, *(("", [url]) for url in urls)]
+        if not parts:
+            return [("", urls)]
+        return [(parts[0][0], urls), *parts[1:]]
 
     async def _window(self, client: Client, sender: str, to: str, number: str,
                       outbound: OutboundMessage) -> None:
@@ -498,12 +551,13 @@ class TwilioChannel:
                        retry_after=HOLD_FOR)
 
     async def _create(self, client: Client, sender: str, to: str, body: str, callback: str,
-                      number: str) -> tuple[str, str]:
+                      number: str, *, media: list[str] | None = None) -> tuple[str, str]:
         timeout = self._config.request_timeout.total_seconds()
+        extra: dict[str, Any] = {"media_url": media} if media else {}
         try:
             message = await asyncio.wait_for(
                 client.api.account.messages.create_async(
-                    to=to, from_=sender, body=body, status_callback=callback),
+                    to=to, from_=sender, body=body, status_callback=callback, **extra),
                 timeout=timeout + 5)
         except (TwilioRestException, TwilioServiceException) as exc:
             raise await self._rest_failure(exc, number) from None

@@ -23,6 +23,7 @@ from frontdesk.channels.base import (
     ChannelParts,
     PermanentFailure,
 )
+from frontdesk.channels.files import FileRules, check_files
 from frontdesk.channels.web import WebConfig
 from frontdesk.channels.web.api import VisitorApi
 from frontdesk.channels.web.form import ContactForm
@@ -105,6 +106,11 @@ class WebChannel:
         if outbound.channel != "web":
             raise PermanentFailure(f"the website channel does not send {outbound.channel} "
                                    "messages (a contact form is answered by email)")
+        # Staff files are the message's attachments: the widget lists them, and the visitor
+        # downloads them through its own route (theirs only), up to the widget's cap.
+        check_files(outbound.attachments,
+                    FileRules("the website chat", max_total=self._config.max_upload_bytes,
+                              setting="web.max_upload_bytes"))
         if self._hub is not None:
             self._hub.wake()
         return Receipt(detail="in the visitor's chat (shown when their widget is open)")

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.channels.base import DeliveryError
 from frontdesk.channels.web.parse import WEB_EMAIL, WEB_PAGE
 from frontdesk.domain.contacts import ContactError, request_link, root_contact
-from frontdesk.domain.messages import OutboundMessage, Receipt
-from frontdesk.domain.replies import ReplyComposer, ReplyContext
+from frontdesk.domain.messages import OutboundFile, OutboundMessage, Receipt
+from frontdesk.domain.replies import ReplyComposer, ReplyContext, attach_files
 from frontdesk.storage.clock import Clock
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
@@ -72,8 +72,11 @@ def message_view(m: Message) -> dict[str, Any]:
 
 def shown(m: Message) -> bool:
     """Whether the widget shows a message of a visitor's conversation (not an internal note,
-    not the mailed copy of a reply it already shows)."""
+    not the mailed copy of a reply it already shows, not a reply that failed: its files were
+    over the widget's cap)."""
     if m.is_note or m.direction not in ("in", "out"):
+        return False
+    if m.direction == "out" and m.delivery_status == "failed":
         return False
     return not (m.direction == "out" and (m.headers or {}).get("X-Frontdesk-Kind") == OFFLINE_KIND)
 
@@ -153,6 +156,9 @@ class WebRecords:
             if found is None:
                 return None
             attachment, conversation_id = found
+            message = await s.get(Message, attachment.message_id)
+            if message is None or not shown(message):  # a failed reply's files stay unsent
+                return None
             mine = await self.conversations(s, visitor)
         return attachment if conversation_id in mine else None
 
@@ -305,9 +311,12 @@ class WebRecords:
                            automated=True, delivery_status="queued", created_at=now)
             s.add(copy)
             await s.flush()
+            files = await attach_files(s, copy, [  # the reply's files go with the mail
+                OutboundFile(a.filename, a.content_type, a.size, a.sha256)
+                for a in message.attachments])
             key = f"message-{copy.id}"
             s.add(Outbox(kind="deliver", conversation_id=conversation.id, message_id=copy.id,
-                         payload=asdict(replace(out, idempotency_key=key)),
+                         payload=asdict(replace(out, idempotency_key=key, attachments=files)),
                          idempotency_key=key, state="pending", attempts=0,
                          next_attempt_at=now, created_at=now))
             s.add(Event(kind="web_offline_mail", actor="system",

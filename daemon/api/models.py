@@ -74,6 +74,8 @@ class ConversationSummary(Open):
     rated_at: str | None
     reminder_due_at: str | None
     snoozed_until: str | None
+    cc: list[str] = Field(default_factory=list,
+                          description="Addresses staff replies copy (email reply-all)")
 
 
 class AttachmentOut(Open):
@@ -149,12 +151,26 @@ class ExportOut(Open):
 
 # --- requests -----------------------------------------------------------------------------------
 
+class FileIn(Strict):
+    filename: str = Field(min_length=1, max_length=_NAME_LIMIT, description='"label.pdf"')
+    content_type: str = Field(default="", max_length=_NAME_LIMIT,
+                              description='"application/pdf"; empty: from the file name')
+    content_base64: str = Field(min_length=1, description="The file's bytes in base64 "
+                                                          "(the whole body is held to "
+                                                          "api.max_body)")
+
+
 class ReplyIn(Strict):
     text: str = Field(min_length=1, max_length=_TEXT_LIMIT,
                       description="The reply, sent on the customer's channel")
     author: str = Field(min_length=1, max_length=_NAME_LIMIT,
                         description="The staff member it is from (shown to the customer where "
                                     "the channel shows names)")
+    attachments: list[FileIn] = Field(
+        default_factory=list, max_length=10,
+        description="Files sent with the reply (an email attachment, MMS or WhatsApp media, a "
+                    "Telegram document, ...); each channel's size and type limits apply when "
+                    "it is sent, and a file that cannot go fails the reply with the reason")
 
 
 class NoteIn(Strict):

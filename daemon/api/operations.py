@@ -3,6 +3,9 @@ desk, with the token's name in the audit (:attr:`.server.Call.audit`)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +26,7 @@ from frontdesk.daemon.api.models import (
     ConversationSummary,
     ErrorOut,
     ExportOut,
+    FileIn,
     InboundOut,
     MessageOut,
     NoteIn,
@@ -59,6 +63,8 @@ from frontdesk.domain.conversations import (
     snooze_until,
     waiting_reasons,
 )
+from frontdesk.domain.files import FileProblem, store_files
+from frontdesk.domain.messages import Attachment, OutboundFile
 from frontdesk.domain.privacy import (
     change_contact,
     contact_tag_list,
@@ -121,6 +127,23 @@ async def _contact(call: Call) -> Contact:
 async def _contact_view(call: Call, contact: Contact) -> dict[str, Any]:
     detail = await contact_detail(call.session, contact)
     return {**detail, "tags": contact_tag_list(contact)}
+
+
+async def _files(given: list[FileIn], store: AttachmentStore) -> list[OutboundFile]:
+    """A reply's files, decoded and stored once each (422 for what is no file)."""
+    decoded = []
+    for number, f in enumerate(given):
+        try:
+            data = base64.b64decode(f.content_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, f"attachments[{number}].content_base64 is not base64") from None
+        decoded.append(Attachment(f.filename, f.content_type, data))
+    if not decoded:
+        return []
+    try:
+        return await asyncio.to_thread(store_files, decoded, store)
+    except FileProblem as exc:
+        raise ApiError(422, f"attachments: {exc}") from None
 
 
 async def _message(call: Call, message: Message) -> dict[str, Any]:
@@ -186,10 +209,12 @@ def build(services: Services) -> list[Operation]:
     async def reply(call: Call) -> Answer:
         body: ReplyIn = call.body
         c = await _conversation(call)
+        files = await _files(body.attachments, services.attachments)
         try:
             message = await add_staff_reply(call.session, c, body.text, author=body.author,
                                             replies=services.replies, now=call.now,
-                                            actor=body.author, event_data=call.audit)
+                                            actor=body.author, event_data=call.audit,
+                                            files=files)
         except CannotReply as exc:
             raise ApiError(409, str(exc)) from None
         call.after_commit.append(services.kick_outbox)

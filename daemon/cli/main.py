@@ -20,10 +20,12 @@ from sqlalchemy import select
 
 from frontdesk import __version__
 from frontdesk.config.loader import ConfigError, load_settings, resolve_path
+from frontdesk.daemon.cli import cc as cli_cc
 from frontdesk.daemon.cli import contacts as cli_contacts
 from frontdesk.daemon.cli import desk as cli_desk
 from frontdesk.daemon.cli import knowledge as cli_knowledge
 from frontdesk.daemon.cli import log as cli_log
+from frontdesk.daemon.cli import oauth as cli_oauth
 from frontdesk.daemon.cli import outbox as cli_outbox
 from frontdesk.daemon.cli import tokens as cli_tokens
 from frontdesk.daemon.cli.common import (
@@ -84,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     reply.add_argument("text", metavar="TEXT", help="the reply, sent on the customer's channel")
     reply.add_argument("--as", dest="author", metavar="NAME",
                        help="the staff member's name (default: $USER)")
+    reply.add_argument("--attach", action="append", default=[], metavar="FILE",
+                       help="send this file with the reply (repeatable; the channel's size and "
+                            "type limits apply)")
     report = sub.add_parser("report", parents=[common], help="service figures")
     report.add_argument("--since", type=duration, default="7d",
                         help='the period up to now, like "7d", "24h" or "1d12h"')
@@ -120,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     cli_outbox.add_parsers(sub, common, as_json, Parser)
     cli_log.add_parsers(sub, common, as_json, Parser)
     cli_tokens.add_parsers(sub, common, as_json, Parser)
+    cli_oauth.add_parsers(sub, common, as_json, Parser)
     cli_knowledge.add_parsers(sub, common, as_json, Parser)
+    cli_cc.add_parsers(sub, common, as_json, Parser)
     _with_examples(p)
     return p
 
@@ -143,6 +150,7 @@ EXAMPLES = {
     "resolve": "frontdesk resolve FD-12 --as Grace\n"
                '  frontdesk resolve FD-12 --note "Re-sent the invoice with the VAT number"',
     "tag": "frontdesk tag FD-12 refund kettle\n  frontdesk tag FD-12 kettle --remove",
+    "cc": "frontdesk cc FD-12\n  frontdesk cc FD-12 -bob@example.org +carol@example.org --as Grace",
     "similar": "frontdesk similar FD-12\n  frontdesk similar FD-12 --limit 5 --json",
     "saved-reply": "frontdesk saved-reply list",
     "saved-reply add": 'frontdesk saved-reply add tracking "Hi {first_name}, your parcel\'s '
@@ -168,6 +176,12 @@ EXAMPLES = {
     "token create": "frontdesk token create shop --scope write\n  frontdesk token create dashboard",
     "token list": "frontdesk token list --json",
     "token revoke": "frontdesk token revoke shop --as Grace",
+    "oauth": "frontdesk oauth login microsoft --account support@example.com",
+    "oauth login": "frontdesk oauth login microsoft --account support@example.com\n"
+                   "  frontdesk oauth login google --account support@example.com --port 8765",
+    "oauth status": "frontdesk oauth status --json",
+    "oauth logout": "frontdesk oauth logout --account support@example.com --as Grace",
+    "oauth key": "frontdesk oauth key",
 }
 """An example under each command's ``--help`` (keyed by the command's words)."""
 
@@ -374,6 +388,7 @@ def _format_detail(d: dict[str, Any], when: Callable[[str | None], str]) -> str:
         + (f", answered {when(d['first_responded_at'])}" if d["first_responded_at"] else ""),
         *sla_lines(d, when),
         *([f"  tags {' '.join(d['tags'])}"] if d.get("tags") else []),
+        *([f"  cc {', '.join(d['cc'])}"] if d.get("cc") else []),
         *([f"  resolution note: {line}" if i == 0 else f"    {line}"
            for i, line in enumerate(d["resolution_note"].splitlines())]
           if d.get("resolution_note") else []),
@@ -415,20 +430,57 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     author = args.author or os.environ.get("USER") or "staff"
+    given = [_read_attachment(path) for path in args.attach]
 
     async def work(store: Any) -> int:
+        files = await _store_attachments(settings, given)
         async with store.session() as s:
             conversation = await get_conversation(s, args.ref)
             message = await add_staff_reply(s, conversation, args.text, author=author,
-                                            replies=reply_composer(settings), now=utcnow())
+                                            replies=reply_composer(settings), now=utcnow(),
+                                            files=files)
         if message.is_note:  # nothing reaches the customer (a logged contact, no address)
             print(f"{conversation.reference}: {message.failure_reason}")
             return 0
         print(f"queued reply #{message.id} to {terminal_text(message.address)} on "
-              f"{conversation.reference}")
+              f"{conversation.reference}"
+              + (f" with {len(files)} file(s)" if files else ""))
         return 0
 
     return asyncio.run(with_store(settings, work))
+
+
+def _read_attachment(path: str) -> Any:
+    """``--attach FILE``: its bytes, named by the file's name (the type from the name)."""
+    from frontdesk.domain.files import MAX_FILE_BYTES, size_words
+    from frontdesk.domain.messages import Attachment
+
+    file = Path(path).expanduser()
+    try:
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise Failure(f"--attach {path}: larger than the {size_words(MAX_FILE_BYTES)} a "
+                          "reply's file may be")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise Failure(f"--attach {path}: {exc.strerror or exc}") from None
+    return Attachment(file.name, "", data)
+
+
+async def _store_attachments(settings: Any, given: list[Any]) -> list[Any]:
+    """The reply's files in the attachment store (``daemon.data_dir``), once each."""
+    if not given:
+        return []
+    from frontdesk.domain.files import FileProblem, store_files
+    from frontdesk.storage.attachments import AttachmentStore
+
+    try:
+        return await asyncio.to_thread(store_files, given,
+                                       AttachmentStore(settings.daemon.data_dir))
+    except FileProblem as exc:
+        raise Failure(f"--attach: {exc}") from None
+    except OSError as exc:
+        raise Failure(f"cannot store the files in daemon.data_dir "
+                      f"({settings.daemon.data_dir}): {exc.strerror or exc}") from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -551,7 +603,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **cli_outbox.COMMANDS,  # outbox [retry|cancel]
     **cli_log.COMMANDS,  # log phone|in-person|letter
     **cli_tokens.COMMANDS,  # token create|list|revoke
+    **cli_oauth.COMMANDS,  # oauth login|status|logout|key
     **cli_knowledge.COMMANDS,  # tag, similar, saved-reply add|list|remove
+    **cli_cc.COMMANDS,  # cc REF [+ADDR|-ADDR]...
 }
 
 

@@ -10,7 +10,8 @@ raises the priority one step.
 ``assign FD-12 @user`` (or ``me``, ``nobody``), ``snooze FD-12 2h`` (or ``morning``),
 ``priority FD-12 high``, ``show FD-12``, ``search TEXT``, ``reply-with FD-12 NAME``,
 ``resolve FD-12 what solved it`` (a resolution note), ``tag FD-12 refund -kettle``,
-``similar FD-12``, ``saved-reply list|add NAME TEXT|remove NAME``; the answer is shown only to the
+``similar FD-12``, ``saved-reply list|add NAME TEXT|remove NAME``, ``cc FD-12`` (who staff replies
+copy) and ``cc FD-12 +carol@example.org -bob@example.org``; the answer is shown only to the
 person who typed it. The Resolve button opens a small form asking what solved it (optional); the
 message shortcut "Save as saved reply" (:data:`blocks.SAVE_REPLY_CALLBACK`) keeps a staff
 message's text as a saved reply. ``log phone|in-person|letter`` opens a form
@@ -40,6 +41,7 @@ from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, SlackUser, describe
 from frontdesk.daemon.desk.cards import RootCards
 from frontdesk.daemon.desk.queue import SlackQueue
+from frontdesk.domain import cc as cc_list
 from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.domain.contacts import ContactError, find_contact
 from frontdesk.domain.conversations import (
@@ -70,6 +72,7 @@ from frontdesk.domain.saved_replies import (
 )
 from frontdesk.domain.search import InvalidQuery, marked, search_conversations
 from frontdesk.domain.similar import SimilarConversations
+from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import Contact
 
@@ -83,6 +86,7 @@ USAGE = """*/frontdesk* — what it does:
 • `priority FD-12 high` (low, normal, high, urgent)
 • `search words` — earlier conversations that mention them
 • `tag FD-12 refund kettle` (`-kettle` takes a tag off)
+• `cc FD-12` — who replies copy · `cc FD-12 +carol@example.org -bob@example.org`
 • `similar FD-12` — resolved conversations like it, with what solved them
 • `reply-with FD-12 NAME` — send a saved reply
 • `saved-reply list` · `saved-reply add NAME text` · `saved-reply remove NAME`
@@ -119,6 +123,16 @@ def _view_value(view: dict[str, Any], block: str) -> str:
     return text if isinstance(text, str) else ""
 
 
+def _cc_said(added: list[str], removed: list[str], now: list[str]) -> str:
+    """A CC list (and what changed in it) in words, escaped for Slack."""
+    listed = ", ".join(blocks.escape(a) for a in now) if now else "nobody"
+    done = ([f"added {', '.join(blocks.escape(a) for a in added)}"] if added else []) + (
+        [f"removed {', '.join(blocks.escape(a) for a in removed)}"] if removed else [])
+    if not done:
+        return f"CC: {listed}"
+    return f"CC {'; '.join(done)} (now {listed})"
+
+
 def _raise_priority(current: str) -> str:
     index = PRIORITIES.index(current) if current in PRIORITIES else 1
     return PRIORITIES[min(index + 1, len(PRIORITIES) - 1)]
@@ -140,6 +154,8 @@ class DeskParts(Protocol):
     similar: SimilarConversations
     known_channels: tuple[str, ...]
     """The customer channel names an address may start with (``telegram:12345``)."""
+    attachments: AttachmentStore
+    """Where staff files fetched from Slack are stored (and customers' files read from)."""
 
     def kick(self) -> None:
         """Wake the outbox worker and the root refresh after a commit that queued desk work or
@@ -271,6 +287,14 @@ class DeskActions:
                         actor=user.actor, now=now, data=data)
                     what = "Tags: " + (" ".join(f"`{blocks.escape(t)}`" for t in c.tags or [])
                                        or "none")
+                elif kind == "cc":
+                    words = arg.split()
+                    added, taken = await cc_list.change_cc(
+                        s, c, add=[w.removeprefix("+") for w in words if not w.startswith("-")],
+                        remove=[w[1:] for w in words if w.startswith("-")],
+                        actor=user.actor, now=now, data=data)
+                    changed = bool(added or taken)
+                    what = _cc_said(added, taken, cc_list.active(c.cc))
                 elif kind == "reopen":
                     changed = await reopen(s, c, actor=user.actor, now=now, data=data)
                     what = "Reopened"
@@ -291,13 +315,15 @@ class DeskActions:
                         line += "\n" + blocks.solved_line(solved)
                     await desk.queue.text(s, c, line, now)
                 reference, status = c.reference, c.status
-        except (UnknownConversation, InvalidAction) as exc:
-            return False, str(exc)
+        except (UnknownConversation, InvalidAction, cc_list.CcError) as exc:
+            return False, blocks.escape(str(exc)) if kind == "cc" else str(exc)
         if changed and kind in ("resolve", "reopen"):
             desk.similar.changed()
         if not changed:
             if kind == "tag":
                 return True, f"{reference} unchanged ({what.lower()})."
+            if kind == "cc":
+                return True, f"{reference} unchanged ({what})."
             return True, f"{reference} unchanged (it is {status})."
         desk.kick()
         log.info("%s: %s by %s", reference, what, user.actor)
@@ -321,7 +347,8 @@ class DeskActions:
             typed = str(command.get("text") or "").strip().split(None, 1)
             return await self.saved_reply(typed[1] if len(typed) > 1 else "", user)
         if sub not in ("resolve", "reopen", "claim", "assign", "snooze", "priority", "show",
-                       "reply-with", "reply_with", "replywith", "tag", "untag", "similar"):
+                       "reply-with", "reply_with", "replywith", "tag", "untag", "similar",
+                       "cc"):
             return f"I don't know `{blocks.escape(sub)}`.\n{await self._usage()}"
         if not rest:
             return f"`{sub}` needs a conversation reference, like `{sub} FD-12`."
@@ -330,6 +357,8 @@ class DeskActions:
             return await self.show(reference)
         if sub == "similar":
             return await self.similar(reference)
+        if sub == "cc":
+            return await self.cc(reference, args, user)
         if sub in ("tag", "untag"):
             if not args:
                 return f"`{sub} {blocks.escape(reference)} TAG...` needs at least one tag."
@@ -454,6 +483,8 @@ class DeskActions:
         ]
         if c.tags:
             lines.append("Tags: " + " ".join(f"`{blocks.escape(t)}`" for t in c.tags))
+        if cc_list.active(c.cc):
+            lines.append(_cc_said([], [], cc_list.active(c.cc)))
         if c.resolution_note:
             lines.append("What solved it: " + blocks.cut(" ".join(c.resolution_note.split()),
                                                          500))
@@ -467,6 +498,20 @@ class DeskActions:
             lines.append(f"{arrow} *{who}*{kind} {blocks.slack_date(m.created_at)}: "
                          f"{blocks.cut(' '.join(m.text.split()), 300)}")
         return "\n".join(lines)
+
+    async def cc(self, reference: str, args: list[str], user: SlackUser) -> str:
+        """``cc FD-12``: who staff replies copy; ``cc FD-12 +carol@example.org -bob@example.org``
+        changes it (an address Slack made a ``mailto:`` link is read as the address)."""
+        if not args:
+            try:
+                async with self.desk.store.reader() as s:
+                    c = await get_conversation(s, reference)
+            except UnknownConversation as exc:
+                return f":warning: {exc}"
+            return f"{c.reference}: {_cc_said([], [], cc_list.active(c.cc))}."
+        words = [blocks.slack_to_plain(a) for a in args]
+        ok, text = await self.change("cc", reference, " ".join(words), user)
+        return text if ok else f":warning: {text}"
 
     async def contact(self, args: list[str], user: SlackUser) -> str:
         """``contact WHO [tag TAG...|untag TAG...|name NAME]``: WHO is a conversation (its

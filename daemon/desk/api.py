@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -34,10 +34,13 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from yarl import URL
 
 from frontdesk.channels.base import Deferred, DeliveryError, PermanentFailure, TemporaryFailure
+from frontdesk.channels.media import MediaFetcher, MediaHosts
 from frontdesk.config.schema import SlackConfig
-from frontdesk.domain.messages import Receipt
+from frontdesk.domain.files import file_words, size_words
+from frontdesk.domain.messages import Attachment, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ _PERMANENT_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_t
                                "too_many_reactions", "invalid_metadata_format",
                                "invalid_metadata_schema", "metadata_too_large"})
 _IN_CALL_RATE_LIMIT_WAIT = 2.0
+SLACK_FILES_HOST = "files.slack.com"
+"""Where ``url_private_download`` points: with the API's own host, the only one given the bot
+token (a redirect to Slack's CDN, ``*.slack-edge.com``, is followed without it)."""
 
 
 def quiet_logger(name: str) -> logging.Logger:
@@ -178,6 +184,23 @@ class SlackApi:
         self.bot_id: str | None = None
         self.team_id: str | None = None
         self._not_before: dict[str, datetime] = {}
+        origin = URL(config.api_base_url).origin()
+        self._file_origin = str(origin)
+        # Staff files come from Slack's file host (or, pointed elsewhere, the API's own host),
+        # fetched by the SSRF-safe fetcher with the bot token for those hosts only.
+        self.files = MediaFetcher(
+            MediaHosts([SLACK_FILES_HOST, "*.slack-edge.com"], origins=[self._file_origin],
+                       settings="slack.api_base_url"),
+            provider="Slack", timeout=60, max_bytes=config.download_max,
+            credentials=self._file_credentials)
+
+    def _file_credentials(self, url: URL) -> dict[str, str]:
+        """The bot token, for Slack's file host and the API's own origin only."""
+        host = (url.raw_host or "").lower().rstrip(".")
+        if (url.scheme == "https" and host == SLACK_FILES_HOST) or \
+                str(url.origin()) == self._file_origin:
+            return {"Authorization": f"Bearer {self.config.bot_token.get_secret_value()}"}
+        return {}
 
     async def sign_in(self) -> AsyncSlackResponse:
         """``auth.test``: learn the bot's own ids (its messages are not staff replies)."""
@@ -240,13 +263,15 @@ class SlackApi:
 
     async def delete_thread(self, channel: str, ts: str) -> Receipt:
         """Delete the bot's own posts of a thread, its replies first and the root last (a GDPR
-        erasure); what others wrote stays (a bot token cannot delete it). A repeat, or a
-        thread already gone, deletes what is left."""
+        erasure), and the customer's files it uploaded there (``files.delete``: a deleted
+        message leaves its files in Slack); what others wrote stays (a bot token cannot delete
+        it). A repeat, or a thread already gone, deletes what is left."""
         if self.bot_user_id is None and self.bot_id is None:
             with self._outbox_errors("auth.test", channel):
                 await self.sign_in()
         own = {self.bot_user_id, self.bot_id} - {None}
         found: list[str] = []
+        files: list[str] = []
         cursor: str | None = None
         with self._outbox_errors("conversations.replies", channel):
             while True:
@@ -257,11 +282,22 @@ class SlackApi:
                     if error_code(exc) in ("thread_not_found", "message_not_found"):
                         break
                     raise
-                found += [str(m["ts"]) for m in page.get("messages") or []
-                          if m.get("ts") and (m.get("user") in own or m.get("bot_id") in own)]
+                mine = [m for m in page.get("messages") or []
+                        if m.get("ts") and (m.get("user") in own or m.get("bot_id") in own)]
+                found += [str(m["ts"]) for m in mine]
+                files += [str(f["id"]) for m in mine for f in m.get("files") or []
+                          if isinstance(f, dict) and f.get("id")]
                 cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
                 if not cursor:
                     break
+        for file_id in files:
+            with self._outbox_errors("files.delete", channel):
+                try:
+                    await self.client.files_delete(file=file_id)
+                except SlackApiError as exc:
+                    if error_code(exc) not in ("file_not_found", "file_deleted",
+                                               "cant_delete_file"):
+                        raise
         replies = [t for t in found if t != ts]
         deleted = 0
         for message_ts in [*replies, ts]:
@@ -272,7 +308,62 @@ class SlackApi:
                 except SlackApiError as exc:
                     if error_code(exc) not in ("message_not_found", "cant_delete_message"):
                         raise
-        return Receipt(remote_id=ts, detail=f"deleted {deleted} message(s) in {channel}")
+        return Receipt(remote_id=ts, detail=f"deleted {deleted} message(s) and {len(files)} "
+                                            f"file(s) in {channel}")
+
+    async def download(self, file: Mapping[str, Any]) -> Attachment:
+        """A file staff attached to a thread reply (an item of the message event's ``files``):
+        its ``url_private_download`` fetched with the bot token (``files:read``), at most
+        ``slack.download_max``. Raises the outbox's DeliveryError kinds, in words for the
+        thread."""
+        if file.get("file_access") == "check_file_info" or not (
+                file.get("url_private_download") or file.get("url_private")):
+            with self._outbox_errors("files.info", ""):  # the event carried only the file's id
+                found = (await self.client.files_info(file=str(file.get("id") or ""))).get("file")
+            file = found if isinstance(found, dict) else {}
+        name = str(file.get("name") or file.get("title") or file.get("id") or "file")
+        if file.get("mode") in ("tombstone", "hidden_by_limit"):
+            raise PermanentFailure(f"Slack no longer shows {name} (deleted, or hidden by the "
+                                   "workspace's plan)")
+        size = file.get("size")
+        limit = self.config.download_max
+        if isinstance(size, int) and size > limit:
+            raise PermanentFailure(f"{file_words((name, size))} is larger than the "
+                                   f"{size_words(limit)} frontdesk fetches (slack.download_max)")
+        url = str(file.get("url_private_download") or file.get("url_private") or "")
+        got = await self.files.fetch(url)
+        if got.status == 429 or got.status >= 500:
+            raise TemporaryFailure(f"Slack answered HTTP {got.status} for {name}")
+        if got.status != 200:
+            raise PermanentFailure(f"Slack answered HTTP {got.status} for {name}")
+        if got.content_type.split(";")[0].strip().lower() == "text/html" and \
+                file.get("mimetype") != "text/html":
+            raise PermanentFailure(f"Slack sent a sign-in page instead of {name}: the app needs "
+                                   "the files:read scope (add it and reinstall the app)")
+        return Attachment(name, str(file.get("mimetype") or got.content_type or ""), got.data)
+
+    async def upload(self, channel: str, thread_ts: str, files: list[tuple[str, bytes]], *,
+                     comment: str | None = None, paced: bool = False) -> Receipt:
+        """Slack's external upload (files.getUploadURLExternal, the bytes to the URL it gives,
+        then files.completeUploadExternal into the thread): the files appear in one message of
+        the thread, images shown inline. Paced like a post (``files:write``)."""
+        if not paced:
+            self.pace(channel)
+        try:
+            done = await self.client.files_upload_v2(
+                file_uploads=[{"file": data, "filename": name, "title": name}
+                              for name, data in files],
+                channel=channel, thread_ts=thread_ts, initial_comment=comment)
+        except SlackApiError as exc:  # named by the step that failed (a missing scope: which)
+            step = str(getattr(exc.response, "api_url", "") or "").rsplit("/", 1)[-1]
+            raise self._failure(exc, step or "files.completeUploadExternal", channel) from None
+        except SlackRequestError as exc:  # the upload URL did not take the bytes
+            raise TemporaryFailure(f"Slack's upload service refused a file ({exc})") from None
+        except UNREACHABLE as exc:
+            raise TemporaryFailure(f"Slack could not be reached ({describe(exc)})") from None
+        ids = [str(f.get("id")) for f in done.get("files") or [] if isinstance(f, dict)]
+        return Receipt(remote_id=",".join(ids) or None,
+                       detail=f"{len(files)} file(s) uploaded to {channel}")
 
     async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         """``views.open``: show a modal to the person whose command or click gave

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from frontdesk.domain.files import file_words, size_words
+
 SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
 FIELD_LIMIT = 2000
@@ -188,6 +190,8 @@ class Card:
     similar: tuple[tuple[str, str, str | None, str | None], ...] = ()
     """Resolved conversations like this one: (reference, subject, resolution note, link to
     its thread or None), best first."""
+    cc: tuple[str, ...] = ()
+    """Addresses staff replies copy (reply-all)."""
 
 
 def _button(text: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
@@ -270,6 +274,8 @@ def root_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
         context.append("alerts only: replies here are not sent to the customer")
     if card.tags:
         context.append(":label: " + cut(" ".join(card.tags), 500))
+    if card.cc:
+        context.append("CC: " + cut(", ".join(card.cc), 1000))
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:FIELD_LIMIT]}
@@ -335,18 +341,35 @@ def customer_line(name: str, channel: str, text: str, *, reference: str,
 
 
 def outbound_line(author: str, kind: str, channel: str, text: str, *, reference: str,
-                  address: str) -> str:
+                  address: str, attachments: tuple[str, ...] = ()) -> str:
     """A message frontdesk sent to the customer that was not typed in this thread (a reply from
     the command line or a saved reply; an acknowledgement or other automatic message), once it
-    was sent."""
+    was sent; ``attachments``: the names of the files it carried."""
     where = f"{_channel_name(channel)} to {escape(address)}" if address else \
         _channel_name(channel)
     if kind == "system":
         head = f":envelope_with_arrow: Automatic message sent ({where})"
     else:
         head = f":outbox_tray: *{cut(author or 'Staff', 200)}* replied ({where})"
-    room = THREAD_TEXT_LIMIT - len(head) - 1
-    return f"{head}\n{quote(text, room, note=_CUT_NOTE.format(ref=reference))}"
+    tail = "\n:paperclip: " + cut(", ".join(attachments), 400) if attachments else ""
+    room = THREAD_TEXT_LIMIT - len(head) - len(tail) - 1
+    return f"{head}\n{quote(text, room, note=_CUT_NOTE.format(ref=reference))}{tail}"
+
+
+def file_name(name: str, size: int, cap: int) -> str:
+    """A customer's file as a card or thread line names it: a file too large to be uploaded
+    into the thread (over ``slack.upload_max``) with its size, since it is not shown there."""
+    if size <= cap:
+        return name
+    return f"{name} ({size_words(size)}, too large to upload here)"
+
+
+def files_not_uploaded(files: list[tuple[str, int]], cap: int) -> str:
+    """Files of a customer message too large to upload into the thread (fetched after its line
+    was posted, so it could not name them)."""
+    names = ", ".join(file_words(f) for f in files)
+    return (f":paperclip: {cut(names, 2000)}: too large to upload here (over the "
+            f"{size_words(cap)} of slack.upload_max); `frontdesk show` lists them")
 
 
 def failure_line(reason: str, *, address: str, channel: str, author: str = "",

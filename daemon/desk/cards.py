@@ -25,11 +25,13 @@ from frontdesk.config.schema import SlackConfig
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.api import CALL_ERRORS, SlackApi, describe
 from frontdesk.daemon.desk.queue import SlackQueue, insert_once
+from frontdesk.domain import cc as cc_list
 from frontdesk.domain.conversations import CALLBACK_NEEDED
 from frontdesk.domain.messages import Receipt
 from frontdesk.domain.similar import SimilarConversations
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
+    Attachment,
     Conversation,
     Event,
     Message,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 ROOT_METADATA = "frontdesk_conversation"
 _CURSOR = "events_cursor"
 _QUIET_EVENTS = ("message_sent", "delivery_failed")  # they never change the root card
+FILES_FETCHED = "attachments_fetched"
+"""The audit event of files a chat channel fetched after the message (channels.chat_records)."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,12 @@ def _shown_text(m: Message) -> str:
     return str(getattr(m, "text_new", None) or m.text or "")
 
 
-def _attachment_names(m: Message) -> tuple[str, ...]:
-    return tuple(a.filename for a in m.attachments)
+def _attachment_names(m: Message, cap: int | None = None) -> tuple[str, ...]:
+    """The names of a message's files; with ``cap`` (``slack.upload_max``: a customer's files
+    are uploaded into the thread up to it), a larger one with its size."""
+    if cap is None:
+        return tuple(a.filename for a in m.attachments)
+    return tuple(blocks.file_name(a.filename, a.size, cap) for a in m.attachments)
 
 
 class RootCards:
@@ -126,10 +134,10 @@ class RootCards:
                 last_earlier=(f"FD-{last.id}", last.status, last.subject) if last else None,
                 first_text=_shown_text(first) if first else "",
                 first_automated="automated" if first is not None and first.automated else None,
-                attachments=_attachment_names(first) if first else (),
+                attachments=_attachment_names(first, self.config.upload_max) if first else (),
                 inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled,
                 tags=tuple(c.tags or ()), resolution_note=c.resolution_note,
-                similar=similar.get(c.id, ()))
+                similar=similar.get(c.id, ()), cc=tuple(cc_list.active(c.cc)))
         return cards
 
     async def _similar(self, s: AsyncSession, conversations: list[Conversation],
@@ -189,11 +197,12 @@ class RootCards:
                     lines[m.id] = blocks.customer_line(
                         m.author_name or m.address, m.channel, _shown_text(m),
                         reference=reference, automated="automated" if m.automated else None,
-                        attachments=_attachment_names(m))
+                        attachments=_attachment_names(m, self.config.upload_max))
                 else:
                     lines[m.id] = blocks.outbound_line(m.author_name, m.author, m.channel,
                                                        m.text, reference=reference,
-                                                       address=m.address)
+                                                       address=m.address,
+                                                       attachments=_attachment_names(m))
             return lines
 
     # -- the root message in Slack ----------------------------------------------------------------
@@ -290,14 +299,19 @@ class RootCards:
                 return 0
             cursor = int(state.value or 0)
             rows = (await s.execute(
-                select(Event.id, Event.conversation_id, Event.kind, Event.actor, Event.data)
+                select(Event.id, Event.conversation_id, Event.kind, Event.actor, Event.data,
+                       Event.message_id)
                 .where(Event.id > cursor).order_by(Event.id).limit(1000))).all()
             if not rows:
                 return 0
             latest: dict[int, int] = {}
             callbacks = []  # staff replies nothing can carry: the thread says to call back
             notes = []  # resolved with a note elsewhere (command line, API): the thread says it
-            for event_id, conversation_id, kind, actor, data in rows:
+            fetched = []  # a chat channel's files, fetched after the message's thread line
+            for event_id, conversation_id, kind, actor, data, message_id in rows:
+                if conversation_id is not None and message_id is not None and \
+                        kind == FILES_FETCHED and (data or {}).get("files"):
+                    fetched.append((event_id, conversation_id, message_id, data["files"]))
                 if conversation_id is not None and kind not in _QUIET_EVENTS:
                     latest[conversation_id] = event_id
                 if conversation_id is not None and kind == CALLBACK_NEEDED:
@@ -334,5 +348,21 @@ class RootCards:
                         s, conversation, now,
                         key=f"slack-update-{conversation_id}-{latest[conversation_id]}")
                     queued += 1
+            for event_id, conversation_id, message_id, names in fetched:
+                await self._queue_fetched(s, event_id, conversation_id, message_id, names, now)
             state.value, state.updated_at = str(rows[-1][0]), now
         return queued
+
+    async def _queue_fetched(self, s: AsyncSession, event_id: int, conversation_id: int,
+                             message_id: int, names: list[Any], now: datetime) -> None:
+        """Upload the files a channel fetched for a customer message (Twilio media, Telegram and
+        Meta files) into its thread, naming those too large to upload."""
+        ids = list((await s.execute(
+            select(Attachment.id).join(Message, Message.id == Attachment.message_id)
+            .where(Attachment.message_id == message_id, Message.direction == "in",
+                   Attachment.filename.in_([str(n) for n in names]))
+            .order_by(Attachment.id))).scalars())
+        if ids:
+            await self.queue.files(s, await s.get_one(Conversation, conversation_id), message_id,
+                                   ids, now, key=f"slack-files-{message_id}-{event_id}",
+                                   announce=True)

@@ -18,16 +18,21 @@ what it contains: an error inside a listener is logged as one line (its tracebac
 
 A human message in a frontdesk thread becomes a staff reply to the customer, sent on the
 customer's channel through the outbox; one that starts with ``note:`` stays an internal note
-(as does every message when ``slack.replies_enabled`` is false). Messages from bots (frontdesk's
-own posts included), edits, deletions and other subtypes, and messages in threads that are not
-frontdesk conversations are ignored.
+(as does every message when ``slack.replies_enabled`` is false). Files attached to a reply
+(``file_share``) are fetched from Slack with the bot token (``url_private_download``, at most
+``slack.download_max``), stored once in the attachment store and sent with the reply; when one
+cannot be fetched, the reply is not sent and the thread says why. Messages from bots
+(frontdesk's own posts included), edits, deletions and other subtypes, and messages in threads
+that are not frontdesk conversations are ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,10 +47,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frontdesk.channels.base import DeliveryError
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.actions import DeskActions, DeskParts
 from frontdesk.daemon.desk.api import SlackUser, quiet_logger
 from frontdesk.domain.conversations import CannotReply, add_staff_reply
+from frontdesk.domain.files import MAX_FILES, FileProblem, store_files
+from frontdesk.domain.messages import OutboundFile
 from frontdesk.storage.models import (
     Conversation,
     Event,
@@ -62,7 +70,7 @@ _MENTIONED = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 ALERTS_ONLY_NOTICE = (
     ":no_entry_sign: This desk is alerts-only (`slack.replies_enabled = false`): messages in "
     "this thread are *not* sent to the customer. They are kept as internal notes on {ref}.")
-_HUMAN_SUBTYPES = (None, "thread_broadcast")
+_HUMAN_SUBTYPES = (None, "thread_broadcast", "file_share")  # file_share: a reply with files
 _SEEN_EVENTS_KEPT = timedelta(days=7)
 _SLACK_TS = re.compile(r"\d{1,12}\.\d{1,9}")
 _MAX_SKEW = 300  # seconds: Slack's own rule for X-Slack-Request-Timestamp
@@ -89,6 +97,11 @@ _MESSAGE_EVENT_FIELDS = ("subtype", "ts", "thread_ts", "user", "channel", "text"
                          "event_ts", "channel_type", "team")
 
 
+class _FilesFirst(Exception):
+    """A reply with files in a thread that turned out to be ours after all (its root was
+    recorded between the first look and the transaction): fetch the files, then take it."""
+
+
 def malformed(body: Any) -> str | None:
     """Why a signed request's body is not what Slack sends, in a few words; None when its
     shape is one bolt's matchers and frontdesk's listeners can read (the fields they read have
@@ -110,6 +123,10 @@ def malformed(body: Any) -> str | None:
             for key in _MESSAGE_EVENT_FIELDS:
                 if not isinstance(event.get(key), _TEXT):
                     return f"event.{key} is not a string"
+            files = event.get("files")
+            if files is not None and (not isinstance(files, list)
+                                      or not all(isinstance(f, dict) for f in files)):
+                return "event.files is not a list of objects"
     if body.get("type") == "block_actions":  # a click: who clicked, on what
         user = body.get("user")
         if not isinstance(user, dict) or not isinstance(user.get("id"), str):
@@ -268,7 +285,7 @@ class DeskEvents:
         outcome = await self.take_thread_message(
             event_id=str(body.get("event_id") or ""), channel=str(event.get("channel") or ""),
             thread_ts=str(event["thread_ts"]), ts=str(event["ts"]), user_id=str(event["user"]),
-            text=str(event.get("text") or ""))
+            text=str(event.get("text") or ""), files=event.get("files") or [])
         log.info("slack message %s in thread %s: %s", event.get("ts"), event.get("thread_ts"),
                  outcome)
 
@@ -313,15 +330,38 @@ class DeskEvents:
     # -- a staff message in a thread ---------------------------------------------------------------
 
     async def take_thread_message(self, *, event_id: str, channel: str, thread_ts: str, ts: str,
-                                  user_id: str, text: str) -> str:
-        """Store a thread message as a staff reply or a note; returns what happened."""
+                                  user_id: str, text: str,
+                                  files: Sequence[Mapping[str, Any]] = ()) -> str:
+        """Store a thread message as a staff reply or a note; returns what happened. The files
+        of a reply are fetched from Slack and stored first; one that cannot be fetched keeps the
+        reply from going, and the thread says why."""
         desk = self.desk
         user = await desk.api.users.get(user_id)
         names: dict[str, str] = {}
         for mentioned in dict.fromkeys(_MENTIONED.findall(text[:4000])[:5]):
             names[mentioned] = (await desk.api.users.get(mentioned)).name
-        now = desk.clock()
         plain = blocks.slack_to_plain(text, names)
+        wanted = bool(files) and desk.config.replies_enabled and not _NOTE.match(plain)
+        fetched: tuple[list[OutboundFile], str | None] | None = None
+        if wanted and await self._unseen(event_id, channel, thread_ts, ts):
+            fetched = await self._fetch_files(files)
+        try:
+            return await self._take(event_id=event_id, channel=channel, thread_ts=thread_ts,
+                                    ts=ts, user=user, plain=plain,
+                                    fetched=fetched if wanted else ([], None))
+        except _FilesFirst:  # the thread's root was recorded a moment ago: fetch, then take
+            return await self._take(event_id=event_id, channel=channel, thread_ts=thread_ts,
+                                    ts=ts, user=user, plain=plain,
+                                    fetched=await self._fetch_files(files))
+
+    async def _take(self, *, event_id: str, channel: str, thread_ts: str, ts: str,
+                    user: SlackUser, plain: str,
+                    fetched: tuple[list[OutboundFile], str | None] | None) -> str:
+        """Store a thread message (``fetched``: its files, or why they could not be fetched;
+        None when they were not fetched because the thread did not look like ours: raises
+        :class:`_FilesFirst` when it is)."""
+        desk = self.desk
+        now = desk.clock()
         try:
             async with desk.store.session() as s:
                 if event_id:
@@ -337,22 +377,58 @@ class DeskEvents:
                         SlackMessage.channel_id == channel, SlackMessage.ts == ts))).first():
                     return "already handled (same message)"
                 conversation = await s.get_one(Conversation, thread.conversation_id)
-                outcome, message_id = await self._store(s, conversation, thread, user, plain,
-                                                        channel=channel, ts=ts, now=now)
-                if outcome == "ignored: empty":
-                    return outcome
-                s.add(SlackMessage(message_id=message_id, conversation_id=conversation.id,
-                                   channel_id=channel, ts=ts, user_id=user.id,
-                                   user_name=user.name[:256], user_email=user.email[:320],
-                                   created_at=now))
+                if fetched is None:
+                    raise _FilesFirst  # nothing written yet: rolled back
+                staged, problem = fetched
+                if problem is not None:  # not sent: the thread says why
+                    await desk.queue.text(s, conversation, f":warning: Not sent to the customer: "
+                                          f"{blocks.escape(problem)}", now)
+                    outcome = f"not sent: {problem}"
+                else:
+                    outcome, message_id = await self._store(s, conversation, thread, user, plain,
+                                                            channel=channel, ts=ts, now=now,
+                                                            files=staged)
+                    if outcome == "ignored: empty":
+                        return outcome
+                    s.add(SlackMessage(message_id=message_id, conversation_id=conversation.id,
+                                       channel_id=channel, ts=ts, user_id=user.id,
+                                       user_name=user.name[:256], user_email=user.email[:320],
+                                       created_at=now))
         except IntegrityError:  # the same event or message, committed a moment ago
             return "already handled (at the same time)"
         desk.kick()
         return outcome
 
+    async def _unseen(self, event_id: str, channel: str, thread_ts: str, ts: str) -> bool:
+        """A message in a frontdesk thread not taken yet (its files are worth fetching)."""
+        async with self.desk.store.reader() as s:
+            if event_id and await s.get(SlackEvent, event_id) is not None:
+                return False
+            if (await s.execute(select(SlackMessage.id).where(
+                    SlackMessage.channel_id == channel, SlackMessage.ts == ts))).first():
+                return False
+            return (await s.execute(select(SlackThread.conversation_id).where(
+                SlackThread.channel_id == channel, SlackThread.ts == thread_ts))).first() \
+                is not None
+
+    async def _fetch_files(self, files: Sequence[Mapping[str, Any]]
+                           ) -> tuple[list[OutboundFile], str | None]:
+        """A staff reply's files, from Slack (the bot token, ``files:read``) into the attachment
+        store (once each); or why they cannot be sent."""
+        try:
+            if len(files) > MAX_FILES:
+                raise FileProblem(f"a reply carries at most {MAX_FILES} files, not "
+                                  f"{len(files)}")
+            got = [await self.desk.api.download(f) for f in files]
+            return await asyncio.to_thread(store_files, got, self.desk.attachments), None
+        except DeliveryError as exc:
+            return [], exc.reason
+        except FileProblem as exc:
+            return [], str(exc)
+
     async def _store(self, s: AsyncSession, conversation: Conversation, thread: SlackThread,
                      user: SlackUser, plain: str, *, channel: str, ts: str,
-                     now: datetime) -> tuple[str, int | None]:
+                     now: datetime, files: Sequence[OutboundFile] = ()) -> tuple[str, int | None]:
         desk = self.desk
         data = user.audit_data(slack_ts=ts)
         note = _NOTE.match(plain)
@@ -381,7 +457,7 @@ class DeskEvents:
         try:
             reply = await add_staff_reply(s, conversation, plain, author=user.name[:256],
                                           replies=desk.replies, now=now, actor=user.actor,
-                                          event_data=data)
+                                          event_data=data, files=files)
         except CannotReply as exc:
             await desk.queue.text(s, conversation, f":warning: Not sent to the customer: "
                                   f"{blocks.escape(str(exc))}", now)

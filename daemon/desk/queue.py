@@ -9,7 +9,10 @@ order they were written. ``payload["op"]`` says what to do:
   line, an acknowledgement) into the thread;
 * ``text``: post ready-made mrkdwn in the thread (delivery failures, actions, escalations);
 * ``update``: refresh the root message with chat.update (skipped when nothing changed);
-* ``reaction``: add an emoji to a Slack message (a staff reply that was sent).
+* ``reaction``: add an emoji to a Slack message (a staff reply that was sent);
+* ``files``: upload a customer message's files into the thread (Slack's external upload), those
+  up to ``slack.upload_max``; with ``announce``, the larger ones are named (files fetched after
+  the message's thread line, which could not name them).
 
 ``payload["slack_channel"]`` is the Slack channel, for the per-channel backlog gauge (and
 ``payload["target"]`` names it in the outbox's logs). Other parts
@@ -139,6 +142,25 @@ class SlackQueue:
                      key: str | None = None) -> Outbox:
         return await self._add(session, conversation, now, "update",
                                key or f"slack-update-{uuid.uuid4().hex}")
+
+    async def files(self, session: AsyncSession, conversation: Conversation, message_id: int,
+                    attachment_ids: list[int], now: datetime, *, key: str | None = None,
+                    announce: bool = False, slack_channel: str | None = None) -> Outbox:
+        """Upload these attachments of a customer message into the thread, once (``key``).
+        ``slack_channel``: the thread's channel when its record was made in this transaction
+        (a new conversation's root row names it), so none is looked up."""
+        payload: dict[str, Any] = {"message_id": message_id, "attachment_ids": attachment_ids,
+                                   "announce": announce}
+        if slack_channel is None:
+            return await self._add(session, conversation, now, "files",
+                                   key or f"slack-files-{message_id}", **payload)
+        row = Outbox(kind=KIND, conversation_id=conversation.id, message_id=message_id,
+                     payload={"op": "files", "slack_channel": slack_channel,
+                              "target": slack_channel, **payload},
+                     idempotency_key=key or f"slack-files-{message_id}", state="pending",
+                     attempts=0, next_attempt_at=now, created_at=now)
+        session.add(row)
+        return row
 
     async def reaction(self, session: AsyncSession, conversation: Conversation, *, channel: str,
                        ts: str, name: str, now: datetime) -> Outbox:

@@ -10,7 +10,8 @@ the daemon:
 * a delivery hook (inside the transaction that marks a delivery sent or failed for good) queues a
   reaction on the staff member's Slack message, or mirrors a reply sent from elsewhere (the
   command line, a saved reply, an acknowledgement), or says in the thread why a reply failed;
-* the outbox handler for kind ``"slack"`` does that work in Slack;
+* the outbox handler for kind ``"slack"`` does that work in Slack (a customer's files are
+  uploaded into the thread after the message's line, those up to ``slack.upload_max``);
 * a refresh loop follows the events audit and queues ``chat.update`` of the root message of
   every conversation that changed (:meth:`.cards.RootCards.refresh_roots`);
 * ``POST /slack/events`` (HTTP mode) or a Socket Mode connection brings thread replies, button
@@ -22,6 +23,7 @@ It is ready once ``auth.test`` has worked (and, in Socket Mode, while the socket
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -56,15 +58,16 @@ from frontdesk.daemon.desk.api import (
     error_code,
     quiet_logger,
 )
-from frontdesk.daemon.desk.cards import ROOT_METADATA, RootCards
+from frontdesk.daemon.desk.cards import ROOT_METADATA, RootCards, Thread
 from frontdesk.daemon.desk.events import DeskEvents
 from frontdesk.daemon.desk.queue import KIND, SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
 from frontdesk.domain.messages import Receipt
 from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.similar import SimilarConversations
+from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.db import Backoff, Store
-from frontdesk.storage.models import Conversation, Message, Outbox, SlackMessage
+from frontdesk.storage.models import Attachment, Conversation, Message, Outbox, SlackMessage
 
 if TYPE_CHECKING:
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -124,6 +127,8 @@ class DaemonParts(Protocol):
     def intake(self) -> Intake | None: ...
     @property
     def known_channels(self) -> tuple[str, ...]: ...
+    @property
+    def attachments(self) -> AttachmentStore: ...
 
 
 class SlackDesk:
@@ -138,6 +143,8 @@ class SlackDesk:
         self.replies: ReplyComposer = daemon.replies
         self.intake: Intake | None = daemon.intake
         self.known_channels: tuple[str, ...] = daemon.known_channels
+        self.attachments: AttachmentStore = daemon.attachments
+        """Customers' files to upload; staff files fetched from Slack are stored here."""
         self.clock: Callable[[], datetime] = daemon.clock
         self.calendar: BusinessCalendar = daemon.sla.calendar
         self.queue = SlackQueue(self.settings)
@@ -173,6 +180,7 @@ class SlackDesk:
         self._stopping = False
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
         self.api.client.session = self._session
+        await self.api.files.start()
         self._tasks = [
             asyncio.create_task(self._refresh_loop(), name="slack-refresh"),
             asyncio.create_task(self._connect(), name="slack-connect"),
@@ -206,6 +214,7 @@ class SlackDesk:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.api.files.close()
         self._authed = False
 
     @property
@@ -258,12 +267,24 @@ class SlackDesk:
                          message: Message, is_new: bool) -> None:
         now = self.clock()
         if is_new:
-            await self.queue.root(session, conversation, message, now, new=True)
+            row = await self.queue.root(session, conversation, message, now, new=True)
         else:
-            await self.queue.message(session, conversation, message.id, now)
+            row = await self.queue.message(session, conversation, message.id, now)
+        uploads = self._uploadable(message)
+        if uploads:  # after the card or the line, which name them
+            await self.queue.files(session, conversation, message.id, uploads, now,
+                                   slack_channel=str(row.payload["slack_channel"]))
         sync = session.sync_session  # post as soon as the ingest transaction commits
         if not event.contains(sync, "after_commit", self._after_ingest_commit):
             event.listen(sync, "after_commit", self._after_ingest_commit, once=True)
+
+    def _uploadable(self, message: Message) -> list[int]:
+        """The ids of a new customer message's files that go into the thread (stored with it:
+        email, the website; a chat channel's files come later, see RootCards.refresh_roots).
+        Automated mail's (a bounce's returned message) are only named."""
+        if message.automated or "attachments" in inspect(message).unloaded:
+            return []
+        return [a.id for a in message.attachments if a.size <= self.config.upload_max]
 
     def _after_ingest_commit(self, _session: Session) -> None:
         self.kick_outbox()
@@ -317,7 +338,7 @@ class SlackDesk:
         # The channel's posting slot is taken before anything is awaited: the outbox sends a
         # round of rows at once, and paced posts then still go in the order of the rows.
         slot = str(payload.get("slack_channel") or "")
-        paced = bool(slot) and op in ("root", "message", "text")
+        paced = bool(slot) and op in ("root", "message", "text", "files")
         if paced:
             self.api.pace(slot)
         thread, posted_now = await self.cards.ensure_root(row.conversation_id, paced=paced)
@@ -329,6 +350,9 @@ class SlackDesk:
                 return Receipt(remote_id=thread.ts, detail="posted with the current state",
                                record=save)
             return await self.cards.update(thread)
+        if op == "files":
+            receipt = await self._upload(thread, payload, paced=paced and not posted_now)
+            return dataclasses.replace(receipt, record=save)
         if op == "message":
             text = await self.cards.thread_line(int(payload["message_id"]))
             if text is None:
@@ -340,6 +364,39 @@ class SlackDesk:
         ts, _channel = await self.api.post(thread.channel_id, text=text, thread_ts=thread.ts,
                                            paced=paced and not posted_now)
         return Receipt(remote_id=ts, detail=thread.channel_id, record=save)
+
+    async def _upload(self, thread: Thread, payload: dict[str, Any], *, paced: bool) -> Receipt:
+        """A customer message's files into its thread: those up to ``slack.upload_max`` through
+        Slack's external upload; with ``announce`` the larger ones named (and sized) in the
+        upload's comment, or in a post of their own when none is small enough."""
+        ids = [int(i) for i in payload.get("attachment_ids") or []]
+        async with self.store.reader() as s:
+            rows = (await s.execute(select(Attachment).where(Attachment.id.in_(ids))
+                                    .order_by(Attachment.id))).scalars().all()
+        cap = self.config.upload_max
+        small = [r for r in rows if r.size <= cap]
+        large = [(r.filename, r.size) for r in rows if r.size > cap]
+        note = blocks.files_not_uploaded(large, cap) if payload.get("announce") and large \
+            else None
+
+        def read() -> list[tuple[str, bytes]]:
+            found = []
+            for r in small:
+                try:
+                    found.append((r.filename, self.attachments.read(r.sha256)))
+                except FileNotFoundError:  # erased since: nothing to show
+                    continue
+            return found
+
+        files = await asyncio.to_thread(read) if small else []
+        if files:
+            return await self.api.upload(thread.channel_id, thread.ts, files, comment=note,
+                                         paced=paced)
+        if note:
+            ts, _channel = await self.api.post(thread.channel_id, text=note, thread_ts=thread.ts,
+                                               paced=paced)
+            return Receipt(remote_id=ts, detail=thread.channel_id)
+        return Receipt(detail="no file to upload")
 
     async def _erase_thread(self, payload: dict[str, Any]) -> Receipt:
         channel, ts = str(payload.get("in_channel") or ""), str(payload.get("ts") or "")

@@ -28,6 +28,7 @@ from frontdesk.channels.connections import Limiter, raise_file_limit
 from frontdesk.channels.email.channel import EmailChannel
 from frontdesk.channels.logged.intake import Intake
 from frontdesk.daemon.process import registry
+from frontdesk.daemon.process.files import FileRoute
 from frontdesk.daemon.process.http import HttpServer
 from frontdesk.daemon.process.journal import Journal, StepAside
 from frontdesk.daemon.process.leader import Leadership
@@ -52,6 +53,7 @@ from frontdesk.daemon.process.systemd import Notifier
 from frontdesk.daemon.process.webhooks import KIND as WEBHOOK
 from frontdesk.daemon.process.webhooks import WebhookDelivery
 from frontdesk.domain.business_hours import BusinessCalendar, calendar_from_settings
+from frontdesk.domain.files import FileLinks
 from frontdesk.domain.messages import OutboundMessage, Receipt
 from frontdesk.domain.webhooks import WebhookEmitter
 from frontdesk.storage.attachments import AttachmentStore
@@ -230,11 +232,15 @@ class Daemon:
         self.http = HttpServer(settings.http, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
         self.metrics.watch_connections(self._limiters)
+        # Signed links to the files staff send, for providers that fetch them (Twilio, Meta).
+        self.file_links = FileLinks(settings.http.public_url, store=self.store, clock=clock)
+        self.http.app.router.add_routes(
+            FileRoute(self.file_links, self.store, attachments).routes())
         context = ChannelContext(
             store=self.store, clock=clock, attachments=attachments, replies=self.replies,
             calendar=self.sla.calendar, metrics=self.metrics.registry,
             leadership=self.leadership, kick_outbox=self.outbox.kick,
-            first_response_due=self.sla.first_response_due)
+            first_response_due=self.sla.first_response_due, file_links=self.file_links)
         claims: dict[str, list[tuple[Channel, ChannelParts]]] = {}
         for channel in self.channels:
             parts = channel.bind(context)
@@ -324,6 +330,11 @@ class Daemon:
             if getattr(channel, "in_readiness", True):
                 checks[channel.name] = ("ok" if channel in self._started and channel.ready
                                         else "down")
+            # What a channel depends on besides its own connection (an OAuth 2.0 sign-in:
+            # "oauth:<account>"), "ok" or why not, in words an operator can act on.
+            extra = getattr(channel, "readiness_checks", None)
+            if extra is not None and channel in self._started:
+                checks.update(extra())
         for service in self.services:
             if getattr(service, "in_readiness", True):
                 checks[service.name] = "ok" if service.ready else "down"

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.channels.base import InboundFilter, InboundHook
 from frontdesk.daemon.process.journal import StepAside
 from frontdesk.daemon.process.metrics import Metrics
+from frontdesk.domain import cc as cc_list
 from frontdesk.domain.messages import Attachment as InboundAttachment
 from frontdesk.domain.messages import InboundMessage
 from frontdesk.domain.rules import Subject, TagRule, rule_tags
@@ -407,6 +408,8 @@ class _Item:
     same_as: _Item | tuple[int, int] | None = None
     """A message stored before (its ids) or earlier in this batch: this one is a repeat."""
     consumed: bool = False
+    cc_added: list[str] | None = None
+    """Addresses this message added to its conversation's CC list."""
 
 
 class _Batch:
@@ -525,6 +528,12 @@ class _Batch:
             conversation.resolved_at = None
             conversation.snoozed_until = None
         item.conversation = conversation
+        if m.cc and not m.automated:  # reply-all: the people the customer copied
+            own = [i.address for i in conversation.contact.identities if i.channel == "email"]
+            after, item.cc_added = cc_list.merged(conversation.cc, m.cc,
+                                                  exclude=[*own, m.sender_address])
+            if item.cc_added:
+                conversation.cc = after
         self.refs[key] = (_IN_BATCH + len(self.messages), conversation)
         self.chats[(id(contact), m.channel)] = conversation
 
@@ -635,6 +644,12 @@ class _Batch:
                             actor="customer",
                             data={"channel": m.channel, "journal_id": item.row.id,
                                   **({"automated": m.automated_reason} if m.automated else {})}))
+        if item.cc_added:
+            events.append(Event(kind="cc_changed", conversation_id=conversation.id,
+                                contact_id=contact.id, message_id=message.id,
+                                created_at=self.now, actor="customer",
+                                data={"added": item.cc_added, "removed": [],
+                                      "via": m.channel}))
         self.session.add_all(events)
         for hook in self.p._hooks:
             result = hook(self.session, conversation, message, item.is_new)
@@ -660,7 +675,8 @@ _RACE_STATES = frozenset({
 async def _belongs(session: AsyncSession, conversation: Conversation, contact: Contact,
                    m: InboundMessage) -> bool:
     """A subject token is trusted only from someone already in that conversation."""
-    if conversation.contact_id == contact.id:
+    if conversation.contact_id == contact.id or m.sender_address in cc_list.active(
+            conversation.cc):  # the customer, or someone they copied
         return True
     count = (await session.execute(
         select(func.count()).select_from(Message)

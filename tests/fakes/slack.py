@@ -15,6 +15,18 @@ numeric ``cursor``), ``views.open`` (kept in :attr:`FakeSlack.views` with a new 
 ``id``), ``apps.connections.open`` (a
 ``ws://`` URL of :meth:`FakeSlack._socket`). Every call is recorded in :attr:`FakeSlack.calls`.
 
+Files, both ways. The external upload: ``files.getUploadURLExternal`` (``filename``, ``length``)
+hands out an upload URL on this server (no token needed: Slack's is pre-signed) and a file id;
+``POST`` of the bytes there answers ``text/plain`` ``OK - <length>``; then
+``files.completeUploadExternal`` (``files`` JSON ``[{"id", "title"}]``, ``channel_id``,
+``thread_ts``, ``initial_comment``) shares them: one message with ``files`` in the channel (the
+thread), kept in :attr:`FakeSlack.shared` with the bytes; ``files.delete`` marks one deleted
+(:attr:`FakeSlack.files_deleted`). A file not uploaded, or uploaded with
+another length than announced, is refused as Slack refuses it. Staff files: :meth:`staff_file`
+stores a file and returns its object as a message event's ``files`` carries it;
+``url_private_download`` serves it only with the bot token as a Bearer token (without it, a
+redirect to an HTML sign-in page, as Slack does); ``files.info`` describes it.
+
 Error modes: ``fail_next[method]`` is a list of canned answers ``(status, body, headers)`` used
 one per call before the method works again (a 429 with ``Retry-After``, a 500); ``lose_next_post``
 stores the next posted message and then answers 500, as if the answer was lost on the way;
@@ -84,6 +96,12 @@ class FakeSlack:
         self.users = {k: json.loads(json.dumps(v)) for k, v in USERS.items()}
         self.fail_next: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
         self.lose_next_post = False
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id: filename, length, data
+        self.shared: list[dict[str, Any]] = []  # completed uploads: channel, thread_ts, files
+        self.upload_posts = 0  # bytes POSTed to upload URLs
+        self.files_deleted: list[str] = []  # files.delete: the ids of uploaded files deleted
+        self.staff_files: dict[str, dict[str, Any]] = {}  # file id: the file object + "data"
+        self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token)
         self.acks: dict[str, dict[str, Any]] = {}
         self.socket_connections = 0
         self._ack_arrived = asyncio.Condition()
@@ -102,6 +120,9 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._method)
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/upload/v1/{upload}", self._upload)
+        app.router.add_get("/files-pri/{team_file}/download/{name}", self._download)
+        app.router.add_get("/signin", self._signin)
         self._runner, self.port = await serve(app, self.port if port is None else port)
 
     async def stop(self) -> None:
@@ -281,6 +302,109 @@ class FakeSlack:
                   "trigger_id": args["trigger_id"]}
         self.views.append(opened)
         return {"view": {k: v for k, v in opened.items() if k != "trigger_id"}}
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        filename, length = str(args.get("filename") or ""), str(args.get("length") or "")
+        if not filename or not length.isdigit():
+            return _ok_false("invalid_arguments")
+        file_id = "F" + secrets.token_hex(5).upper()
+        token = secrets.token_urlsafe(12)
+        self.uploads[file_id] = {"filename": filename, "length": int(length), "data": None,
+                                 "token": token}
+        return {"upload_url": f"http://127.0.0.1:{self.port}/upload/v1/{token}",
+                "file_id": file_id}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        token = request.match_info["upload"]
+        found = next((u for u in self.uploads.values() if u["token"] == token), None)
+        if found is None:
+            return web.Response(status=404, text="upload not found", content_type="text/plain")
+        if request.content_type.startswith("multipart/"):  # -F filename=@... works too
+            part = next(iter((await request.post()).values()))
+            data = part.file.read() if isinstance(part, web.FileField) else str(part).encode()
+        else:  # the raw bytes, as slack_sdk sends them
+            data = await request.read()
+        found["data"] = data
+        self.upload_posts += 1
+        return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
+
+    def _files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        files = args.get("files")
+        if isinstance(files, str):
+            files = json.loads(files)
+        if not isinstance(files, list) or not files:
+            return _ok_false("invalid_arguments")
+        shared = []
+        for item in files:
+            upload = self.uploads.get(str(item.get("id")))
+            if upload is None or upload["data"] is None:
+                return _ok_false("file_not_found")
+            if len(upload["data"]) != upload["length"]:
+                return _ok_false("file_upload_size_mismatch")
+            shared.append({"id": item["id"], "name": upload["filename"],
+                           "title": item.get("title") or upload["filename"],
+                           "size": upload["length"], "data": upload["data"]})
+        channel, thread_ts = args.get("channel_id"), args.get("thread_ts")
+        if channel:
+            message = {"type": "message", "subtype": "file_share", "channel": channel,
+                       "ts": self._new_ts(), "text": args.get("initial_comment") or "",
+                       "blocks": [], "thread_ts": thread_ts, "metadata": None,
+                       "user": BOT_USER_ID, "bot_id": BOT_ID, "reactions": [],
+                       "files": [{k: v for k, v in f.items() if k != "data"} for f in shared]}
+            self.messages.append(message)
+        self.shared.append({"channel": channel, "thread_ts": thread_ts,
+                            "comment": args.get("initial_comment"), "files": shared})
+        return {"files": [{k: v for k, v in f.items() if k != "data"} for f in shared]}
+
+    def _files_delete(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        file_id = str(args.get("file"))
+        for shared in self.shared:
+            for f in shared["files"]:
+                if f["id"] == file_id and not f.get("deleted"):
+                    f["deleted"] = True
+                    self.files_deleted.append(file_id)
+                    return {}
+        return _ok_false("file_not_found")
+
+    def staff_file(self, name: str, data: bytes, mimetype: str = "application/pdf",
+                   *, only_id: bool = False) -> dict[str, Any]:
+        """A file a person attached to a message: its object as the message event's ``files``
+        carries it (``only_id``: as Slack sometimes sends it, ``file_access:
+        check_file_info``, the rest to ask files.info for)."""
+        file_id = "F" + secrets.token_hex(5).upper()
+        url = f"http://127.0.0.1:{self.port}/files-pri/{TEAM_ID}-{file_id}"
+        found = {"id": file_id, "created": int(time.time()), "name": name, "title": name,
+                 "mimetype": mimetype, "filetype": name.rpartition(".")[2], "size": len(data),
+                 "mode": "hosted", "is_external": False, "user": "U0GRACE",
+                 "url_private": f"{url}/{name}", "url_private_download": f"{url}/download/{name}",
+                 "permalink": f"https://fake-team.slack.com/files/U0GRACE/{file_id}/{name}"}
+        self.staff_files[file_id] = {**found, "data": data}
+        if only_id:
+            return {"id": file_id, "mode": "hosted", "file_access": "check_file_info"}
+        return found
+
+    def _files_info(self, args: dict[str, Any]) -> dict[str, Any] | web.Response:
+        found = self.staff_files.get(str(args.get("file")))
+        if found is None:
+            return _ok_false("file_not_found")
+        return {"file": {k: v for k, v in found.items() if k != "data"}}
+
+    async def _download(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["team_file"].rpartition("-")[2]
+        authorised = request.headers.get("Authorization") == f"Bearer {self.bot_token}"
+        self.downloads.append((file_id, authorised))
+        if not authorised:  # Slack sends people without the token to its sign-in page
+            raise web.HTTPFound("/signin")
+        found = self.staff_files.get(file_id)
+        if found is None:
+            return web.Response(status=404, text="file not found")
+        return web.Response(body=found["data"], content_type=found["mimetype"])
+
+    async def _signin(self, request: web.Request) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><title>Sign in | Slack</title>",
+                            content_type="text/html")
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={secrets.token_hex(8)}"}

@@ -1,5 +1,7 @@
 """A loopback fake of the Telegram Bot API: getMe, getUpdates (offset semantics and long
-polling), sendMessage, getFile and the file download, setWebhook and deleteWebhook.
+polling), sendMessage, sendDocument and sendPhoto (multipart/form-data uploads, as the Bot API
+takes a new file; kept with their bytes in ``uploads``), getFile and the file download,
+setWebhook and deleteWebhook.
 
 python-telegram-bot's ``Bot`` is pointed at it with ``base_url``/``base_file_url``
 (frontdesk's ``telegram.api_base_url``): requests go to ``/bot<token>/<method>`` and files to
@@ -38,6 +40,7 @@ class FakeTelegram:
         self.bot_id = int(token.split(":", 1)[0])
         self.updates: list[dict[str, Any]] = []  # not yet confirmed
         self.sent: list[dict[str, Any]] = []  # sendMessage calls that worked
+        self.uploads: list[dict[str, Any]] = []  # sendDocument/sendPhoto: method, file, bytes
         self.calls: list[str] = []  # every method called, in order
         self.get_updates_offsets: list[int | None] = []
         self.webhook: dict[str, Any] | None = None
@@ -88,7 +91,9 @@ class FakeTelegram:
             return dict(data)
         params: dict[str, Any] = dict(request.query)
         for key, value in (await request.post()).items():
-            params[key] = value if isinstance(value, str) else getattr(value, "filename", "")
+            params[key] = value if isinstance(value, str) else {
+                "filename": value.filename, "content_type": value.content_type,
+                "data": value.file.read(), "multipart": request.content_type}
         decoded: dict[str, Any] = {}
         for key, value in params.items():  # non-string values arrive JSON encoded
             if key in ("text", "url", "secret_token", "file_id", "caption"):
@@ -160,6 +165,40 @@ class FakeTelegram:
                    "text": text}
         self.sent.append({"chat_id": chat_id, "text": text, "message_id": message["message_id"]})
         return self._ok(message)
+
+    async def _upload(self, method: str, field: str, params: Mapping[str, Any],
+                      limit: int) -> web.Response:
+        chat_id = int(params["chat_id"])
+        if chat_id in self.blocked:
+            return self._error(403, "Forbidden: bot was blocked by the user")
+        file = params.get(field)
+        if not isinstance(file, dict):  # a file_id or URL string is not a new upload
+            return self._error(400, f"Bad Request: there is no {field} in the request")
+        if len(file["data"]) > limit:
+            return self._error(413, "Request Entity Too Large")
+        message = {"message_id": next(self._message_ids), "date": int(time.time()),
+                   "chat": {"id": chat_id, "type": "private", "first_name": "Customer"},
+                   "from": {"id": self.bot_id, "is_bot": True, "first_name": "Example Support",
+                            "username": "example_support_bot"}}
+        file_id = "BQAC" + secrets.token_hex(12)
+        if field == "photo":
+            message["photo"] = [{"file_id": file_id, "file_unique_id": "AQADp", "width": 800,
+                                 "height": 600, "file_size": len(file["data"])}]
+        else:
+            message["document"] = {"file_id": file_id, "file_unique_id": "AgADd",
+                                   "file_name": file["filename"],
+                                   "mime_type": file["content_type"],
+                                   "file_size": len(file["data"])}
+        self.uploads.append({"method": method, "chat_id": chat_id, **file,
+                             "caption": params.get("caption"),
+                             "message_id": message["message_id"]})
+        return self._ok(message)
+
+    async def _m_sendDocument(self, params: Mapping[str, Any]) -> web.Response:
+        return await self._upload("sendDocument", "document", params, 50 * 1024 * 1024)
+
+    async def _m_sendPhoto(self, params: Mapping[str, Any]) -> web.Response:
+        return await self._upload("sendPhoto", "photo", params, 10 * 1024 * 1024)
 
     async def _m_getFile(self, params: Mapping[str, Any]) -> web.Response:
         file_id = str(params.get("file_id", ""))

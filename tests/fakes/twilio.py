@@ -2,7 +2,8 @@
 Twilio's side of the webhooks (signed exactly as Twilio signs them).
 
 The real twilio SDK is pointed at it with ``client.api.base_url`` (frontdesk's
-``twilio.api_base_url``). Like Twilio it wants HTTP basic auth (account SID and auth token) on
+``twilio.api_base_url``). A message's ``MediaUrl`` values (repeated, at most 10) are kept in
+``media_urls`` by its Sid. Like Twilio it wants HTTP basic auth (account SID and auth token) on
 every REST call and media download, answers a created message with 201 and a JSON resource, and
 errors with Twilio's JSON error body (``code``, ``message``, ``more_info``, ``status``).
 
@@ -58,6 +59,7 @@ class FakeTwilio:
         self.auth_token = auth_token
         self.public_url = public_url
         self.messages: list[dict[str, str]] = []  # accepted Messages.json forms (+ "Sid")
+        self.media_urls: dict[str, list[str]] = {}  # message Sid: its MediaUrl values
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.fail_next: list[str | None] = []  # None: that call works
         self.opted_out: set[str] = set()
@@ -106,7 +108,9 @@ class FakeTwilio:
         self.requests.append((request.method, request.path))
         if not self._authorised(request):
             return self._error(401, 20003, "Authenticate")
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        posted = await request.post()
+        form = {k: v for k, v in posted.items() if isinstance(v, str)}
+        media = [str(v) for v in posted.getall("MediaUrl", [])]  # repeated: up to 10 media
         if not form.get("To") or not form.get("From"):
             return self._error(400, 21604, "A 'To' phone number is required.")
         if not form.get("Body") and not form.get("MediaUrl") and not form.get("ContentSid"):
@@ -119,9 +123,12 @@ class FakeTwilio:
             mode = "21610"
         if mode is not None:
             return self._error(*_ERRORS[mode])
-        message_sid = sid("SM")
+        if len(media) > 10:
+            return self._error(400, 21623, "Number of media files exceeds allowed limit")
+        message_sid = sid("MM" if media else "SM")
         form["Sid"] = message_sid
         self.messages.append(form)
+        self.media_urls[message_sid] = media
         if self.status_during_create and form.get("StatusCallback"):
             await self.send_status(form, self.status_during_create)
         now = formatdate(usegmt=True)
@@ -130,7 +137,7 @@ class FakeTwilio:
             "body": form.get("Body", ""), "date_created": now, "date_sent": None,
             "date_updated": now,
             "direction": "outbound-api", "error_code": None, "error_message": None,
-            "from": form["From"], "messaging_service_sid": None, "num_media": "0",
+            "from": form["From"], "messaging_service_sid": None, "num_media": str(len(media)),
             "num_segments": str(max(1, -(-len(form.get("Body", "")) // 153))), "price": None,
             "price_unit": "USD", "sid": message_sid, "status": "queued",
             "subresource_uris": {"media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/"

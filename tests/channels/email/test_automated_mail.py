@@ -45,8 +45,9 @@ AUTOMATED = [
     ("precedence-junk", {"Precedence": "junk"}, "ada@example.org"),
     ("precedence-auto-reply", {"Precedence": "auto_reply"}, "ada@example.org"),
     ("x-loop", {"X_Loop": "helpdesk@other.example"}, "helpdesk@other.example"),
-    ("x-auto-response-suppress", {"X_Auto_Response_Suppress": "OOF, AutoReply"},
-     "ada@example.org"),
+    ("apple-vacation", {"X_Apple_Action": "VACATION"}, "ada@icloud.example"),
+    ("outlook-auto-reply", {"X_Auto_Response_Suppress": "All",
+                            "Subject": "Automatic reply: Order 1234"}, "ada@example.org"),
     ("list-id", {"List_Id": "<users.lists.example>"}, "list@lists.example"),
     ("list-unsubscribe", {"List_Unsubscribe": "<mailto:leave@shop.example>"},
      "news@shop.example"),
@@ -62,9 +63,11 @@ AUTOMATED = [
                          ids=[a[0] for a in AUTOMATED])
 async def test_automated_mail_is_stored_flagged_and_not_acknowledged(
         daemon: Any, kind: str, headers: dict[str, str], sender: str) -> None:
+    subject = headers.get("Subject", f"Automated: {kind}")
+    extra = {name: value for name, value in headers.items() if name != "Subject"}
     await send(daemon.email.smtp.port,
-               mail(frm=sender, subject=f"Automated: {kind}", msgid=f"<{kind}@auto.example>",
-                    **headers), sender=sender)
+               mail(frm=sender, subject=subject, msgid=f"<{kind}@auto.example>", **extra),
+               sender=sender)
     await eventually(lambda: processed(daemon.store))
     [conv] = await conversations(daemon.store)
     shown = await detail(daemon.store, conv.id)
@@ -74,6 +77,20 @@ async def test_automated_mail_is_stored_flagged_and_not_acknowledged(
     assert await _outbox_rows(daemon) == []  # nothing acknowledges it
     [received] = await _events(daemon, "message_received")
     assert received.data["automated"]  # the reason, for the audit
+
+
+async def test_an_exchange_mail_with_only_x_auto_response_suppress_is_a_persons(
+        daemon: Any) -> None:
+    """Outlook and Exchange put ``X-Auto-Response-Suppress`` on ordinary mail too (Discourse's
+    test suite has such a mail): alone, it is no sign of a robot."""
+    await send(daemon.email.smtp.port,
+               mail(msgid="<exchange@example.org>", X_Auto_Response_Suppress="All",
+                    X_MS_Has_Attach=""))
+    await eventually(lambda: processed(daemon.store))
+    [conv] = await conversations(daemon.store)
+    shown = await detail(daemon.store, conv.id)
+    assert shown["messages"][0]["automated"] is False
+    assert shown["first_response_due_at"] is not None  # the SLA clock runs
 
 
 async def test_null_sender_is_automated(daemon: Any) -> None:
@@ -201,6 +218,32 @@ async def test_a_plain_text_bounce_referring_to_our_reply(
         await eventually(lambda: _delivery(d, reply_id, "failed"))
         reason = (await _message(d, reply_id)).failure_reason or ""
         assert "ada@example.org" in reason and "550 5.2.2 Mailbox full" in reason
+
+
+async def test_a_gateways_bounce_from_a_non_null_sender_marks_our_reply_failed(
+        make_settings: Any, daemon_factory: Any, clock: Any) -> None:
+    """An InterScan-style notice: sent from the gateway's own address (not the null sender), a
+    plain ``multipart/mixed`` with our reply attached as ``message/rfc822``, no DSN part."""
+    async with SmtpSink() as sink:
+        d, reply_id, reply_msgid = await _answered(make_settings, daemon_factory, clock, sink)
+        bounce = (
+            "From: imss@gw.example.org\r\nTo: support@example.com\r\n"
+            "Subject: Mail could not be delivered\r\nMessage-ID: <imss-1@gw.example.org>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"IS\"\r\n\r\n"
+            "--IS\r\nContent-Type: text/plain\r\n\r\n"
+            "****** Message from InterScan Messaging Security Suite ******\r\n\r\n"
+            "Sent <<< RCPT TO:<ada@example.org>\r\nReceived >>> 550 5.1.1 unknown user.\r\n"
+            "\r\n--IS\r\nContent-Type: message/rfc822\r\n\r\n"
+            "From: Example Support <support@example.com>\r\nTo: ada@example.org\r\n"
+            f"Subject: Re: Order 1234 never arrived [FD-1]\r\nMessage-ID: <{reply_msgid}>\r\n"
+            "\r\nYour parcel left today.\r\n--IS--\r\n").encode()
+        await send(d.email.smtp.port, bounce, sender="imss@gw.example.org")
+        await eventually(lambda: _delivery(d, reply_id, "failed"))
+        reason = (await _message(d, reply_id)).failure_reason or ""
+        assert "could not be delivered" in reason and "550 5.1.1" in reason
+        shown = await detail(d.store, 1)
+        assert shown["messages"][-1]["automated"] is True
+        assert shown["status"] == "pending"
 
 
 async def test_a_delay_warning_does_not_fail_the_reply(

@@ -557,8 +557,7 @@ def test_remote_id_for_headers_only_and_odd_input() -> None:
     ("Precedence: list", "Precedence"),
     ("Precedence: junk", "Precedence"),
     ("Precedence: auto_reply", "Precedence"),
-    ("X-Auto-Response-Suppress: All", "X-Auto-Response-Suppress"),
-    ("X-Auto-Response-Suppress: DR, OOF, AutoReply", "X-Auto-Response-Suppress"),
+    ("X-Apple-Action: VACATION", "X-Apple-Action"),
     ("List-Id: Customers <customers.lists.example>", "List-Id"),
     ("List-Unsubscribe: <mailto:unsub@lists.example>", "List-Unsubscribe"),
     ("X-Failed-Recipients: gone@example.org", "X-Failed-Recipients"),
@@ -615,7 +614,10 @@ def test_delivery_report_is_automated() -> None:
 
 
 @pytest.mark.parametrize("extra", ["", "Auto-Submitted: no\n", "Precedence: first-class\n",
-                                   "X-Auto-Response-Suppress: DR, RN, NRN\n"])
+                                   "X-Auto-Response-Suppress: DR, RN, NRN\n",
+                                   # Outlook and Exchange put it on ordinary mail too
+                                   "X-Auto-Response-Suppress: All\n",
+                                   "X-Auto-Response-Suppress: DR, OOF, AutoReply\n"])
 def test_normal_mail_is_not_automated(extra: str) -> None:
     raw = f"From: Anna <anna@customer.example>\n{extra}Subject: help\n\nbody\n".encode()
     m = parse(raw, mail_from="anna@customer.example")

@@ -194,9 +194,9 @@ async def test_erasure_deletes_the_bots_copies_in_slack(
     await _mail_in(d, 1, subject="Re: Order 1234 never arrived", body="Any news, PX-99182?",
                    msgid="<s2@example.org>", In_Reply_To="<s1@example.org>")
 
-    async def posted() -> list[dict[str, Any]]:
+    async def posted() -> list[dict[str, Any]]:  # the mails' files uploaded, the second's line
         roots = slack.roots(SUPPORT)
-        return roots if roots and len(slack.thread(roots[0]["ts"])) >= 1 else []
+        return roots if roots and len(slack.thread(roots[0]["ts"])) >= 3 else []
 
     [root] = await eventually(posted)
     # A staff member's own message in the thread: the bot cannot delete it and does not try.
@@ -219,6 +219,10 @@ async def test_erasure_deletes_the_bots_copies_in_slack(
     await eventually(gone)
     assert sorted(m["ts"] for m in slack.deleted) == sorted(bot_posts)
     assert slack.deleted[-1]["ts"] == root["ts"]  # the root last
+    # the mails' files the desk uploaded into the thread are deleted too, not only their posts
+    assert sorted(slack.files_deleted) == sorted(f["id"] for u in slack.shared
+                                                 for f in u["files"])
+    assert len(slack.files_deleted) == 2
     assert staff in slack.messages
     assert not [c for c in slack.called("chat.delete") if c.args.get("ts") == staff["ts"]]
     async with d.store.reader() as s:
