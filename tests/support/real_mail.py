@@ -33,10 +33,13 @@ LABELS = REPO_ROOT / "tests" / "channels" / "email" / "data" / "quote_labels.jso
 
 
 def corpora() -> Path | None:
-    """``shared/corpora`` beside the repository (``FRONTDESK_CORPORA`` overrides), or None."""
+    """The real-mail corpora: ``FRONTDESK_CORPORA`` if set, else the copy kept in the repository
+    (``tests/data/corpora``: data from other projects' test suites, byte for byte with each
+    project's licence file, see its README), else ``shared/corpora`` beside it; None if none."""
     override = os.environ.get("FRONTDESK_CORPORA")
-    path = Path(override) if override else REPO_ROOT.parent / "shared" / "corpora"
-    return path if path.is_dir() else None
+    candidates = [Path(override)] if override else [
+        REPO_ROOT / "tests" / "data" / "corpora", REPO_ROOT.parent / "shared" / "corpora"]
+    return next((p for p in candidates if p.is_dir()), None)
 
 
 # --- quoted replies -----------------------------------------------------------------------------
