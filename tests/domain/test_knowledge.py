@@ -108,6 +108,17 @@ def test_tag_rules_tags_and_resolution_notes_on_the_command_line(
     assert listed["FD-2"]["tags"] == ["billing", "vat"]
     assert listed["FD-2"]["resolution_note"] == "Re-sent the invoice\nwith the VAT number"
 
+    # similar --json (CONTRACT.md): resolved conversations only, best first, with their notes
+    assert main(["resolve", "FD-3", "--note", "Sent a new kettle", "-c", config]) == 0
+    capsys.readouterr()
+    assert main(["similar", "FD-1", "--json", "-c", config]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    assert [h["reference"] for h in similar][:1] == ["FD-3"]
+    assert set(similar[0]) == {"reference", "subject", "status", "resolution_note", "score"}
+    assert similar[0]["status"] == "resolved"
+    assert similar[0]["resolution_note"] == "Sent a new kettle"
+    assert all(h["reference"] != "FD-1" for h in similar)
+
     assert main(["search", "tag:vat", "--json", "-c", config]) == 0
     assert [h["reference"] for h in json.loads(capsys.readouterr().out)] == ["FD-2"]
     assert main(["search", "tag:BAD!", "-c", config]) == 1
