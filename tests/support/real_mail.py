@@ -154,7 +154,7 @@ NOT_BOUNCES = frozenset({"groupwise_03.txt"})
 def bounce_samples_dir(root: Path | None) -> Path | None:
     """Where the real-world bounces are: ``FRONTDESK_BOUNCE_SAMPLES`` (a folder of mails, such as
     the ``flufl/bounce/tests/data`` folder of flufl.bounce 4.0's source distribution), else
-    ``corpora/bounces`` when the shared corpora have them; None when neither exists."""
+    ``bounces`` in the corpora (flufl.bounce's samples); None when neither exists."""
     override = os.environ.get(BOUNCE_SAMPLES_ENV)
     if override:
         return Path(override) if Path(override).is_dir() else None

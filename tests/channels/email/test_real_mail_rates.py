@@ -5,8 +5,8 @@ it returns. Each test prints its rate (``pytest -s`` shows it) and holds a floor
 "Quoted replies" and "Automated mail" record the figures.
 
 Without the shared corpora beside the repository (``FRONTDESK_CORPORA`` points elsewhere) the
-tests are skipped; the bounce samples are not in the corpora yet, so their test runs only where
-``FRONTDESK_BOUNCE_SAMPLES`` names a folder of them.
+tests are skipped. The bounce samples are flufl.bounce's, in ``corpora/bounces``;
+``FRONTDESK_BOUNCE_SAMPLES`` names another folder of them to measure instead.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def test_automated_mail_is_told_from_a_persons(envelope: str,
 BOUNCES = real_mail.bounce_samples_dir(CORPORA)
 
 
-@pytest.mark.skipif(BOUNCES is None, reason=f"no bounce samples: set "
-                                            f"{real_mail.BOUNCE_SAMPLES_ENV} to a folder of them")
+@pytest.mark.skipif(BOUNCES is None, reason=f"no bounce samples (corpora/bounces, or "
+                                            f"{real_mail.BOUNCE_SAMPLES_ENV} naming a folder)")
 def test_real_bounces_are_recognised_and_tied(capsys: pytest.CaptureFixture[str]) -> None:
     """Every sample arrives from a non-null envelope sender (its From address): a bounce must be
     told by what it is, not by ``MAIL FROM:<>``. Recognised: automated (a person's mail among
