@@ -239,6 +239,10 @@ class EmailSender:
                     await self._xoauth2(smtp)
                 else:
                     await smtp.login(config.username, config.password.get_secret_value())
+            stage = "ehlo"
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+            self._check_relay_size(out, msg, smtp.esmtp_extensions.get("size", ""))
             stage = "send"
             refused, reply = await smtp.send_message(msg, sender=sender,
                                                      recipients=[recipient, *copies])
@@ -288,6 +292,23 @@ class EmailSender:
                 f"the email with its files ({names}) is {size_words(size)} as sent, more than "
                 f"the {size_words(limit)} the mail relay takes (email.outbound.max_message_bytes)"
             )
+
+    def _check_relay_size(self, out: OutboundMessage, msg: EmailMessage,
+                          advertised: str) -> None:
+        """The relay's own limit (RFC 1870 ``SIZE n`` in its EHLO answer; 0 or none: no limit
+        said) is checked before ``MAIL FROM``, so a file too big fails at once with both sizes
+        named instead of a bare 552 after the upload."""
+        limit = int(advertised) if advertised.strip().isdigit() else 0
+        if limit <= 0:
+            return
+        size = len(msg.as_bytes())
+        if size <= limit:
+            return
+        what = ("the email with its files (" + ", ".join(file_words(f) for f in out.attachments)
+                + ")") if out.attachments else "the email"
+        raise PermanentFailure(
+            f"{what} is {size_words(size)} as sent, more than the {size_words(limit)} the mail "
+            f"relay {self.relay} takes (it says SIZE {limit})")
 
     async def _xoauth2(self, smtp: aiosmtplib.SMTP) -> None:
         """``AUTH XOAUTH2`` with an access token. A relay that refuses the token sends its

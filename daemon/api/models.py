@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _TEXT_LIMIT = 100_000
 _NAME_LIMIT = 256
@@ -161,8 +161,9 @@ class FileIn(Strict):
 
 
 class ReplyIn(Strict):
-    text: str = Field(min_length=1, max_length=_TEXT_LIMIT,
-                      description="The reply, sent on the customer's channel")
+    text: str = Field(default="", max_length=_TEXT_LIMIT,
+                      description="The reply, sent on the customer's channel (may be left out "
+                                  "when it sends files)")
     author: str = Field(min_length=1, max_length=_NAME_LIMIT,
                         description="The staff member it is from (shown to the customer where "
                                     "the channel shows names)")
@@ -171,6 +172,12 @@ class ReplyIn(Strict):
         description="Files sent with the reply (an email attachment, MMS or WhatsApp media, a "
                     "Telegram document, ...); each channel's size and type limits apply when "
                     "it is sent, and a file that cannot go fails the reply with the reason")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ReplyIn:
+        if not self.text and not self.attachments:
+            raise ValueError("a reply needs text or attachments")
+        return self
 
 
 class NoteIn(Strict):

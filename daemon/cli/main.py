@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("ref", metavar="REF", help="FD-12 or 12")
     reply = sub.add_parser("reply", parents=[common], help="send a staff reply")
     reply.add_argument("ref", metavar="REF", help="the conversation, FD-12 or 12")
-    reply.add_argument("text", metavar="TEXT", help="the reply, sent on the customer's channel")
+    reply.add_argument("text", metavar="TEXT", nargs="?", default="",
+                       help="the reply, sent on the customer's channel (may be left out with "
+                            "--attach)")
     reply.add_argument("--as", dest="author", metavar="NAME",
                        help="the staff member's name (default: $USER)")
     reply.add_argument("--attach", action="append", default=[], metavar="FILE",

@@ -44,6 +44,7 @@ class SmtpSink:
         credentials: dict[str, str] | None = None,
         auth_require_tls: bool = True,
         auth_required: bool = False,
+        data_size_limit: int = 33554432,
     ) -> None:
         self.hostname = hostname
         self.starttls = starttls
@@ -52,6 +53,8 @@ class SmtpSink:
         self.credentials = credentials
         self.auth_require_tls = auth_require_tls
         self.auth_required = auth_required
+        self.data_size_limit = data_size_limit
+        """The SIZE it says in its EHLO answer and enforces (0: no limit)."""
         self.messages: list[tuple[str, list[str], bytes]] = []
         """(mail_from, rcpt_tos, data) for each accepted message, in order."""
         self.secure: list[bool] = []
@@ -97,6 +100,7 @@ class SmtpSink:
             require_starttls=self.require_starttls,
             auth_require_tls=self.auth_require_tls,
             auth_required=self.auth_required,
+            data_size_limit=self.data_size_limit,
             loop=asyncio.get_running_loop(),
             **kwargs,
         )

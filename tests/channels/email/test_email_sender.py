@@ -404,3 +404,23 @@ async def test_unusable_address_is_permanent(sink: SmtpSink) -> None:
     with pytest.raises(PermanentFailure):
         await sender_for(sink.port).send(reply(to_address="not an address"))
     assert sink.messages == []
+
+
+async def test_a_file_over_the_relays_size_fails_before_mail_from(make_sink: MakeSink) -> None:
+    """The relay says ``SIZE 20480`` in its EHLO answer: a 30 KB file is not uploaded to be
+    refused with a bare 552; the reply fails at once with both sizes and the file named, and
+    the same relay still takes what fits."""
+    from frontdesk.domain.messages import OutboundFile
+
+    sink = await make_sink(data_size_limit=20480)
+    data = bytes(range(256)) * 120  # 30 KB, about 41 KB in base64
+    manual = OutboundFile("manual.pdf", "application/pdf", len(data), "0" * 64)
+    with pytest.raises(PermanentFailure) as caught:
+        await sender_for(sink.port).send(reply(attachments=(manual,)), [data])
+    reason = caught.value.reason
+    assert reason.startswith("the email with its files (manual.pdf (30 KB)) is ")
+    assert reason.endswith(f"more than the 20 KB the mail relay 127.0.0.1:{sink.port} takes "
+                           "(it says SIZE 20480)"), reason
+    assert sink.messages == []
+    await sender_for(sink.port).send(reply())
+    assert len(sink.messages) == 1

@@ -153,3 +153,22 @@ async def test_whatsapp_sends_each_file_in_a_message_of_its_own_and_refuses_othe
         "application/x-msdownload")
     assert len(fake.messages) == 3
     assert json.dumps(shown)  # the reason is plain text
+
+
+async def test_a_file_alone_goes_as_mms_without_text(
+        make_settings: Any, daemon_factory: Any, clock: Any, fake: FakeTwilio, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    d = await start(make_settings, daemon_factory, clock, fake)
+    await text_in(fake, d, "Can you send me a return label?")
+    label = tmp_path / "label.pdf"
+    label.write_bytes(PDF)
+    config = cli_config(d, tmp_path)
+    code, out, err = await run_cli(capsys, "reply", "FD-1", "--attach", str(label), "-c", config)
+    assert out.startswith("queued reply #2 to +15557654321 on FD-1 with 1 file(s)"), out
+    assert (code, err) == (0, ""), err
+    clock.now = utcnow() + timedelta(seconds=1)
+    d.outbox.kick()
+    [sent] = await eventually(lambda: _sent(fake))
+    assert sent.get("Body", "") == "" and len(fake.media_urls[sent["Sid"]]) == 1
+    code, _, err = await run_cli(capsys, "reply", "FD-1", "-c", config)
+    assert code == 1 and "the reply is empty" in err

@@ -79,3 +79,20 @@ async def test_the_openapi_document_declares_the_attachments(api: Api) -> None:
 
 async def _sent(sink: SmtpSink) -> bool:
     return bool(sink.messages)
+
+
+async def test_a_file_alone_is_a_reply_and_nothing_at_all_is_refused(
+        api: Api, sink: SmtpSink) -> None:
+    ref = await _conversation(api)
+    path = f"/api/v1/conversations/{ref}/replies"
+    status, body, _ = await api.call("POST", path, json={
+        "author": "Grace", "attachments": [{"filename": "return-label.pdf",
+                                            "content_base64": base64.b64encode(PDF).decode()}]})
+    assert status == 202, body
+    assert (body["text"], body["attachments"][0]["content_type"]) == ("", "application/pdf")
+    await eventually(lambda: _sent(sink))
+    [part] = list(sink.parsed(0).iter_attachments())
+    assert (part.get_filename(), part.get_content()) == ("return-label.pdf", PDF)
+    status, body, _ = await api.call("POST", path, json={"text": "  ", "author": "Grace"})
+    assert status == 422 and "text or attachments" in str(body), body
+    assert len(sink.messages) == 1
