@@ -198,7 +198,8 @@ class Daemon:
         self.email = next((c for c in self.channels if isinstance(c, EmailChannel)), None)
         """The email channel (tools and tests reach its SMTP server's port through it)."""
         attachments = self.attachments = AttachmentStore(Path(settings.daemon.data_dir))
-        step_aside = self.step_aside = StepAside(lambda: not self.journal.idle())
+        step_aside = self.step_aside = StepAside(lambda: not self.journal.idle(),
+                                                   waited_on=lambda: self.journal.waited_on())
         self.processor = Processor(
             self.store,
             parsers=_parsers(self.channels),

@@ -80,6 +80,10 @@ class Journal:
         journal idle most of the time; a flood of them does not."""
         return self.load() < self.busy_load
 
+    def waited_on(self) -> bool:
+        """A sender is waiting for a commit at this moment."""
+        return self._waiting > 0
+
     def load(self) -> float:
         """The share of the last ``load_window`` seconds or so in which a sender was waiting."""
         now = time.monotonic()
@@ -241,14 +245,21 @@ class StepAside:
     """
 
     def __init__(self, busy: Callable[[], bool], *, factor: float = 10.0,
-                 max_wait: float = 1.0) -> None:
+                 max_wait: float = 1.0,
+                 waited_on: Callable[[], bool] = lambda: False) -> None:
         self._busy = busy
+        self._waited_on = waited_on
         self._factor = factor
         self._max_wait = max_wait
 
     def busy(self) -> bool:
         """Senders are waiting on the journal most of the time lately: a flood."""
         return self._busy()
+
+    def contended(self) -> bool:
+        """A flood, or a sender waiting on the journal right now (a flood's first moments,
+        before ``busy`` says so): a step should hold the single writer only briefly."""
+        return self._waited_on() or self._busy()
 
     async def wait(self, last_step: float, stopping: Callable[[], bool] = lambda: False) -> None:
         if not self._busy():

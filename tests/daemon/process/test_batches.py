@@ -136,3 +136,31 @@ async def test_while_messages_flood_in_a_batch_holds_the_writer_only_briefly(
     flooded = False
     await process_one_batch(daemon, 4)
     assert await count(daemon, Message) == 8
+
+
+async def test_a_batch_fits_in_step_hold_and_a_waiting_sender_cuts_it_to_flood_hold(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batch is ``first_batch`` rows (what a row takes is not known yet). On SQLite
+    the next ones are as many rows as fit in ``step_hold`` by the time a row took lately (a
+    flood that begins meanwhile waits no longer for the single writer); on PostgreSQL, which
+    has none, the whole batch. A sender waiting on the journal at that moment cuts a batch to
+    ``flood_hold`` before the flood shows in the journal's load."""
+    processor = daemon.processor
+    monkeypatch.setattr(processor, "first_batch", 2)
+    monkeypatch.setattr(processor, "step_hold", 0.035)
+    monkeypatch.setattr(processor, "flood_hold", 0.015)
+    await journal_mails(daemon, *(mail(frm=f"C{i} <c{i}@example.org>", msgid=f"<s{i}@example.org>")
+                                  for i in range(12)))
+    sqlite = daemon.store.dialect == "sqlite"
+    await process_one_batch(daemon, 2 if sqlite else 12)
+    if not sqlite:
+        await journal_mails(daemon, *(mail(frm=f"D{i} <d{i}@example.org>",
+                                           msgid=f"<t{i}@example.org>") for i in range(4)))
+    waiting = True
+    monkeypatch.setattr(daemon.journal, "waited_on", lambda: waiting)
+    processor._row_time = 0.01  # what a row took lately, as the processor measured it
+    await process_one_batch(daemon, 1)
+    waiting = False
+    processor._row_time = 0.01
+    await process_one_batch(daemon, 3)
+    assert await count(daemon, Message) == (6 if sqlite else 16)
