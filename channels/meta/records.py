@@ -51,6 +51,8 @@ PROFILE_JOB = "meta_profile"
 PART_CHANNEL = "meta"
 _RANK = {"queued": 0, "sent": 1, "delivered": 2}
 CHANNELS = ("messenger", "instagram", "whatsapp")
+_PROFILE_JOBS = "frontdesk.meta.profile_jobs"
+"""``session.info`` key: the profile jobs this session queued, by idempotency key."""
 
 
 def status_words(errors: list[Mapping[str, Any]]) -> str:
@@ -101,21 +103,28 @@ class MetaRecords:
             if items:
                 session.add(self.files.row(message, items, now))
                 wake = True
-        # The customer wrote: the window is open again; replies held for it go now.
-        if await release_held(session, message, now):
+        # The customer wrote: the window is open again; replies held for it go now (a
+        # conversation this message began has none).
+        if not is_new and await release_held(session, message, now):
             wake = True
         if message.channel != "whatsapp":
+            # the profile is asked for once per nameless contact: a job queued earlier in this
+            # transaction or before it is enough (a query only for a contact with no name)
             contact = await session.get(Contact, conversation.contact_id)
             key = f"{PROFILE_JOB}-{message.channel}-{message.address}"[:128]
-            known = (await session.execute(select(Outbox.id).where(
-                Outbox.idempotency_key == key))).first()
-            if contact is not None and not contact.name and known is None:
-                session.add(Outbox(
+            queued: dict[str, Outbox] = session.info.setdefault(_PROFILE_JOBS, {})
+            job = queued.get(key)
+            if contact is not None and not contact.name and (
+                    job is None or job not in session) and (  # not rolled back since
+                    await session.execute(select(Outbox.id).where(
+                        Outbox.idempotency_key == key))).first() is None:
+                queued[key] = job = Outbox(
                     kind=PROFILE_JOB, conversation_id=None, message_id=message.id,
                     payload={"channel": message.channel, "user": message.address,
                              "contact_id": contact.id},
                     idempotency_key=key,
-                    state="pending", attempts=0, next_attempt_at=now, created_at=now))
+                    state="pending", attempts=0, next_attempt_at=now, created_at=now)
+                session.add(job)
                 wake = True
         if wake:
             kick_after_commit(session, self._kick)

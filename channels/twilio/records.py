@@ -262,9 +262,10 @@ class TwilioRecords:
             items = media_items(headers)
             if items:
                 session.add(self.media.row(message, items, now))
-            # a WhatsApp customer wrote: replies held for their closed window go now
-            released = message.channel == "whatsapp" and await release_held(session, message,
-                                                                              now)
+            # a WhatsApp customer wrote: replies held for their closed window go now (a
+            # conversation this message began has none)
+            released = message.channel == "whatsapp" and not is_new and await release_held(
+                session, message, now)
             if items or released:
                 kick_after_commit(session, self._kick)
         elif kind == "recording":

@@ -102,7 +102,7 @@ class Processor:
     """Seconds a batch may hold the store's single writer (SQLite) while senders wait on the
     journal: the batch is cut to the rows that fit, by the time a row took lately, so the
     senders' commits (and their 250/200) never wait long behind processing."""
-    step_hold = 0.1
+    step_hold = 0.25
     """The same bound on SQLite when no sender waits: a flood that begins during a step waits at
     most about this long for it."""
     first_batch = 10
@@ -447,6 +447,9 @@ class _Batch:
         """(channel, external id) -> (order, conversation): stored messages by their message id,
         then this batch's own after them."""
         self.chats: dict[tuple[int, str], Conversation] = {}
+        self.open_chats: dict[tuple[int, str], Conversation | None] = {}
+        """(contact id, channel) -> the contact's latest open or recently resolved conversation
+        there (None: none), read for the whole batch in one query."""
 
     async def store(self, items: Sequence[tuple[Any, InboundMessage]]) -> dict[int, Outcome]:
         table = core_table(InboundJournal)
@@ -507,6 +510,7 @@ class _Batch:
                      .execution_options(populate_existing=True))
         for kind, address, contact in (await self.session.execute(query)).all():
             self.contacts[(kind, address)] = contact
+        await self._look_up_chats(batch)
         refs = {(item.m.channel, ref) for item in batch for ref in item.m.thread_refs}
         if refs:
             for found in (await self.session.execute(
@@ -516,6 +520,31 @@ class _Batch:
                 key = (found.channel, found.external_id)
                 if key not in self.refs or self.refs[key][0] < found.id:
                     self.refs[key] = (found.id, found.conversation_id)
+
+    async def _look_up_chats(self, batch: Sequence[_Item]) -> None:
+        """For chat-like messages from known senders: each sender's latest open (or recently
+        resolved) conversation on that channel, in one query instead of one per message."""
+        wanted: set[tuple[int, str]] = set()
+        for item in batch:
+            m = item.m
+            contact = self.contacts.get((m.identity_channel or m.channel, m.sender_address))
+            if contact is not None and contact.id is not None and m.channel != "email" \
+                    and not m.standalone:
+                wanted.add((contact.id, m.channel))
+        if not wanted:
+            return
+        since = self.now - self.p._rules.reopen_window
+        found = (await self.session.execute(
+            select(Conversation)
+            .where(Conversation.contact_id.in_({c for c, _ in wanted}),
+                   Conversation.channel.in_({ch for _, ch in wanted}),
+                   or_(Conversation.status != "resolved", Conversation.resolved_at >= since))
+            .order_by(Conversation.id.desc()))).scalars().all()
+        self.open_chats = dict.fromkeys(wanted)
+        for conversation in found:  # the newest first: it is the one kept
+            key = (conversation.contact_id, conversation.channel)
+            if key in wanted and self.open_chats[key] is None:
+                self.open_chats[key] = conversation
 
     async def _place(self, item: _Item) -> None:
         """The item's contact and conversation, found or made (in the session, not yet
@@ -609,6 +638,8 @@ class _Batch:
             return self.chats[(id(contact), m.channel)]
         if id(contact) in self.made_contacts:
             return None  # a contact this batch made has no conversation in the store
+        if (contact.id, m.channel) in self.open_chats:  # read with the batch (_look_up_chats)
+            return self.open_chats[(contact.id, m.channel)]
         since = self.now - self.p._rules.reopen_window
         return (await self.session.execute(
             select(Conversation)

@@ -193,7 +193,9 @@ class Scheduler:
         and wake the scheduler once the transaction commits."""
         now = self.clock()
         c = conversation
-        if not is_new:
+        if not is_new and self.store.dialect != "sqlite":
+            # PostgreSQL: a sweep may have fired since the processor read the row. On SQLite the
+            # processor read it in this same write transaction, which no sweep can interleave.
             await claims.reload_own_columns(session, c)
         contact = await session.get(Contact, c.contact_id)
         if message.author == "customer" and not message.automated:
