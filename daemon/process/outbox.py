@@ -401,9 +401,10 @@ class OutboxWorker:
         after: list[Callable[[], None]] = []
         try:
             async with self._store.session() as s:
-                await self._load(s, outcomes)
+                loaded = await self._load(s, outcomes)  # held: the session's map is weak
                 for a in outcomes:
                     await self._mark(s, a, after)
+                del loaded
         except Exception as exc:
             if store_unavailable(exc) or len(outcomes) == 1:
                 raise
@@ -412,8 +413,9 @@ class OutboxWorker:
             after = []
             for a in outcomes:
                 async with self._store.session() as s:
-                    await self._load(s, [a])
+                    loaded = await self._load(s, [a])
                     await self._mark(s, a, after)
+                    del loaded
         for step in after:
             step()
         for remote in {a.target.remote for a in outcomes if a.receipt is not None}:
@@ -423,18 +425,27 @@ class OutboxWorker:
         if away:
             raise away[0]
 
-    async def _load(self, s: AsyncSession, attempts: Sequence[_Attempt]) -> None:
-        """The rows as stored now (locked, in id order, on PostgreSQL) and their messages, in
-        two queries: :meth:`_current` and the marking then find them in the session."""
+    async def _load(self, s: AsyncSession, attempts: Sequence[_Attempt]) -> list[Any]:
+        """The rows as stored now (locked, in id order, on PostgreSQL), their messages and
+        conversations, in three queries: :meth:`_current`, the marking and the delivery hooks
+        then find them in the session, as long as the caller holds the returned objects (the
+        session's identity map holds them weakly: dropped, each was read again, one query a
+        row)."""
         query = (select(Outbox).where(Outbox.id.in_([a.row.id for a in attempts]))
                  .order_by(Outbox.id).execution_options(populate_existing=True))
         if self._claims:
             query = query.with_for_update()
-        await s.execute(query)
+        loaded: list[Any] = list((await s.execute(query)).scalars())
         messages = [a.row.message_id for a in attempts
                     if a.row.kind == "deliver" and a.row.message_id is not None]
         if messages:
-            await s.execute(select(Message).where(Message.id.in_(messages)))
+            loaded += (await s.execute(select(Message).where(Message.id.in_(messages)))).scalars()
+        conversations = {a.row.conversation_id for a in attempts
+                         if a.row.kind == "deliver" and a.row.conversation_id is not None}
+        if conversations:
+            loaded += (await s.execute(select(Conversation).where(
+                Conversation.id.in_(conversations)))).scalars()
+        return loaded
 
     async def _mark(self, s: AsyncSession, a: _Attempt, after: list[Callable[[], None]]) -> None:
         if a.receipt is not None:
