@@ -192,8 +192,11 @@ class EmailSender:
             raise PermanentFailure(
                 f"the email to {out.to_address!r} could not be written: {exc}"
             ) from None
-        if out.attachments:
-            self._check_size(out, len(msg.as_bytes()))
+        # Files are what make an email large: its size as sent is measured only then, once,
+        # for both limits (ours before connecting, the relay's after its EHLO answer).
+        size = len(msg.as_bytes()) if out.attachments else 0
+        if size:
+            self._check_size(out, size)
         message_id = _bare_id(str(msg["Message-ID"]))
         sender = "" if out.automated else self.from_address
         recipient = out.to_address.strip()
@@ -239,10 +242,11 @@ class EmailSender:
                     await self._xoauth2(smtp)
                 else:
                     await smtp.login(config.username, config.password.get_secret_value())
-            stage = "ehlo"
-            if smtp.is_ehlo_or_helo_needed:
-                await smtp.ehlo()
-            self._check_relay_size(out, msg, smtp.esmtp_extensions.get("size", ""))
+            if size:
+                stage = "ehlo"
+                if smtp.is_ehlo_or_helo_needed:
+                    await smtp.ehlo()
+                self._check_relay_size(out, size, smtp.esmtp_extensions.get("size", ""))
             stage = "send"
             refused, reply = await smtp.send_message(msg, sender=sender,
                                                      recipients=[recipient, *copies])
@@ -293,22 +297,17 @@ class EmailSender:
                 f"the {size_words(limit)} the mail relay takes (email.outbound.max_message_bytes)"
             )
 
-    def _check_relay_size(self, out: OutboundMessage, msg: EmailMessage,
-                          advertised: str) -> None:
+    def _check_relay_size(self, out: OutboundMessage, size: int, advertised: str) -> None:
         """The relay's own limit (RFC 1870 ``SIZE n`` in its EHLO answer; 0 or none: no limit
         said) is checked before ``MAIL FROM``, so a file too big fails at once with both sizes
         named instead of a bare 552 after the upload."""
         limit = int(advertised) if advertised.strip().isdigit() else 0
-        if limit <= 0:
+        if limit <= 0 or size <= limit:
             return
-        size = len(msg.as_bytes())
-        if size <= limit:
-            return
-        what = ("the email with its files (" + ", ".join(file_words(f) for f in out.attachments)
-                + ")") if out.attachments else "the email"
+        names = ", ".join(file_words(f) for f in out.attachments)
         raise PermanentFailure(
-            f"{what} is {size_words(size)} as sent, more than the {size_words(limit)} the mail "
-            f"relay {self.relay} takes (it says SIZE {limit})")
+            f"the email with its files ({names}) is {size_words(size)} as sent, more than the "
+            f"{size_words(limit)} the mail relay {self.relay} takes (it says SIZE {limit})")
 
     async def _xoauth2(self, smtp: aiosmtplib.SMTP) -> None:
         """``AUTH XOAUTH2`` with an access token. A relay that refuses the token sends its
