@@ -1,7 +1,9 @@
 """Engines, sessions and migrations: the store's unit of work.
 
-SQLite (aiosqlite) is the embedded default: WAL, a busy timeout, foreign keys, and
-``BEGIN IMMEDIATE`` so read-then-write transactions never fail with "database is locked".
+SQLite is the embedded default: WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` so
+read-then-write transactions never fail with "database is locked". Its connections are
+:mod:`.sqlite_inline`'s: SQLAlchemy's aiosqlite dialect, but each statement runs at once on the
+event loop's thread instead of through a thread per connection.
 PostgreSQL (asyncpg) is the same schema through the same Alembic migrations, through a bounded
 pool (``[database]`` pool_size, max_overflow, pool_timeout, pool_recycle), with a connect timeout
 and a server-side ``statement_timeout``; connections are checked before use (pre-ping), so a
@@ -42,6 +44,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
+from frontdesk.storage import sqlite_inline
 from frontdesk.storage.modes import FILE_MODE, tighten
 
 if TYPE_CHECKING:
@@ -77,7 +80,10 @@ def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> N
     checked = path is None
 
     @event.listens_for(engine.sync_engine, "do_connect")
-    def _before_connect(*_args: Any) -> None:
+    def _before_connect(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        # Connect through sqlite_inline (statements run on the loop's thread) in place of
+        # aiosqlite's thread per connection: the dialect calls it with aiosqlite's arguments.
+        params["async_creator_fn"] = sqlite_inline.connect
         nonlocal checked
         if not checked:  # once per engine: at the first connection
             checked = True
@@ -91,7 +97,9 @@ def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> N
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        # short: another process's write lock is waited for between tries, off the loop's
+        # thread (sqlite_inline.BUSY_TIMEOUT in all)
+        cursor.execute(f"PRAGMA busy_timeout={sqlite_inline.BUSY_SLICE_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -49,9 +49,10 @@ Outcomes = set[tuple[str, str]] | BaseException
 class SqliteJournalWriter:
     """The journal's insert on SQLite through the standard library, in a thread of its own.
 
-    The commit is the whole of what a sender waits for. Through SQLAlchemy's asyncio layer and
-    aiosqlite each statement costs several thread hand-offs (measured: about 290 µs of CPU per
-    trivial statement against 19 µs synchronously); here the whole group commit is one call.
+    The commit is the whole of what a sender waits for, and its fsync must not hold up the
+    event loop (the rest of the store's statements run on the loop's thread, see
+    :mod:`frontdesk.storage.sqlite_inline`); here the whole group commit is one call, outside
+    the ORM, in this thread.
     Rows are written exactly as the SQLAlchemy models write them (see UTCDateTime, JSON).
 
     The loop offers messages into a list that the thread takes from: one drain commits batch

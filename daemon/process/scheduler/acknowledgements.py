@@ -21,6 +21,7 @@ once; an instance that finds the lock taken tries again a moment later.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ class Acknowledgements:
                     known.recent.setdefault(recipient, []).append(at)
             if self.global_rate_limits:
                 longest = max(limit.window for limit in self.global_rate_limits)
-                known.everyone = list((await s.execute(
+                known.everyone = sorted((await s.execute(
                     select(Acknowledgement.created_at)
                     .where(Acknowledgement.created_at > now - longest))).scalars())
         self._known = known
@@ -191,7 +192,7 @@ class Acknowledgements:
             if self._known.recent is not None:
                 self._known.recent.setdefault(first.address.lower(), []).append(now)
             if self._known.everyone is not None:
-                self._known.everyone.append(now)
+                bisect.insort(self._known.everyone, now)
         return True
 
     async def _recipient_lock(self, s: AsyncSession, address: str) -> bool:
@@ -224,7 +225,9 @@ class Acknowledgements:
     async def _globally_limited(self, s: AsyncSession, now: datetime) -> str | None:
         for most, window, spec in self.global_rate_limits:
             if self._known is not None and self._known.everyone is not None:
-                sent = sum(1 for t in self._known.everyone if t > now - window)
+                # sorted: those after the window's start, without a pass over all of them
+                everyone = self._known.everyone
+                sent = len(everyone) - bisect.bisect_right(everyone, now - window)
             else:
                 sent = (await s.execute(
                     select(func.count()).select_from(Acknowledgement)
@@ -245,7 +248,8 @@ class _Known:
     recent: dict[str, list[datetime]] | None = None
     """Each recipient's acknowledgements within the longest rate-limit window (SQLite)."""
     everyone: list[datetime] | None = None
-    """All acknowledgements within the longest global window (SQLite)."""
+    """The times of all acknowledgements within the longest global window, oldest first
+    (SQLite)."""
 
 
 def _sender_check(message: Message) -> str | None:
