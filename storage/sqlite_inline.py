@@ -18,6 +18,12 @@ sleep on the loop's thread and stall everything, so the connection's busy timeou
 ``asyncio.sleep``, giving the loop back in between, until :data:`BUSY_TIMEOUT` has passed, which
 is then the same "database is locked" error SQLite's own busy timeout gives.
 
+The price: one long statement (a dashboard chart over years of conversations, an export) holds
+the loop for as long as SQLite takes to answer it, where aiosqlite's thread would have let the
+loop run beside it. The hot path's statements (processing, sending, the scheduler) are point
+reads and small writes; the dashboard's charts and the API's lists are the ones that read many
+rows.
+
 A statement that completes at once never gives the loop a turn by itself (SQLAlchemy's await of
 it returns without suspending), so a long transaction of quick statements would keep the SMTP
 server and the webhooks from even reading what arrives: a connection that has run statements
