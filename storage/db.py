@@ -97,9 +97,7 @@ def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> N
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        # short: another process's write lock is waited for between tries, off the loop's
-        # thread (sqlite_inline.BUSY_TIMEOUT in all)
-        cursor.execute(f"PRAGMA busy_timeout={sqlite_inline.BUSY_SLICE_MS}")
+        # (the busy timeout is sqlite_inline's own: short tries, the loop free between them)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -204,7 +204,7 @@ class Connection:
 
 async def _open(database: str, kwargs: dict[str, Any]) -> Connection:
     conn = sqlite3.connect(database, check_same_thread=False, **kwargs)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_SLICE_MS}")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_SLICE_MS}")  # see the module's docstring
     return Connection(conn)
 
 
