@@ -261,6 +261,18 @@ class SlackApi:
                 return str(m["ts"])
         return None
 
+    async def top_message(self, channel: str, ts: str) -> Mapping[str, Any] | None:
+        """The channel's top-level message posted at ``ts``, with its metadata, if the bot
+        posted it; else None. Raises what the call raised."""
+        history = await self.client.conversations_history(
+            channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1,
+            include_all_metadata=True)
+        own = {self.bot_user_id, self.bot_id} - {None}
+        for m in history.get("messages") or []:
+            if m.get("ts") == ts and (m.get("user") in own or m.get("bot_id") in own):
+                return dict(m)
+        return None
+
     async def delete_thread(self, channel: str, ts: str) -> Receipt:
         """Delete the bot's own posts of a thread, its replies first and the root last (a GDPR
         erasure), and the customer's files it uploaded there (``files.delete``: a deleted

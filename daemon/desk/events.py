@@ -23,7 +23,11 @@ customer's channel through the outbox; one that starts with ``note:`` stays an i
 ``slack.download_max``), stored once in the attachment store and sent with the reply; when one
 cannot be fetched, the reply is not sent and the thread says why. Messages from bots
 (frontdesk's own posts included), edits, deletions and other subtypes, and messages in threads
-that are not frontdesk conversations are ignored.
+that are not frontdesk conversations are ignored. A thread whose root frontdesk has just posted
+but not yet recorded (the outbox records a root's ts when Slack answers, with the rest of that
+round of sends) is recognised by the metadata of its root, asked of Slack
+(``conversations.history``), and recorded then; when Slack cannot be asked, the event is not
+answered 200, so Slack sends it again.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
@@ -50,7 +54,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frontdesk.channels.base import DeliveryError
 from frontdesk.daemon.desk import blocks
 from frontdesk.daemon.desk.actions import DeskActions, DeskParts
-from frontdesk.daemon.desk.api import SlackUser, quiet_logger
+from frontdesk.daemon.desk.api import CALL_ERRORS, SlackUser, describe, quiet_logger
+from frontdesk.daemon.desk.cards import ROOT_METADATA
 from frontdesk.domain.conversations import CannotReply, add_staff_reply
 from frontdesk.domain.files import MAX_FILES, FileProblem, store_files
 from frontdesk.domain.messages import OutboundFile
@@ -100,6 +105,17 @@ _MESSAGE_EVENT_FIELDS = ("subtype", "ts", "thread_ts", "user", "channel", "text"
 class _FilesFirst(Exception):
     """A reply with files in a thread that turned out to be ours after all (its root was
     recorded between the first look and the transaction): fetch the files, then take it."""
+
+
+class _RootInFlight(Exception):
+    """A message in a thread not recorded as frontdesk's while a root in that channel has been
+    posted and its ts is not recorded yet (it is recorded with the rest of the outbox's round of
+    sends): Slack is asked whether the thread is that root, then the message is taken again."""
+
+
+class RootUnknown(Exception):
+    """Whether a thread is a root just posted could not be learned from Slack: the event is
+    not answered 200, so Slack sends it again."""
 
 
 def malformed(body: Any) -> str | None:
@@ -267,6 +283,9 @@ class DeskEvents:
 
     async def _on_error(self, error: Exception) -> None:
         """bolt's error handler: one line, the traceback only at DEBUG."""
+        if isinstance(error, RootUnknown):  # answered 500: Slack sends the event again
+            log.warning("%s", error)
+            return
         log.error("a Slack request failed: %s: %s", type(error).__name__, str(error)[:200])
         log.debug("the failure", exc_info=error)
 
@@ -342,24 +361,45 @@ class DeskEvents:
             names[mentioned] = (await desk.api.users.get(mentioned)).name
         plain = blocks.slack_to_plain(text, names)
         wanted = bool(files) and desk.config.replies_enabled and not _NOTE.match(plain)
-        fetched: tuple[list[OutboundFile], str | None] | None = None
-        if wanted and await self._unseen(event_id, channel, thread_ts, ts):
-            fetched = await self._fetch_files(files)
+        fetched: tuple[list[OutboundFile], str | None] | None = ([], None)
+        if wanted:
+            fetched = (await self._fetch_files(files)
+                       if await self._unseen(event_id, channel, thread_ts, ts) else None)
+        root: int | Literal[False] | None = None
+        while True:
+            try:
+                return await self._take(event_id=event_id, channel=channel,
+                                        thread_ts=thread_ts, ts=ts, user=user, plain=plain,
+                                        fetched=fetched, root=root)
+            except _FilesFirst:  # the thread turned out to be ours: fetch, then take
+                fetched = await self._fetch_files(files)
+            except _RootInFlight:
+                root = await self._posted_root(channel, thread_ts)
+
+    async def _posted_root(self, channel: str, thread_ts: str) -> int | Literal[False]:
+        """The conversation whose root Slack has at ``thread_ts``, by the metadata frontdesk
+        posts it with; False when the message there is not a frontdesk root."""
         try:
-            return await self._take(event_id=event_id, channel=channel, thread_ts=thread_ts,
-                                    ts=ts, user=user, plain=plain,
-                                    fetched=fetched if wanted else ([], None))
-        except _FilesFirst:  # the thread's root was recorded a moment ago: fetch, then take
-            return await self._take(event_id=event_id, channel=channel, thread_ts=thread_ts,
-                                    ts=ts, user=user, plain=plain,
-                                    fetched=await self._fetch_files(files))
+            message = await self.desk.api.top_message(channel, thread_ts)
+        except CALL_ERRORS as exc:
+            raise RootUnknown(f"cannot ask Slack whether thread {thread_ts} in {channel} is a "
+                              f"conversation's root just posted ({describe(exc)}); Slack will "
+                              "send the message again") from exc
+        meta = (message or {}).get("metadata") or {}
+        payload = meta.get("event_payload") or {}
+        found = payload.get("conversation_id")
+        if meta.get("event_type") != ROOT_METADATA or type(found) is not int:
+            return False
+        return found
 
     async def _take(self, *, event_id: str, channel: str, thread_ts: str, ts: str,
                     user: SlackUser, plain: str,
-                    fetched: tuple[list[OutboundFile], str | None] | None) -> str:
+                    fetched: tuple[list[OutboundFile], str | None] | None,
+                    root: int | Literal[False] | None = None) -> str:
         """Store a thread message (``fetched``: its files, or why they could not be fetched;
         None when they were not fetched because the thread did not look like ours: raises
-        :class:`_FilesFirst` when it is)."""
+        :class:`_FilesFirst` when it is). ``root``: the conversation Slack says the thread's
+        root belongs to (False: none), when the thread was not recorded as ours."""
         desk = self.desk
         now = desk.clock()
         try:
@@ -371,6 +411,8 @@ class DeskEvents:
                 thread = (await s.execute(select(SlackThread).where(
                     SlackThread.channel_id == channel, SlackThread.ts == thread_ts))
                 ).scalars().first()
+                if thread is None:
+                    thread = await self._just_posted(s, channel, thread_ts, root, now)
                 if thread is None:
                     return "ignored: not a frontdesk thread"
                 if (await s.execute(select(SlackMessage.id).where(
@@ -398,6 +440,31 @@ class DeskEvents:
             return "already handled (at the same time)"
         desk.kick()
         return outcome
+
+    @staticmethod
+    async def _just_posted(s: AsyncSession, channel: str, thread_ts: str,
+                           root: int | Literal[False] | None, now: datetime) -> SlackThread | None:
+        """A thread whose root the outbox has posted and not recorded yet: its ts is recorded
+        with the rest of the outbox's round of sends, and a staff member can answer in the
+        thread before that, the more so under load. Without ``root``, raises
+        :class:`_RootInFlight` when a root in ``channel`` is being posted (so Slack is asked
+        whose root the thread is); with it, records ``thread_ts`` as that conversation's root
+        (the same ts the round writes) and returns its thread."""
+        if root is None:
+            if (await s.execute(select(SlackThread.conversation_id).where(
+                    SlackThread.channel_id == channel, SlackThread.ts.is_(None),
+                    SlackThread.root_attempted_at.is_not(None)).limit(1))).first() is not None:
+                raise _RootInFlight
+            return None
+        if root is False:
+            return None
+        thread = await s.get(SlackThread, root)
+        if thread is None or thread.channel_id != channel or thread.ts not in (None, thread_ts):
+            return None
+        thread.ts, thread.updated_at = thread_ts, now
+        log.info("FD-%d: a message in its thread came before the outbox recorded the root %s; "
+                 "recorded it now", root, thread_ts)
+        return thread
 
     async def _unseen(self, event_id: str, channel: str, thread_ts: str, ts: str) -> bool:
         """A message in a frontdesk thread not taken yet (its files are worth fetching)."""

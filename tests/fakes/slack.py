@@ -103,6 +103,11 @@ class FakeSlack:
         self.staff_files: dict[str, dict[str, Any]] = {}  # file id: the file object + "data"
         self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token)
         self.acks: dict[str, dict[str, Any]] = {}
+        self.stall_sends_after: int | None = None
+        """Once this many roots are posted, every post, update and reaction is done at once but
+        answered only after :meth:`unstall` (a slow answer, or a round of sends that is slow
+        to finish)."""
+        self._unstalled = asyncio.Event()
         self.socket_connections = 0
         self._ack_arrived = asyncio.Condition()
         self._sockets: list[web.WebSocketResponse] = []
@@ -179,9 +184,16 @@ class FakeSlack:
         if handler is None:
             return _ok_false("unknown_method")
         result = handler(args)
+        if self.stall_sends_after is not None and len(self.roots()) >= self.stall_sends_after \
+                and method in ("chat.postMessage", "chat.update", "reactions.add"):
+            await self._unstalled.wait()  # done, and seen in Slack, but not answered yet
         if isinstance(result, web.Response):
             return result
         return web.json_response({"ok": True, **result})
+
+    def unstall(self) -> None:
+        self.stall_sends_after = None
+        self._unstalled.set()
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": "https://fake-team.slack.com/", "team": "Fake Team", "user": "frontdesk",
@@ -252,8 +264,17 @@ class FakeSlack:
         channel = str(args.get("channel"))
         limit = int(args.get("limit") or 100)
         with_meta = str(args.get("include_all_metadata")).lower() in ("1", "true")
+        inclusive = str(args.get("inclusive")).lower() in ("1", "true")
+        latest = float(args.get("latest") or "inf")
+        oldest = float(args.get("oldest") or 0)
+
+        def within(ts: float) -> bool:
+            if inclusive:
+                return oldest <= ts <= latest
+            return oldest < ts < latest
         found = [m for m in reversed(self.messages)
-                 if m["channel"] == channel and not m.get("thread_ts")][:limit]
+                 if m["channel"] == channel and not m.get("thread_ts")
+                 and within(float(m["ts"]))][:limit]
         shown = []
         for m in found:
             item = {k: v for k, v in m.items() if k not in ("channel", "metadata")}

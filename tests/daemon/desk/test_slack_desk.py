@@ -214,6 +214,51 @@ async def _reacted(slack: FakeSlack, ts: str, name: str) -> bool:
     return message is not None and name in message["reactions"]
 
 
+async def test_a_reply_before_the_root_is_recorded_reaches_the_customer(
+        database_url: str, make_settings: Any, daemon_factory: Any, clock: Any,
+        slack: FakeSlack, sink: SmtpSink) -> None:
+    # Slack shows the root at once but answers the post late (the outbox records a root's ts
+    # when Slack answers, with the rest of its round of sends), and a staff member answers in
+    # the thread meanwhile.
+    slack.stall_sends_after = 1
+    d = await start(daemon_factory, desk_settings(make_settings, slack, sink,
+                                                  database_url=database_url), clock)
+    await send(d.email.smtp.port, mail())
+    root = await root_of(slack)
+    assert await _thread_record(d, 1) is None  # posted, not recorded yet
+    early = thread_message(SUPPORT, root["ts"], "It left our depot this morning.",
+                           ts="1790000100.000100")
+    status, _ = await slack.event(events_url(d), early, event_id="Ev0EARLY")
+    assert status == 200
+    assert (await _thread_record(d, 1)).ts == root["ts"]  # type: ignore[union-attr]
+    # a thread that is not a frontdesk conversation, while the root is in flight: ignored
+    foreign = thread_message(SUPPORT, "1700000000.000001", "lunch?", ts="1790000100.000200")
+    status, _ = await slack.event(events_url(d), foreign, event_id="Ev0FOREIGN")
+    assert status == 200
+    assert await _count(d, SlackMessage) == 1
+
+    # Slack cannot be asked whose root a thread is: not answered 200, so Slack sends it again
+    early2 = thread_message(SUPPORT, root["ts"], "Tracking follows.", ts="1790000100.000300")
+    slack.fail_next["conversations.history"] = [(500, {"ok": False,
+                                                       "error": "internal_error"}, {})]
+    async with d.store.session() as s:  # another root of this channel is being posted
+        await s.execute(SlackThread.__table__.update().where(SlackThread.conversation_id == 1)
+                        .values(ts=None))
+    status, _ = await slack.event(events_url(d), early2, event_id="Ev0EARLY2")
+    assert status != 200
+    assert await _count(d, SlackMessage) == 1
+    status, _ = await slack.event(events_url(d), early2, event_id="Ev0EARLY2", retry_num=1)
+    assert status == 200
+
+    slack.unstall()
+    await eventually(lambda: _sent(sink, 2))
+    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+        ["It left our depot this morning.", "Tracking follows."]
+    assert (await eventually(lambda: _thread_record(d, 1))).ts == root["ts"]
+    assert len([m for m in slack.roots(SUPPORT) if m.get("metadata")]) == 1  # posted once
+    assert await _count(d, SlackMessage) == 2
+
+
 async def test_bots_edits_deletions_and_foreign_threads_are_ignored(
         make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
         sink: SmtpSink) -> None:
