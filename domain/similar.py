@@ -873,12 +873,24 @@ class SimilarConversations:
     async def similar_to(self, session: AsyncSession, conversation: Conversation, *,
                          limit: int = 3) -> list[SimilarHit]:
         """Up to ``limit`` resolved conversations most like ``conversation``, best first."""
+        return (await self.similar_to_each(session, [conversation], limit=limit))[
+            conversation.id]
+
+    async def similar_to_each(self, session: AsyncSession,
+                              conversations: Sequence[Conversation], *,
+                              limit: int = 3) -> dict[int, list[SimilarHit]]:
+        """:meth:`similar_to` for several conversations, their texts read in one query (none
+        while nothing is resolved: a new installation, a burst of first contacts)."""
         if self.refresh_interval <= 0 or self._refreshed_at is None \
                 or time.monotonic() - self._refreshed_at >= self.refresh_interval:
             await self.refresh(session)
-        texts = (await customer_texts(session, [conversation.id])).get(conversation.id, [])
-        return await self.similar_to_text(session, query_document(conversation.subject, texts),
-                                          limit=limit, exclude=(conversation.id,))
+        if not len(self.index):
+            return {c.id: [] for c in conversations}
+        texts = await customer_texts(session, [c.id for c in conversations])
+        return {c.id: await self.similar_to_text(
+                    session, query_document(c.subject, texts.get(c.id, [])), limit=limit,
+                    exclude=(c.id,))
+                for c in conversations}
 
     async def similar_to_text(self, session: AsyncSession, text: str, *, limit: int = 3,
                               exclude: Collection[int] = ()) -> list[SimilarHit]:

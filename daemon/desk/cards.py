@@ -145,7 +145,7 @@ class RootCards:
         """For each open conversation, up to three resolved ones like it, with their links."""
         if self.similar is None or not conversations:
             return {}
-        hits = {c.id: await self.similar.similar_to(s, c, limit=3) for c in conversations}
+        hits = await self.similar.similar_to_each(s, conversations, limit=3)
         links = await self.links(s, [h.conversation_id for found in hits.values()
                                      for h in found])
         return {i: tuple((h.reference, h.subject, h.resolution_note,
