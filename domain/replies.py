@@ -99,7 +99,8 @@ class ReplyComposer:
                     headers: Mapping[str, str] | None = None,
                     nameless: bool = False, to_address: str | None = None,
                     cc: Sequence[str] = (),
-                    attachments: Sequence[OutboundFile] = ()) -> Message:
+                    attachments: Sequence[OutboundFile] = (),
+                    earlier: Mapping[str, Sequence[str]] | None = None) -> Message:
         """Store a message to the customer (``author``: ``staff`` or ``system``) answering
         ``answering`` and queue its delivery on the conversation's channel in the outbox.
         ``nameless``: no display name beside the recipient's address (a name the sender chose
@@ -107,15 +108,14 @@ class ReplyComposer:
         ``answering``'s sender; ``cc``: addresses to copy (reply-all), for a staff reply only:
         automated messages (acknowledgements, surveys) never copy anyone. ``attachments``: files
         already in the attachment store (:func:`.files.store_files`), made ``attachments`` rows
-        of the message and named in the outbox payload."""
+        of the message and named in the outbox payload. ``earlier``: the remote ids of the
+        conversation's messages by channel, oldest first, when the caller read them already
+        (:func:`earlier_ids`, for many conversations at once)."""
         channel = self.channel_for(conversation, answering)
         to_address = to_address or answering.address
         cc = () if automated or author != "staff" else tuple(cc)
-        earlier = [r for r in (await session.execute(
-            select(Message.external_id).where(Message.conversation_id == conversation.id,
-                                              Message.channel == channel,
-                                              Message.external_id.is_not(None))
-            .order_by(Message.id))).scalars() if r]
+        if earlier is None:
+            earlier = (await earlier_ids(session, [conversation.id])).get(conversation.id, {})
         out = self.compose(
             OutboundMessage(channel=channel, to_address=to_address, text=text,
                             subject=subject, conversation_reference=conversation.reference,
@@ -126,7 +126,8 @@ class ReplyComposer:
                             automated=automated),
             ReplyContext(reference=conversation.reference, subject=conversation.subject,
                          inbox_address=conversation.inbox_address,
-                         answering=answering.external_id, earlier=earlier, cc=cc))
+                         answering=answering.external_id,
+                         earlier=earlier.get(channel, ()), cc=cc))
         message = Message(conversation_id=conversation.id, direction="out", author=author,
                           author_name=author_name, channel=channel,
                           external_id=out.message_id, address=to_address,
@@ -144,6 +145,23 @@ class ReplyComposer:
                            idempotency_key=key,
                            state="pending", attempts=0, next_attempt_at=now, created_at=now))
         return message
+
+
+async def earlier_ids(session: AsyncSession, conversation_ids: Sequence[int]
+                      ) -> dict[int, dict[str, list[str]]]:
+    """For each conversation, the remote ids of its messages by channel, oldest first (what a
+    channel threads a new message on: :attr:`ReplyContext.earlier`), in one query."""
+    found: dict[int, dict[str, list[str]]] = {}
+    if not conversation_ids:
+        return found
+    for conversation_id, channel, remote_id in (await session.execute(
+            select(Message.conversation_id, Message.channel, Message.external_id)
+            .where(Message.conversation_id.in_(conversation_ids),
+                   Message.external_id.is_not(None))
+            .order_by(Message.id))).all():
+        if remote_id:
+            found.setdefault(conversation_id, {}).setdefault(channel, []).append(remote_id)
+    return found
 
 
 async def attach_files(session: AsyncSession, message: Message,

@@ -564,6 +564,8 @@ class _Batch:
                 updated_at=self.now,
                 first_response_due_at=None if m.automated
                 else self.p._due.first_response_due(self.now),
+                # as _write sets it: written with the row, not by an UPDATE after it
+                last_customer_message_at=None if m.automated else self.now,
                 escalation_level=0, tags=self._rule_tags(m, contact),
             )
             self.session.add(conversation)

@@ -37,6 +37,7 @@ from frontdesk.daemon.process.scheduler.customers import CustomerNotices
 from frontdesk.domain import notices
 from frontdesk.domain.conversations import iso
 from frontdesk.domain.messages import SENDER_CHECK
+from frontdesk.domain.replies import earlier_ids
 from frontdesk.domain.sla import SlaEngine, SlaState
 from frontdesk.storage.models import Acknowledgement, Contact, Conversation, Message
 
@@ -94,6 +95,7 @@ class Acknowledgements:
             known.firsts = {m.conversation_id: m for m in (await s.execute(
                 select(Message).join(ranked, ranked.c.id == Message.id)
                 .where(ranked.c.n == 1))).scalars()}
+            known.earlier = await earlier_ids(s, ids)
             known.acknowledged = set((await s.execute(
                 select(Acknowledgement.conversation_id)
                 .where(Acknowledgement.conversation_id.in_(ids)))).scalars())
@@ -184,7 +186,9 @@ class Acknowledgements:
             templates=self.config.templates, now=now, language=language,
             values={"due": when, "expectation": sentence},
             data={"due": iso(due), "language": language},
-            neutral=_sender_check(first) == "unverified")
+            neutral=_sender_check(first) == "unverified",
+            earlier=self._known.earlier.get(c.id, {}) if self._known is not None
+            and c.id in self._known.ids else None)
         s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                               recipient=first.address.lower(), created_at=now))
         if self._known is not None:  # the batch's later decisions count this one
@@ -245,6 +249,8 @@ class _Known:
     ids: set[int] = field(default_factory=set)
     firsts: dict[int, Message] = field(default_factory=dict)
     acknowledged: set[int] = field(default_factory=set)
+    earlier: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    """Each conversation's remote ids by channel (:func:`earlier_ids`)."""
     recent: dict[str, list[datetime]] | None = None
     """Each recipient's acknowledgements within the longest rate-limit window (SQLite)."""
     everyone: list[datetime] | None = None

@@ -10,7 +10,7 @@ path) and written in the events audit as ``<kind>_sent``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from datetime import datetime
 
 from sqlalchemy import select
@@ -78,7 +78,8 @@ class CustomerNotices:
                    now: datetime, language: str | None = None,
                    values: Mapping[str, str] | None = None,
                    data: Mapping[str, object] | None = None,
-                   neutral: bool = False) -> Message:
+                   neutral: bool = False,
+                   earlier: Mapping[str, Sequence[str]] | None = None) -> Message:
         """Word the ``kind`` message (``values`` beside the common placeholders), store it,
         queue it answering ``answering`` and audit ``<kind>_sent`` (with ``data``).
 
@@ -99,7 +100,7 @@ class CustomerNotices:
         message = await self.replies.queue(s, c, answering=answering, text=text, author="system",
                                            author_name=author_name, subject=subject,
                                            automated=True, headers={"X-Frontdesk-Kind": kind},
-                                           now=now, nameless=neutral)
+                                           now=now, nameless=neutral, earlier=earlier)
         audit(s, f"{kind}_sent", c, now,
               {"channel": c.channel, "to": answering.address, **(data or {})},
               message_id=message.id)
