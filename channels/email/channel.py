@@ -57,6 +57,7 @@ class EmailChannel:
     async def stop(self) -> None:
         if self.smtp is not None:
             await self.smtp.stop()
+        await self._sender.close()
         if self._tokens is not None:
             await self._tokens.stop()
 

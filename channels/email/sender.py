@@ -13,6 +13,12 @@ refusal (``535 5.7.8 Authentication failed: AGZyb250ZGVzawBzM2NyZXQ=``, the AUTH
 the password, any base64 token that decodes to something holding it, and (in a refused login)
 any long base64 token are masked, in the reason and in the relay's exception chained to it.
 
+A connection is kept for the mails that follow (up to ``EmailSender.keep_idle`` seconds idle,
+``mails_per_connection`` mails, ``idle_connections`` at once), so a burst of acknowledgements or
+replies is greeted, secured and logged in once per connection, not once per mail. A kept
+connection the relay has closed meanwhile (an idle timeout, a 421 "too many messages") is
+replaced by a new one and the mail sent there; any other answer is the mail's own.
+
 Automated mail (acknowledgements) goes out with the null envelope sender ``MAIL FROM:<>``
 (RFC 3834), so a bounce or an auto-reply to it cannot start a mail loop.
 """
@@ -29,6 +35,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -104,6 +111,33 @@ def _random_looking(token: str) -> bool:
             or any(c.isupper() for c in token[1:]))
 
 
+class _Connection:
+    """A connection to the relay: greeted, secured and logged in once, then kept for the
+    mails that follow (:attr:`EmailSender.keep_idle`)."""
+
+    __slots__ = ("idle_since", "sent", "smtp", "stage")
+
+    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
+        self.smtp = smtp
+        self.sent = 0
+        self.idle_since = 0.0
+        self.stage = "connect"
+        """What it is doing (connect, ehlo, starttls, auth, send): a failure says so."""
+
+
+class _Gone(Exception):
+    """The kept connection was closed by the relay before it took the mail: send it again
+    on a new one."""
+
+
+def _closed_by_relay(exc: BaseException) -> bool:
+    """The relay closed the connection (idle too long, or enough mails on it) rather than
+    refused the mail: a 421 answer or a connection that ended."""
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return True
+    return isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 421
+
+
 class EmailSender:
     """Builds and relays outbound email according to ``[email.outbound]``.
 
@@ -112,6 +146,14 @@ class EmailSender:
     """
 
     channel = "email"
+    keep_idle = 10.0
+    """Seconds a connection is kept after a mail for the next one: a burst of replies or
+    acknowledgements goes over a few connections, not one each (relays close an idle session
+    after a minute or more)."""
+    mails_per_connection = 100
+    """Mails sent over one connection before it is closed and a new one opened."""
+    idle_connections = 4
+    """Connections kept at most (the outbox sends a few mails at once)."""
 
     def __init__(
         self,
@@ -134,6 +176,8 @@ class EmailSender:
         self.from_address = address
         self.from_domain = address.rpartition("@")[2]
         self._tls: ssl.SSLContext | None = None
+        self._idle: list[_Connection] = []
+        self._closed = False
 
     @property
     def relay(self) -> str:
@@ -201,53 +245,46 @@ class EmailSender:
         sender = "" if out.automated else self.from_address
         recipient = out.to_address.strip()
         copies = _copies(out)
-        config = self.config
-
-        tls_context = (
-            await self._tls_context() if (config.tls or config.starttls != "off") else None
-        )
-        smtp = aiosmtplib.SMTP(
-            hostname=config.host,
-            port=config.port,
-            local_hostname=await self._local_hostname(),
-            timeout=config.timeout.total_seconds(),
-            use_tls=config.tls,
-            start_tls=False,  # decided below, so "required" and "opportunistic" differ
-            tls_context=tls_context,
-        )
-        stage = "connect"
+        reused = self._take_idle()
         try:
-            await smtp.connect()
-            if not config.tls and config.starttls != "off":
-                stage = "ehlo"
-                await smtp.ehlo()
-                if smtp.supports_extension("starttls"):
-                    stage = "starttls"
-                    await smtp.starttls()
-                elif config.starttls == "required":
-                    raise TemporaryFailure(
-                        f"the mail relay {self.relay} does not offer STARTTLS, and "
-                        'email.outbound.starttls is "required", so nothing was sent'
-                    )
-            if config.username or self._tokens is not None:
-                stage = "auth"
-                if smtp.get_transport_info("sslcontext") is None:
-                    raise TemporaryFailure(
-                        f"frontdesk will not send its login for the mail relay {self.relay} "
-                        "over an unencrypted connection (the relay did not offer STARTTLS, or "
-                        'email.outbound.starttls is "off"); use STARTTLS, or tls = true on '
-                        "port 465"
-                    )
-                if self._tokens is not None:
-                    await self._xoauth2(smtp)
-                else:
-                    await smtp.login(config.username, config.password.get_secret_value())
+            return await self._relay(reused, out, msg, size, message_id, sender, recipient,
+                                     copies)
+        except _Gone:  # the relay had closed the connection kept from the last mail
+            return await self._relay(None, out, msg, size, message_id, sender, recipient,
+                                     copies)
+
+    async def _relay(self, reused: _Connection | None, out: OutboundMessage, msg: EmailMessage,
+                     size: int, message_id: str, sender: str, recipient: str,
+                     copies: list[str]) -> Receipt:
+        """Send ``msg`` over ``reused`` (a connection kept from an earlier mail, already
+        greeted, secured and logged in) or a new one. Raises :class:`_Gone` when ``reused``
+        turns out closed before the relay took the message."""
+        config = self.config
+        if reused is not None:
+            connection, smtp = reused, reused.smtp
+        else:
+            tls_context = (
+                await self._tls_context() if (config.tls or config.starttls != "off") else None
+            )
+            smtp = aiosmtplib.SMTP(
+                hostname=config.host,
+                port=config.port,
+                local_hostname=await self._local_hostname(),
+                timeout=config.timeout.total_seconds(),
+                use_tls=config.tls,
+                start_tls=False,  # decided below, so "required" and "opportunistic" differ
+                tls_context=tls_context,
+            )
+            connection = _Connection(smtp)
+        try:
+            if reused is None:
+                await self._open(connection)
             if size:
-                stage = "ehlo"
+                connection.stage = "ehlo"
                 if smtp.is_ehlo_or_helo_needed:
                     await smtp.ehlo()
                 self._check_relay_size(out, size, smtp.esmtp_extensions.get("size", ""))
-            stage = "send"
+            connection.stage = "send"
             refused, reply = await smtp.send_message(msg, sender=sender,
                                                      recipients=[recipient, *copies])
             reply = self._partly(refused, reply, message_id, recipient, copies)
@@ -257,15 +294,81 @@ class EmailSender:
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             smtp.close()
-            failure = self._failure(exc, stage, recipient, sender)
+            if reused is not None and _closed_by_relay(exc):
+                raise _Gone from exc
+            failure = self._failure(exc, connection.stage, recipient, sender)
             logger.debug("email %s to %s not sent: %s", message_id, recipient, failure.reason)
             raise failure from exc
         except BaseException:
             smtp.close()
             raise
-        await self._quit(smtp)
+        await self._keep(connection)
         logger.debug("email %s to %s accepted by %s: %s", message_id, recipient, self.relay, reply)
         return Receipt(remote_id=message_id, detail=reply)
+
+    async def _open(self, connection: _Connection) -> None:
+        """Connect, then STARTTLS and log in as ``[email.outbound]`` says; what it is doing is
+        in ``connection.stage``, for the failure's words."""
+        config, smtp = self.config, connection.smtp
+        connection.stage = "connect"
+        await smtp.connect()
+        if not config.tls and config.starttls != "off":
+            connection.stage = "ehlo"
+            await smtp.ehlo()
+            if smtp.supports_extension("starttls"):
+                connection.stage = "starttls"
+                await smtp.starttls()
+            elif config.starttls == "required":
+                raise TemporaryFailure(
+                    f"the mail relay {self.relay} does not offer STARTTLS, and "
+                    'email.outbound.starttls is "required", so nothing was sent'
+                )
+        if config.username or self._tokens is not None:
+            connection.stage = "auth"
+            if smtp.get_transport_info("sslcontext") is None:
+                raise TemporaryFailure(
+                    f"frontdesk will not send its login for the mail relay {self.relay} "
+                    "over an unencrypted connection (the relay did not offer STARTTLS, or "
+                    'email.outbound.starttls is "off"); use STARTTLS, or tls = true on '
+                    "port 465"
+                )
+            if self._tokens is not None:
+                await self._xoauth2(smtp)
+            else:
+                await smtp.login(config.username, config.password.get_secret_value())
+
+    # -- connections kept between mails ---------------------------------------------------------
+
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used connection still open and fresh enough; the others that are
+        not are closed."""
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.smtp.is_connected and now - connection.idle_since < self.keep_idle:
+                return connection
+            connection.smtp.close()
+        return None
+
+    async def _keep(self, connection: _Connection) -> None:
+        """After a mail the relay took: keep the connection for the next one (it has carried
+        fewer than ``mails_per_connection`` and fewer than ``idle_connections`` are kept),
+        else say goodbye."""
+        connection.sent += 1
+        if not self._closed and connection.sent < self.mails_per_connection and \
+                len(self._idle) < self.idle_connections and connection.smtp.is_connected:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+            return
+        await self._quit(connection.smtp)
+
+    async def close(self) -> None:
+        """Say goodbye on every kept connection, and on each one in use when its mail is sent
+        (the daemon stops)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._quit(connection.smtp)
 
     def _partly(self, refused: dict[str, aiosmtplib.SMTPResponse], reply: str,
                 message_id: str, recipient: str, copies: list[str]) -> str:

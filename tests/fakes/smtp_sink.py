@@ -45,6 +45,8 @@ class SmtpSink:
         auth_require_tls: bool = True,
         auth_required: bool = False,
         data_size_limit: int = 33554432,
+        session_timeout: float = 300,
+        mails_per_connection: int | None = None,
     ) -> None:
         self.hostname = hostname
         self.starttls = starttls
@@ -54,6 +56,15 @@ class SmtpSink:
         self.auth_require_tls = auth_require_tls
         self.auth_required = auth_required
         self.data_size_limit = data_size_limit
+        self.session_timeout = session_timeout
+        """Seconds an idle session is kept before the server closes it (aiosmtpd's timeout)."""
+        self.mails_per_connection = mails_per_connection
+        """When set: a MAIL after this many messages on one connection is answered 421 and the
+        connection closed (as relays limit the messages per session)."""
+        self.connections = 0
+        """Connections made to it."""
+        self.quits = 0
+        """QUIT commands received."""
         """The SIZE it says in its EHLO answer and enforces (0: no limit)."""
         self.messages: list[tuple[str, list[str], bytes]] = []
         """(mail_from, rcpt_tos, data) for each accepted message, in order."""
@@ -90,6 +101,7 @@ class SmtpSink:
         await self.stop()
 
     def _protocol(self) -> SMTP:
+        self.connections += 1
         kwargs: dict[str, Any] = {}
         if self.credentials is not None:
             kwargs["authenticator"] = self._authenticate
@@ -101,6 +113,7 @@ class SmtpSink:
             auth_require_tls=self.auth_require_tls,
             auth_required=self.auth_required,
             data_size_limit=self.data_size_limit,
+            timeout=self.session_timeout,
             loop=asyncio.get_running_loop(),
             **kwargs,
         )
@@ -133,6 +146,12 @@ class SmtpSink:
     ) -> str:
         if self.fail_with and self.fail_at == "MAIL":
             return self.fail_with
+        if self.mails_per_connection is not None and \
+                getattr(session, "sink_messages", 0) >= self.mails_per_connection:
+            transport = server.transport
+            if transport is not None:  # after the answer is written
+                asyncio.get_running_loop().call_soon(transport.close)
+            return "421 4.7.0 too many messages in this session, closing"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -146,6 +165,10 @@ class SmtpSink:
         envelope.rcpt_options.extend(options)
         return "250 OK"
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.fail_with and self.fail_at == "DATA":
             return self.fail_with
@@ -153,6 +176,7 @@ class SmtpSink:
         if data is None:
             data = envelope.content if isinstance(envelope.content, bytes) else b""
         self.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        session.sink_messages = getattr(session, "sink_messages", 0) + 1  # type: ignore[attr-defined]
         transport = server.transport
         self.secure.append(
             transport is not None and transport.get_extra_info("ssl_object") is not None

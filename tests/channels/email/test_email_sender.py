@@ -400,6 +400,77 @@ async def test_a_later_send_works_after_a_failure(sink: SmtpSink) -> None:
     assert len(sink.messages) == 1
 
 
+# -- connections kept between mails -------------------------------------------------------------
+
+
+async def test_mails_in_a_row_share_a_connection_logged_in_once(
+    make_sink: MakeSink, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    sink = await make_sink(
+        starttls=server_tls, credentials={"frontdesk": PASSWORD}, auth_required=True
+    )
+    sender = sender_for(sink.port, ca_file=ca_file, username="frontdesk", password=PASSWORD)
+    sender.mails_per_connection = 3
+    for n in range(5):
+        await sender.send(reply(text=f"mail {n}"))
+    assert [sink.parsed(i).get_content().strip() for i in range(5)] == \
+        [f"mail {n}" for n in range(5)]
+    assert sink.secure == [True] * 5
+    # three on the first connection, then a new one (greeted, secured, logged in again)
+    assert (sink.connections, sink.logins, sink.quits) == (2, ["frontdesk"] * 2, 1)
+    await sender.close()  # the daemon stops: goodbye on the one kept
+    await _until(lambda: sink.quits == 2)
+
+
+async def test_a_connection_the_relay_closed_is_replaced_and_nothing_sent_twice(
+    make_sink: MakeSink,
+) -> None:
+    # the relay takes two mails a session, then answers the next MAIL 421 and hangs up
+    sink = await make_sink(mails_per_connection=2)
+    sender = sender_for(sink.port, starttls="off")
+    for n in range(5):
+        await sender.send(reply(text=f"mail {n}"))
+    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+        [f"mail {n}" for n in range(5)]
+    assert sink.connections == 3
+    await sender.close()
+
+
+async def test_a_connection_the_relay_timed_out_is_replaced(make_sink: MakeSink) -> None:
+    sink = await make_sink(session_timeout=0.3)
+    sender = sender_for(sink.port, starttls="off")
+    await sender.send(reply(text="first"))
+    await asyncio.sleep(0.8)  # the relay closes the idle session meanwhile
+    await sender.send(reply(text="second"))
+    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+        ["first", "second"]
+    assert sink.connections == 2
+    await sender.close()
+
+
+async def test_a_failure_on_a_kept_connection_is_still_the_relays_answer(
+    sink: SmtpSink,
+) -> None:
+    sender = sender_for(sink.port, starttls="off")
+    await sender.send(reply(text="first"))
+    sink.fail_with = "550 5.1.1 no such user"
+    with pytest.raises(PermanentFailure, match=r"ada@example\.org"):
+        await sender.send(reply(text="second"))
+    sink.fail_with = None
+    await sender.send(reply(text="third"))
+    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+        ["first", "third"]
+    assert sink.connections == 2  # the refused mail's connection is not used again
+    await sender.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def test_unusable_address_is_permanent(sink: SmtpSink) -> None:
     with pytest.raises(PermanentFailure):
         await sender_for(sink.port).send(reply(to_address="not an address"))
