@@ -28,6 +28,7 @@ import contextlib
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -576,12 +577,17 @@ def _compact_file(path: str, vacuum: bool) -> bool:
         conn.execute("PRAGMA busy_timeout = 30000")
         if vacuum:
             conn.execute("VACUUM")
-        conn.execute("PRAGMA busy_timeout = 5000")  # readers finish; give up after 3 tries
-        for _ in range(3):
+        # Readers finish (each try waits up to a second for them); a try can also meet the
+        # journal writer's own checkpoint, which ends in moments. Give up after 15 s.
+        conn.execute("PRAGMA busy_timeout = 1000")
+        deadline = time.monotonic() + 15
+        while True:
             row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if row is None or not row[0]:
                 return False
-        return True
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.02)
     finally:
         conn.close()
 
