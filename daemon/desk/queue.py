@@ -114,9 +114,7 @@ class SlackQueue:
                               "target": thread.channel_id, **payload},
                      idempotency_key=key, state="pending", attempts=0, next_attempt_at=now,
                      created_at=now)
-        session.add(row)
-        if not new:  # a new conversation's rows go with the rest of its transaction
-            await session.flush()
+        session.add(row)  # written with the rest of the transaction, in the order added
         return row
 
     async def root(self, session: AsyncSession, conversation: Conversation, first: Message,

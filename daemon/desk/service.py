@@ -295,10 +295,12 @@ class SlackDesk:
             return
         now = self.clock()
         conversation = await session.get_one(Conversation, row.conversation_id)
-        origin = (await session.execute(
+        message = await session.get_one(Message, row.message_id)
+        # the staff member's message in the thread it came from (none for what frontdesk
+        # wrote itself: an acknowledgement, a survey)
+        origin = None if message.author != "staff" else (await session.execute(
             select(SlackMessage).where(SlackMessage.message_id == row.message_id)
         )).scalars().first()
-        message = await session.get_one(Message, row.message_id)
         if isinstance(error, Held):
             await self.queue.text(
                 session, conversation,
