@@ -402,8 +402,11 @@ class OutboxWorker:
         try:
             async with self._store.session() as s:
                 loaded = await self._load(s, outcomes)  # held: the session's map is weak
-                for a in outcomes:
-                    await self._mark(s, a, after)
+                # The marks (and what the hooks add) are written together at the commit, not
+                # flushed piecemeal before each hook's query: no mark depends on another.
+                with s.no_autoflush:
+                    for a in outcomes:
+                        await self._mark(s, a, after)
                 del loaded
         except Exception as exc:
             if store_unavailable(exc) or len(outcomes) == 1:
