@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -260,6 +260,11 @@ class OutboxWorker:
         is pending but not due, so it is neither claimed again nor passed in its lane."""
         now = self._clock()
         async with self._store.session() as s:
+            # Planned for the table as it is now: asyncpg prepares the round's query once per
+            # connection, and after five runs PostgreSQL keeps one generic plan for it; one
+            # made while the outbox was nearly empty took 8 s a round once thousands of rows
+            # waited (benchmarks/e2e_latency.py: 17 cards a second instead of 42).
+            await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             ids = list((await s.execute(self._next_round(now, limit))).scalars())
             if not ids:
                 return []

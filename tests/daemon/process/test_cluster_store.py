@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.channels.base import TemporaryFailure
@@ -176,6 +176,35 @@ async def test_two_workers_send_every_row_once_in_conversation_order(
 
 async def _all_done(store: Store, n: int) -> bool:
     return (await _outbox_states(store))["done"] == n
+
+
+async def test_each_round_is_planned_for_the_outbox_as_it_is(
+        stores: tuple[Store, Store]) -> None:
+    # asyncpg prepares a statement once per connection, and after five runs PostgreSQL keeps
+    # one generic plan for it: a plan of the round's query made while the outbox was nearly
+    # empty took 8 s a round with thousands of rows waiting (benchmarks/e2e_latency.py). The
+    # claim's transaction asks for a plan of its own for each run.
+    a, _b = stores
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(a.engine.sync_engine, "before_cursor_execute", record)
+    conversations = await _conversations(a, 7)
+    worker = _worker(a, Recorder(), "one")
+    for n, c in enumerate(conversations):  # seven rounds: past the five custom plans
+        async with a.session() as s:
+            s.add(_row(c, 0, utcnow()))
+        statements.clear()
+        assert await worker.deliver_due() == 1, n
+        kinds = [st.split()[0] for st in statements]
+        begin = next(i for i, st in enumerate(statements) if st.startswith("SET LOCAL"))
+        assert statements[begin] == "SET LOCAL plan_cache_mode = force_custom_plan"
+        # the round's query and the claim follow it, in the same transaction
+        assert kinds[begin + 1:begin + 3] == ["SELECT", "UPDATE"], statements
+        assert "COMMIT" not in kinds[begin:begin + 3]
+    assert (await _outbox_states(a))["done"] == 7
 
 
 async def test_a_dead_instances_claim_is_sent_by_another_after_the_lease(
