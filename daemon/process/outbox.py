@@ -268,12 +268,16 @@ class OutboxWorker:
             ids = list((await s.execute(self._next_round(now, limit))).scalars())
             if not ids:
                 return []
-            due = (select(Outbox.id).where(Outbox.id.in_(ids), *self._due(now))
-                   .with_for_update(skip_locked=True, of=Outbox))
+            # Locked first, then claimed: two plain statements. As one UPDATE ... WHERE id IN
+            # (SELECT ... FOR UPDATE), PostgreSQL cannot turn the locking subquery into a join
+            # and may run it again for every due row of the table.
+            locked = list((await s.execute(
+                select(Outbox.id).where(Outbox.id.in_(ids), *self._due(now))
+                .with_for_update(skip_locked=True, of=Outbox))).scalars())
+            if not locked:
+                return []
             rows = {r.id: r for r in (await s.execute(
-                update(Outbox)
-                .where(Outbox.id.in_(due.scalar_subquery()), Outbox.state == "pending",
-                       Outbox.next_attempt_at <= now)
+                update(Outbox).where(Outbox.id.in_(locked))
                 .values(next_attempt_at=now + self._lease, claimed_by=self.instance)
                 .returning(Outbox)
                 .execution_options(synchronize_session=False)
