@@ -113,7 +113,7 @@ class _RootInFlight(Exception):
     sends): Slack is asked whether the thread is that root, then the message is taken again."""
 
 
-class RootUnknown(Exception):
+class _RootUnknown(Exception):
     """Whether a thread is a root just posted could not be learned from Slack: the event is
     not answered 200, so Slack sends it again."""
 
@@ -283,7 +283,7 @@ class DeskEvents:
 
     async def _on_error(self, error: Exception) -> None:
         """bolt's error handler: one line, the traceback only at DEBUG."""
-        if isinstance(error, RootUnknown):  # answered 500: Slack sends the event again
+        if isinstance(error, _RootUnknown):  # answered 500: Slack sends the event again
             log.warning("%s", error)
             return
         log.error("a Slack request failed: %s: %s", type(error).__name__, str(error)[:200])
@@ -382,7 +382,7 @@ class DeskEvents:
         try:
             message = await self.desk.api.top_message(channel, thread_ts)
         except CALL_ERRORS as exc:
-            raise RootUnknown(f"cannot ask Slack whether thread {thread_ts} in {channel} is a "
+            raise _RootUnknown(f"cannot ask Slack whether thread {thread_ts} in {channel} is a "
                               f"conversation's root just posted ({describe(exc)}); Slack will "
                               "send the message again") from exc
         meta = (message or {}).get("metadata") or {}

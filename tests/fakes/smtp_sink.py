@@ -120,6 +120,10 @@ class SmtpSink:
 
     # -- what was received --------------------------------------------------------------------
 
+    def bodies(self) -> list[str]:
+        """The text of each received message, stripped, in order."""
+        return [str(self.parsed(i).get_content()).strip() for i in range(len(self.messages))]
+
     def parsed(self, index: int = -1) -> EmailMessage:
         """A received message parsed with the modern email policy."""
         message = BytesParser(policy=email.policy.default).parsebytes(self.messages[index][2])

@@ -135,6 +135,13 @@ class Acknowledgements:
                                 .where(Acknowledgement.conversation_id == c.id))).first() \
             is not None
 
+    def _earlier(self, c: Conversation) -> dict[str, list[str]] | None:
+        """The conversation's remote ids by channel, when the batch read them (else None: the
+        reply composer reads them itself)."""
+        if self._known is not None and c.id in self._known.ids:
+            return self._known.earlier.get(c.id, {})
+        return None
+
     def plan(self, c: Conversation, now: datetime) -> None:
         """A new conversation from a customer: acknowledge it after ``acknowledgement.delay``."""
         if self.config.enabled:
@@ -186,9 +193,7 @@ class Acknowledgements:
             templates=self.config.templates, now=now, language=language,
             values={"due": when, "expectation": sentence},
             data={"due": iso(due), "language": language},
-            neutral=_sender_check(first) == "unverified",
-            earlier=self._known.earlier.get(c.id, {}) if self._known is not None
-            and c.id in self._known.ids else None)
+            neutral=_sender_check(first) == "unverified", earlier=self._earlier(c))
         s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                               recipient=first.address.lower(), created_at=now))
         if self._known is not None:  # the batch's later decisions count this one

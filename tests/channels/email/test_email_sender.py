@@ -256,13 +256,20 @@ async def test_missing_ca_file_is_temporary(sink: SmtpSink, tmp_path: Path) -> N
 # -- AUTH ------------------------------------------------------------------------------------
 
 
-async def test_auth_over_starttls(
+async def login_relay(
     make_sink: MakeSink, server_tls: ssl.SSLContext, ca_file: str
-) -> None:
+) -> tuple[SmtpSink, EmailSender]:
+    """A relay that wants STARTTLS and a login, and a sender set up for it."""
     sink = await make_sink(
         starttls=server_tls, credentials={"frontdesk": PASSWORD}, auth_required=True
     )
-    sender = sender_for(sink.port, ca_file=ca_file, username="frontdesk", password=PASSWORD)
+    return sink, sender_for(sink.port, ca_file=ca_file, username="frontdesk", password=PASSWORD)
+
+
+async def test_auth_over_starttls(
+    make_sink: MakeSink, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    sink, sender = await login_relay(make_sink, server_tls, ca_file)
     await sender.send(reply())
     assert sink.logins == ["frontdesk"]
     assert sink.secure == [True]
@@ -406,14 +413,11 @@ async def test_a_later_send_works_after_a_failure(sink: SmtpSink) -> None:
 async def test_mails_in_a_row_share_a_connection_logged_in_once(
     make_sink: MakeSink, server_tls: ssl.SSLContext, ca_file: str
 ) -> None:
-    sink = await make_sink(
-        starttls=server_tls, credentials={"frontdesk": PASSWORD}, auth_required=True
-    )
-    sender = sender_for(sink.port, ca_file=ca_file, username="frontdesk", password=PASSWORD)
+    sink, sender = await login_relay(make_sink, server_tls, ca_file)
     sender.mails_per_connection = 3
     for n in range(5):
         await sender.send(reply(text=f"mail {n}"))
-    assert [sink.parsed(i).get_content().strip() for i in range(5)] == \
+    assert sink.bodies() == \
         [f"mail {n}" for n in range(5)]
     assert sink.secure == [True] * 5
     # three on the first connection, then a new one (greeted, secured, logged in again)
@@ -430,7 +434,7 @@ async def test_a_connection_the_relay_closed_is_replaced_and_nothing_sent_twice(
     sender = sender_for(sink.port, starttls="off")
     for n in range(5):
         await sender.send(reply(text=f"mail {n}"))
-    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+    assert sink.bodies() == \
         [f"mail {n}" for n in range(5)]
     assert sink.connections == 3
     await sender.close()
@@ -442,7 +446,7 @@ async def test_a_connection_the_relay_timed_out_is_replaced(make_sink: MakeSink)
     await sender.send(reply(text="first"))
     await asyncio.sleep(0.8)  # the relay closes the idle session meanwhile
     await sender.send(reply(text="second"))
-    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+    assert sink.bodies() == \
         ["first", "second"]
     assert sink.connections == 2
     await sender.close()
@@ -458,7 +462,7 @@ async def test_a_failure_on_a_kept_connection_is_still_the_relays_answer(
         await sender.send(reply(text="second"))
     sink.fail_with = None
     await sender.send(reply(text="third"))
-    assert [sink.parsed(i).get_content().strip() for i in range(len(sink.messages))] == \
+    assert sink.bodies() == \
         ["first", "third"]
     assert sink.connections == 2  # the refused mail's connection is not used again
     await sender.close()
