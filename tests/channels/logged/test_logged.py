@@ -374,3 +374,53 @@ def test_bad_input_gives_clear_errors() -> None:
     schema = LoggedContact.model_json_schema()
     assert schema["properties"]["text"]["maxLength"] == 10_000
     assert all(p.get("description") for p in schema["properties"].values())
+
+
+async def test_the_watch_for_logged_rows_does_not_read_through_a_backlog(tmp_path: Path) -> None:
+    """On SQLite the daemon looks every second for rows ``frontdesk log`` journaled from another
+    process. Under a flood of webhooks thousands of other rows are pending; the look must cost
+    the same with 20,000 of them as with 20 (it once walked back through every pending row)."""
+    import sqlite3
+
+    from frontdesk.channels.logged.intake import newest_logged
+    from frontdesk.storage.db import Store
+
+    path = tmp_path / "w.db"
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.ensure_schema()
+    await store.dispose()
+    statement = newest_logged(0).compile(dialect=store.engine.dialect,
+                                         compile_kwargs={"literal_binds": True})
+    conn = sqlite3.connect(path)
+
+    def journal(channel: str, first: int, count: int) -> None:
+        conn.executemany(
+            "INSERT INTO inbound_journal (channel, remote_id, raw, meta, received_at, state, "
+            "attempts) VALUES (?, ?, x'7b7d', '{}', '2026-12-07 10:00:00.000000', 'pending', 0)",
+            [(channel, f"{channel}-{i}") for i in range(first, first + count)])
+        conn.commit()
+
+    def steps() -> tuple[int | None, int]:
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+
+        conn.set_progress_handler(tick, 10)
+        try:
+            newest = conn.execute(str(statement)).fetchone()[0]
+        finally:
+            conn.set_progress_handler(None, 10)
+        return newest, count[0]
+
+    try:
+        journal("phone", 0, 3)
+        journal("meta", 0, 20)
+        newest_small, few = steps()
+        journal("meta", 20, 20_000)
+        newest_large, many = steps()
+    finally:
+        conn.close()
+    assert newest_small == newest_large == 3  # the third phone row, whatever follows it
+    assert many <= few + 2, (few, many)
