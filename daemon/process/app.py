@@ -469,20 +469,13 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
 
-GC_YOUNG = 10_000
-"""Allocations between two collections of the youngest generation (Python's default: 700)."""
-
-
 def settle_garbage_collector() -> None:
-    """Once the daemon runs: what start-up made (modules, mappers, compiled statements, the
-    channels) is moved out of the collector's sight (``gc.freeze``), and young collections run
-    every :data:`GC_YOUNG` allocations. Processing a burst allocates many short-lived ORM
-    objects; with Python's defaults the collector took about 6 s of CPU in a burst of 3,000
-    new conversations, mostly rescanning what start-up made; after this, about 1.2 s."""
+    """Once the daemon runs, what start-up made (modules, mappers, compiled statements, the
+    channels) is moved out of the collector's sight (``gc.freeze``). Processing a burst
+    allocates many short-lived ORM objects, and each of the collector's full passes rescanned
+    all of start-up's: about 6 s of CPU in a burst of 3,000 new conversations, 2.1 s after."""
     gc.collect()
     gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 async def _finish(task: asyncio.Task[None], seconds: float) -> bool | None:
