@@ -138,7 +138,6 @@ def _closed_by_relay(exc: BaseException) -> bool:
     return isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 421
 
 
-
 class _Headers(HeaderRegistry):
     """The standard library's header classes, each made once. ``HeaderRegistry`` makes a new
     class for every header it is asked for (``type(...)`` in ``__getitem__``): about half the
@@ -162,6 +161,7 @@ _AUTOMATED = (SMTP_POLICY.header_factory("Auto-Submitted", "auto-replied"),
               SMTP_POLICY.header_factory("X-Auto-Response-Suppress", "All"))
 """What an automated message (an acknowledgement, a survey) says it is (RFC 3834), parsed
 once."""
+
 
 class EmailSender:
     """Builds and relays outbound email according to ``[email.outbound]``.
