@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -266,6 +267,21 @@ def _row_remote(context: Any) -> str | None:
     return outbox_remote(kind, payload if isinstance(payload, Mapping) else None)
 
 
+def outbox_urgency(kind: str, payload: Mapping[str, Any] | None) -> int:
+    """How soon a row goes among the due rows of its remote, as ``outbox.urgency`` says: 0 for
+    a person's words (a message to a customer that is not automated: a staff reply), 1 for
+    everything else (acknowledgements, surveys, the Slack desk's posts, a channel's jobs)."""
+    return 0 if kind == "deliver" and (payload or {}).get("automated") is not True else 1
+
+
+def _row_urgency(context: Any) -> int:
+    """``outbox.urgency``'s default: :func:`outbox_urgency` of the row being inserted."""
+    values = context.get_current_parameters()
+    payload = values.get("payload")
+    return outbox_urgency(str(values.get("kind")), payload if isinstance(payload, Mapping)
+                          else None)
+
+
 class Outbox(Base):
     """Work to send, written in the same transaction as what caused it."""
 
@@ -273,7 +289,9 @@ class Outbox(Base):
     __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
                       # the head-of-lane rule (daemon/process/outbox.py) probes this; 0007, 0008
                       Index("ix_outbox_lane", "state", "kind", "conversation_id", "channel",
-                            "id"))
+                            "id"),
+                      # a round's due rows of one remote, in the order they go; 0013
+                      Index("ix_outbox_round", "state", "channel", "urgency", "id"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # e.g. "deliver"
@@ -294,6 +312,10 @@ class Outbox(Base):
     # in from the payload when a row is written (outbox_remote). NULL only on rows an older
     # version wrote, which the outbox orders as before (one lane per kind and conversation).
     channel: Mapped[str | None] = mapped_column(String(32), default=_row_remote)
+    # Which due rows of a remote go first (migration 0013): 0 a person's words, 1 the rest;
+    # filled in from the kind and payload when a row is written (outbox_urgency).
+    urgency: Mapped[int] = mapped_column(SmallInteger, default=_row_urgency,
+                                         server_default=text("1"))
 
 
 class Event(Base):

@@ -30,6 +30,7 @@ dropped afterwards) build the same branched version table by hand on a migrated 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -171,7 +172,7 @@ def frontdesk_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_history_is_one_line() -> None:
     script = script_directory()
-    assert script.get_heads() == ["0012"]
+    assert script.get_heads() == ["0013"]
     assert script.get_bases() == ["0001"]
     for revision in script.walk_revisions():
         assert not revision.is_branch_point, f"{revision.revision} has several children"
@@ -387,3 +388,32 @@ async def test_branched_postgres_store_upgrades_in_place(postgres_url: str,
         assert not rewrites(db_log)
     finally:
         await store.dispose()
+
+
+async def test_outbox_rows_waiting_at_0012_get_their_urgency(database_url: str) -> None:
+    """0013: a staff reply still waiting when the store is upgraded goes before the automatic
+    messages, as it did before the column existed; a failed one keeps that for `outbox retry`."""
+    store = Store(database_url)
+    try:
+        await store.upgrade("0012")
+        rows = [("deliver", {"channel": "email", "text": "staff reply"}, "pending"),
+                ("deliver", {"channel": "email", "text": "ack", "automated": True}, "pending"),
+                ("deliver", {"channel": "sms", "text": "failed reply"}, "failed"),
+                ("slack", {"op": "root", "slack_channel": "C1"}, "pending")]
+        async with store.engine.begin() as conn:
+            for i, (kind, payload, state) in enumerate(rows):
+                await conn.execute(
+                    text("INSERT INTO outbox (kind, payload, idempotency_key, state, attempts, "
+                         "next_attempt_at, created_at, channel) VALUES (:kind, :payload, :key, "
+                         ":state, 0, :now, :now, :channel)"),
+                    {"kind": kind, "payload": json.dumps(payload), "key": f"k{i}", "state": state,
+                     "now": datetime(2026, 12, 7, tzinfo=UTC),
+                     "channel": payload.get("channel", "slack")})
+        await store.ensure_schema()
+        assert await versions(store) == [head()]
+        async with store.engine.connect() as conn:
+            found = dict((await conn.execute(text(
+                "SELECT idempotency_key, urgency FROM outbox"))).all())
+    finally:
+        await store.dispose()
+    assert found == {"k0": 0, "k1": 1, "k2": 0, "k3": 1}

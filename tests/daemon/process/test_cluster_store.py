@@ -201,9 +201,10 @@ async def test_each_round_is_planned_for_the_outbox_as_it_is(
         kinds = [st.split()[0] for st in statements]
         begin = next(i for i, st in enumerate(statements) if st.startswith("SET LOCAL"))
         assert statements[begin] == "SET LOCAL plan_cache_mode = force_custom_plan"
-        # the round's query, the lock and the claim follow it, in the same transaction
-        assert kinds[begin + 1:begin + 4] == ["SELECT", "SELECT", "UPDATE"], statements
-        assert statements[begin + 2].endswith("FOR UPDATE OF outbox SKIP LOCKED")
+        # the round's queries (the remotes with rows waiting, then the one remote's heads), the
+        # lock and the claim follow it, in the same transaction
+        assert kinds[begin + 1:begin + 5] == ["WITH", "SELECT", "SELECT", "UPDATE"], statements
+        assert statements[begin + 3].endswith("FOR UPDATE OF outbox SKIP LOCKED")
     assert (await _outbox_states(a))["done"] == 7
 
 
