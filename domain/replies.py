@@ -10,7 +10,7 @@ wire details.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -100,7 +100,8 @@ class ReplyComposer:
                     nameless: bool = False, to_address: str | None = None,
                     cc: Sequence[str] = (),
                     attachments: Sequence[OutboundFile] = (),
-                    earlier: Mapping[str, Sequence[str]] | None = None) -> Message:
+                    earlier: Mapping[str, Sequence[str]] | None = None,
+                    after_flush: list[Callable[[], None]] | None = None) -> Message:
         """Store a message to the customer (``author``: ``staff`` or ``system``) answering
         ``answering`` and queue its delivery on the conversation's channel in the outbox.
         ``nameless``: no display name beside the recipient's address (a name the sender chose
@@ -110,7 +111,11 @@ class ReplyComposer:
         already in the attachment store (:func:`.files.store_files`), made ``attachments`` rows
         of the message and named in the outbox payload. ``earlier``: the remote ids of the
         conversation's messages by channel, oldest first, when the caller read them already
-        (:func:`earlier_ids`, for many conversations at once)."""
+        (:func:`earlier_ids`, for many conversations at once). ``after_flush``: the caller
+        queues many messages in one transaction and flushes once for all of them (a flush is
+        about 1.6 ms, a third of what acknowledging a new conversation cost); the outbox row,
+        whose key names the message's id, is then added by the step appended here, which the
+        caller runs after its flush. Without it (or with files to attach) this flushes now."""
         channel = self.channel_for(conversation, answering)
         to_address = to_address or answering.address
         cc = () if automated or author != "staff" else tuple(cc)
@@ -136,14 +141,21 @@ class ReplyComposer:
                                                          else {})},
                           automated=automated, delivery_status="queued", created_at=now)
         session.add(message)
+
+        def deliver(files: tuple[OutboundFile, ...] = ()) -> None:
+            key = f"message-{message.id}"
+            session.add(Outbox(kind="deliver", conversation_id=conversation.id,
+                               message_id=message.id,
+                               payload=asdict(replace(out, idempotency_key=key,
+                                                      attachments=files)),
+                               idempotency_key=key, state="pending", attempts=0,
+                               next_attempt_at=now, created_at=now))
+
+        if after_flush is not None and not attachments:
+            after_flush.append(deliver)
+            return message
         await session.flush()
-        files = await attach_files(session, message, attachments)
-        key = f"message-{message.id}"
-        session.add(Outbox(kind="deliver", conversation_id=conversation.id,
-                           message_id=message.id,
-                           payload=asdict(replace(out, idempotency_key=key, attachments=files)),
-                           idempotency_key=key,
-                           state="pending", attempts=0, next_attempt_at=now, created_at=now))
+        deliver(await attach_files(session, message, attachments))
         return message
 
 

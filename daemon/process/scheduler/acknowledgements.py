@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -117,6 +117,16 @@ class Acknowledgements:
                     .where(Acknowledgement.created_at > now - longest))).scalars())
         self._known = known
 
+    async def settle(self, s: AsyncSession) -> None:
+        """After the batch's decisions: one flush gives its acknowledgements their ids, then
+        their outbox rows and audit events are added (see :meth:`ReplyComposer.queue`)."""
+        if self._known is None or not self._known.after_flush:
+            return
+        steps, self._known.after_flush = self._known.after_flush, []
+        await s.flush()
+        for step in steps:
+            step()
+
     def finish(self) -> None:
         self._known = None
 
@@ -188,14 +198,22 @@ class Acknowledgements:
             or self.engine.calendar.add(now, self.engine.policies.default.first_response)
         language = self.customers.language(contact, first)
         sentence, when = notices.expectation(due, now, self.engine.calendar, language)
+        # In a batch (prepare), the message's id comes with the batch's one flush (settle).
+        later = self._known.after_flush if self._known is not None and c.id in self._known.ids \
+            else None
         message = await self.customers.send(
             s, c, contact, first, kind="acknowledgement", author_name="Automatic reply",
             templates=self.config.templates, now=now, language=language,
             values={"due": when, "expectation": sentence},
             data={"due": iso(due), "language": language},
-            neutral=_sender_check(first) == "unverified", earlier=self._earlier(c))
-        s.add(Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
-                              recipient=first.address.lower(), created_at=now))
+            neutral=_sender_check(first) == "unverified", earlier=self._earlier(c),
+            after_flush=later)
+        # Added now, so that the rate limits count it (a later decision's query flushes it).
+        sent = Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
+                               recipient=first.address.lower(), created_at=now)
+        s.add(sent)
+        if later is not None:
+            later.append(lambda: setattr(sent, "message_id", message.id))
         if self._known is not None:  # the batch's later decisions count this one
             self._known.acknowledged.add(c.id)
             if self._known.recent is not None:
@@ -258,6 +276,9 @@ class _Known:
     """Each conversation's remote ids by channel (:func:`earlier_ids`)."""
     recent: dict[str, list[datetime]] | None = None
     """Each recipient's acknowledgements within the longest rate-limit window (SQLite)."""
+    after_flush: list[Callable[[], None]] = field(default_factory=list)
+    """What waits for the batch's flush: the outbox rows and audit events of its
+    acknowledgements, which name their messages' ids (:meth:`Acknowledgements.settle`)."""
     everyone: list[datetime] | None = None
     """The times of all acknowledgements within the longest global window, oldest first
     (SQLite)."""

@@ -10,7 +10,7 @@ path) and written in the events audit as ``<kind>_sent``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import datetime
 
 from sqlalchemy import select
@@ -79,13 +79,18 @@ class CustomerNotices:
                    values: Mapping[str, str] | None = None,
                    data: Mapping[str, object] | None = None,
                    neutral: bool = False,
-                   earlier: Mapping[str, Sequence[str]] | None = None) -> Message:
+                   earlier: Mapping[str, Sequence[str]] | None = None,
+                   after_flush: list[Callable[[], None]] | None = None) -> Message:
         """Word the ``kind`` message (``values`` beside the common placeholders), store it,
         queue it answering ``answering`` and audit ``<kind>_sent`` (with ``data``).
 
         ``neutral``: the recipient's address is not verified (:data:`SENDER_CHECK`), so the
         message repeats none of the sender's words: no name (the greeting's neutral word, no
-        display name on the To line), no subject of theirs."""
+        display name on the To line), no subject of theirs.
+
+        ``after_flush``: the message's id is known only after the caller's flush; its outbox
+        row and audit event are added by the steps appended here (see
+        :meth:`ReplyComposer.queue`)."""
         if language is None:
             language = self.language(contact, answering)
         template = notices.choose(kind, self.replies.channel_for(c, answering), language,
@@ -100,8 +105,16 @@ class CustomerNotices:
         message = await self.replies.queue(s, c, answering=answering, text=text, author="system",
                                            author_name=author_name, subject=subject,
                                            automated=True, headers={"X-Frontdesk-Kind": kind},
-                                           now=now, nameless=neutral, earlier=earlier)
-        audit(s, f"{kind}_sent", c, now,
-              {"channel": c.channel, "to": answering.address, **(data or {})},
-              message_id=message.id)
+                                           now=now, nameless=neutral, earlier=earlier,
+                                           after_flush=after_flush)
+
+        def audited() -> None:
+            audit(s, f"{kind}_sent", c, now,
+                  {"channel": c.channel, "to": answering.address, **(data or {})},
+                  message_id=message.id)
+
+        if after_flush is None:
+            audited()
+        else:
+            after_flush.append(audited)
         return message

@@ -288,6 +288,7 @@ class Scheduler:
             for c in loaded:
                 await self._process(s, c, now, tally, rows)
                 tally["planned"] += 1
+            await self.acknowledgements.settle(s)
         finally:
             self.acknowledgements.finish()
         await rows.write(s)
