@@ -21,7 +21,6 @@ once; an instance that finds the lock taken tries again a moment later.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -111,10 +110,13 @@ class Acknowledgements:
                                Acknowledgement.created_at > now - longest))).all():
                     known.recent.setdefault(recipient, []).append(at)
             if self.global_rate_limits:
-                longest = max(limit.window for limit in self.global_rate_limits)
-                known.everyone = sorted((await s.execute(
-                    select(Acknowledgement.created_at)
-                    .where(Acknowledgement.created_at > now - longest))).scalars())
+                # counted by the store (an index range each), not read: a burst's thousands
+                # of acknowledgements were read again by every sweep
+                known.everyone = {}
+                for limit in self.global_rate_limits:
+                    known.everyone[limit.spec] = (await s.execute(
+                        select(func.count()).select_from(Acknowledgement)
+                        .where(Acknowledgement.created_at > now - limit.window))).scalar_one()
         self._known = known
 
     async def settle(self, s: AsyncSession) -> None:
@@ -218,8 +220,7 @@ class Acknowledgements:
             self._known.acknowledged.add(c.id)
             if self._known.recent is not None:
                 self._known.recent.setdefault(first.address.lower(), []).append(now)
-            if self._known.everyone is not None:
-                bisect.insort(self._known.everyone, now)
+            self._known.added += 1
         return True
 
     async def _recipient_lock(self, s: AsyncSession, address: str) -> bool:
@@ -252,9 +253,8 @@ class Acknowledgements:
     async def _globally_limited(self, s: AsyncSession, now: datetime) -> str | None:
         for most, window, spec in self.global_rate_limits:
             if self._known is not None and self._known.everyone is not None:
-                # sorted: those after the window's start, without a pass over all of them
-                everyone = self._known.everyone
-                sent = len(everyone) - bisect.bisect_right(everyone, now - window)
+                # the batch's own acknowledgements are all at "now", within every window
+                sent = self._known.everyone[spec] + self._known.added
             else:
                 sent = (await s.execute(
                     select(func.count()).select_from(Acknowledgement)
@@ -279,9 +279,11 @@ class _Known:
     after_flush: list[Callable[[], None]] = field(default_factory=list)
     """What waits for the batch's flush: the outbox rows and audit events of its
     acknowledgements, which name their messages' ids (:meth:`Acknowledgements.settle`)."""
-    everyone: list[datetime] | None = None
-    """The times of all acknowledgements within the longest global window, oldest first
-    (SQLite)."""
+    everyone: dict[str, int] | None = None
+    """For each global rate limit (by its spec), the acknowledgements within its window when
+    the batch began (SQLite)."""
+    added: int = 0
+    """Acknowledgements this batch made so far (SQLite: counted with ``everyone``)."""
 
 
 def _sender_check(message: Message) -> str | None:

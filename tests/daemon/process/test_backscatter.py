@@ -119,3 +119,36 @@ async def test_the_global_cap_stops_a_flood_of_forged_senders(
     assert len(sink.messages) == 3
     reasons = [e.data["reason"] for e in await events(d, "acknowledgement_skipped")]
     assert len(reasons) == 2 and all("global rate limit 3/1h" in r for r in reasons)
+
+
+async def test_the_global_cap_counts_earlier_sweeps_and_the_batch_and_slides(
+        database_url: str, make_settings: Any, daemon_factory: Any, sink: SmtpSink) -> None:
+    """A sweep that acknowledges several new conversations at once counts the acknowledgements
+    sent before it, within the cap's window, and its own: with "3/1h", two sent at 10:05 leave
+    room for one of the three due at 10:20; an hour later there is room again."""
+    clock = FakeClock(at(2026, 11, 27, 10, 0))
+    settings = scheduler_settings(make_settings, sink, database_url=database_url,
+                                  acknowledgement={"global_rate_limits": ["3/1h"],
+                                                   "delay": "5m"})
+    d = await start(daemon_factory, settings, clock)
+    for i in range(2):
+        await mail_in(d, frm=f"early{i}@example.net", msgid=f"<e{i}@example.net>",
+                      subject=f"early {i}")
+    clock.advance(minutes=5)
+    await sweep(d)
+    assert len(sink.messages) == 2
+    clock.advance(minutes=10)
+    for i in range(3):
+        await mail_in(d, frm=f"late{i}@example.net", msgid=f"<l{i}@example.net>",
+                      subject=f"late {i}")
+    clock.advance(minutes=5)
+    await sweep(d)
+    assert len(sink.messages) == 3
+    reasons = [e.data["reason"] for e in await events(d, "acknowledgement_skipped")]
+    assert len(reasons) == 2 and all("global rate limit 3/1h" in r for r in reasons)
+    clock.advance(minutes=50)  # 11:10: the two of 10:05 have left the window
+    await mail_in(d, frm="next@example.net", msgid="<n@example.net>", subject="next")
+    clock.advance(minutes=5)
+    await sweep(d)
+    assert len(sink.messages) == 4
+    assert "next@example.net" in sink.messages[-1][1]
