@@ -230,8 +230,10 @@ class Acknowledgements:
         together pass a rate limit."""
         if self.dialect != "postgresql" or not self.rate_limits:
             return True
-        taken = (await s.execute(text(f"SELECT pg_try_advisory_xact_lock({ACK_LOCK_KEYS})"),
-                                 {"recipient": address.lower()})).scalar()
+        with s.no_autoflush:  # the batch's messages wait for its one flush (settle)
+            taken = (await s.execute(
+                text(f"SELECT pg_try_advisory_xact_lock({ACK_LOCK_KEYS})"),
+                {"recipient": address.lower()})).scalar()
         return bool(taken)
 
     async def _rate_limited(self, s: AsyncSession, address: str, now: datetime) -> str | None:
@@ -241,10 +243,12 @@ class Acknowledgements:
             sent = self._known.recent.get(address.lower(), [])
         else:
             longest = max(limit.window for limit in self.rate_limits)
-            sent = list((await s.execute(
-                select(Acknowledgement.created_at)
-                .where(Acknowledgement.recipient == address.lower(),
-                       Acknowledgement.created_at > now - longest))).scalars())
+            with s.no_autoflush:  # what is not flushed yet is counted from the session
+                sent = list((await s.execute(
+                    select(Acknowledgement.created_at)
+                    .where(Acknowledgement.recipient == address.lower(),
+                           Acknowledgement.created_at > now - longest))).scalars())
+            sent += _unflushed(s, address.lower())
         for most, window, spec in self.rate_limits:
             if sum(1 for t in sent if t > now - window) >= most:
                 return f"the rate limit {spec} for {address} is reached"
@@ -256,9 +260,11 @@ class Acknowledgements:
                 # the batch's own acknowledgements are all at "now", within every window
                 sent = self._known.everyone[spec] + self._known.added
             else:
-                sent = (await s.execute(
-                    select(func.count()).select_from(Acknowledgement)
-                    .where(Acknowledgement.created_at > now - window))).scalar_one()
+                with s.no_autoflush:  # what is not flushed yet is counted from the session
+                    sent = (await s.execute(
+                        select(func.count()).select_from(Acknowledgement)
+                        .where(Acknowledgement.created_at > now - window))).scalar_one()
+                sent += sum(1 for t in _unflushed(s) if t > now - window)
             if sent >= most:
                 return (f"the global rate limit {spec} for all acknowledgements is reached "
                         "(acknowledgement.global_rate_limits)")
@@ -284,6 +290,14 @@ class _Known:
     the batch began (SQLite)."""
     added: int = 0
     """Acknowledgements this batch made so far (SQLite: counted with ``everyone``)."""
+
+
+def _unflushed(s: AsyncSession, recipient: str | None = None) -> list[datetime]:
+    """The times of the acknowledgements added to the session and not flushed yet (to
+    ``recipient``, or to anyone): a count of the store read without flushing first misses
+    them. Reading without a flush lets a batch write its acknowledgements with one flush."""
+    return [a.created_at for a in s.new if isinstance(a, Acknowledgement)
+            and (recipient is None or a.recipient == recipient)]
 
 
 def _sender_check(message: Message) -> str | None:
