@@ -210,7 +210,8 @@ class Acknowledgements:
             data={"due": iso(due), "language": language},
             neutral=_sender_check(first) == "unverified", earlier=self._earlier(c),
             after_flush=later)
-        # Added now, so that the rate limits count it (a later decision's query flushes it).
+        # Added now, so that the batch's later decisions count it: SQLite from ``recent``,
+        # PostgreSQL from the session, unflushed (_unflushed).
         sent = Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                                recipient=first.address.lower(), created_at=now)
         s.add(sent)
