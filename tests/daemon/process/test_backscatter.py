@@ -131,24 +131,22 @@ async def test_the_global_cap_counts_earlier_sweeps_and_the_batch_and_slides(
                                   acknowledgement={"global_rate_limits": ["3/1h"],
                                                    "delay": "5m"})
     d = await start(daemon_factory, settings, clock)
-    for i in range(2):
-        await mail_in(d, frm=f"early{i}@example.net", msgid=f"<e{i}@example.net>",
-                      subject=f"early {i}")
-    clock.advance(minutes=5)
-    await sweep(d)
+
+    async def due_together(*senders: str) -> None:  # new conversations, then their sweep
+        for sender in senders:
+            await mail_in(d, frm=f"{sender}@example.net", msgid=f"<{sender}@example.net>",
+                          subject=sender)
+        clock.advance(minutes=5)
+        await sweep(d)
+
+    await due_together("early0", "early1")
     assert len(sink.messages) == 2
     clock.advance(minutes=10)
-    for i in range(3):
-        await mail_in(d, frm=f"late{i}@example.net", msgid=f"<l{i}@example.net>",
-                      subject=f"late {i}")
-    clock.advance(minutes=5)
-    await sweep(d)
+    await due_together("late0", "late1", "late2")
     assert len(sink.messages) == 3
     reasons = [e.data["reason"] for e in await events(d, "acknowledgement_skipped")]
     assert len(reasons) == 2 and all("global rate limit 3/1h" in r for r in reasons)
-    clock.advance(minutes=50)  # 11:10: the two of 10:05 have left the window
-    await mail_in(d, frm="next@example.net", msgid="<n@example.net>", subject="next")
-    clock.advance(minutes=5)
-    await sweep(d)
+    clock.advance(minutes=50)  # 11:15: the two of 10:05 have left the window
+    await due_together("next")
     assert len(sink.messages) == 4
     assert "next@example.net" in sink.messages[-1][1]
