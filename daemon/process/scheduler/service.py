@@ -53,6 +53,12 @@ class Scheduler:
     """The daemon service; see the module docstring and the package's."""
 
     name = "scheduler"
+    sweep_gap = 0.05
+    """Seconds from the start of one woken sweep to the start of the next, at least: while new
+    conversations keep coming (each processing commit wakes the sweep), a sweep takes those of
+    the last 50 ms together instead of one or two each. A wake after a quiet spell sweeps at
+    once. Measured (benchmarks/e2e_latency.py, open loop of 100 new customers a second, two
+    pairs of runs): 75.2-79.5 cards a second against 66.2-73.7 sweeping at every wake."""
 
     def __init__(self, daemon: SchedulerHost) -> None:
         settings = daemon.settings
@@ -76,6 +82,7 @@ class Scheduler:
         # Sweeps step aside while messages arrive, like processing and sending do.
         self._step_aside = daemon.step_aside
         self._last_sweep = 0.0
+        self._began = -self.sweep_gap  # when the last woken sweep began (time.monotonic())
         self._lock = asyncio.Lock()  # one sweep at a time
         self._kick = asyncio.Event()
         self._stopping = False
@@ -140,7 +147,13 @@ class Scheduler:
                 break
             if self._step_aside is not None:
                 await self._step_aside.wait(self._last_sweep, lambda: self._stopping)
-            began = time.monotonic()
+            gap = self._began + self.sweep_gap - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)  # what wakes it meanwhile is in this sweep too
+                self._kick.clear()
+                if self._stopping:
+                    break
+            began = self._began = time.monotonic()
             try:
                 await self.sweep()
                 self._last_sweep = time.monotonic() - began

@@ -734,3 +734,35 @@ async def test_one_sweep_keeps_a_customers_rate_limit_among_its_own_acknowledgem
     await eventually(lambda: _count_async(len(sink.messages) == 2))
     reasons = [e.data["reason"] for e in await events(d, "acknowledgement_skipped")]
     assert reasons == ["the rate limit 2/10m for ada@example.org is reached"]
+
+
+async def test_wakes_close_together_are_one_sweep_and_a_wake_after_quiet_sweeps_at_once(
+        make_settings: Any, daemon_factory: Any, sink: SmtpSink, clock: FakeClock) -> None:
+    """Each processing commit wakes the scheduler; while conversations keep coming, the wakes of
+    one gap are one sweep (which then takes their conversations together), and a wake after a
+    quiet spell is swept at once."""
+    import time
+
+    d = await start(daemon_factory, scheduler_settings(make_settings, sink), clock)
+    d.scheduler.sweep_gap = 1.0  # wide, so that a loaded machine cannot blur the gap
+    began: list[float] = []
+    real = d.scheduler.sweep
+
+    async def counted() -> dict[str, int]:
+        began.append(time.monotonic())
+        return await real()
+
+    d.scheduler.sweep = counted  # type: ignore[method-assign]
+    await asyncio.sleep(1.1)  # quiet for longer than the gap (start-up swept once)
+    began.clear()
+    woken = time.monotonic()
+    d.scheduler.wake()
+    await eventually(lambda: _count_async(len(began) == 1))
+    assert began[0] - woken < 0.5  # at once, not after the gap
+    for _ in range(10):
+        d.scheduler.wake()
+        await asyncio.sleep(0.01)
+    await eventually(lambda: _count_async(len(began) == 2), timeout=5)
+    await asyncio.sleep(0.3)
+    assert len(began) == 2  # ten wakes, one sweep
+    assert began[1] - began[0] >= 0.95
