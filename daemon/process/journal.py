@@ -3,7 +3,7 @@
 :class:`Journal` inserts the raw bytes and their remote id with ``ON CONFLICT DO NOTHING`` and
 commits; every message waiting at that moment shares one commit (group commit); a duplicate is a
 no-op that gets the same success answer. On SQLite the commits are made by
-:class:`~frontdesk.daemon.process.sqlite_writer.SqliteJournalWriter` in its own thread.
+:class:`~frontdesk.daemon.process.sqlite_writer.SqliteJournalWriter` in a process of its own.
 :class:`StepAside` lets background work (processing, the outbox) give way while the journal is busy.
 """
 
@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 class Journal:
     """Group commit of raw inbound messages. ``accept`` returns once the message is durable.
 
-    On SQLite the commits run in the :class:`SqliteJournalWriter`'s thread, which takes whatever
-    arrived while it was committing as its next batch without a round trip through the event
-    loop: the loop answers one batch's senders while the thread commits the next. The committer
-    task holds the store's write gate while the thread drains and hands it on every
-    ``drain_limit`` seconds, so the other writers (processing, the outbox) still get their turn.
+    On SQLite the commits run in the :class:`SqliteJournalWriter`'s process; each batch holds
+    whatever arrived while the one before it was committed, and the loop reads requests and
+    answers senders meanwhile. The committer task holds the store's write gate while the writer
+    drains and hands it on every ``drain_limit`` seconds, so the other writers (processing, the
+    outbox) still get their turn.
     """
 
     def __init__(self, store: Store, *, clock: Clock, metrics: Metrics,
@@ -109,7 +109,7 @@ class Journal:
         if self._task:
             await self._task
         if self._sqlite is not None:
-            self._sqlite.close()
+            await self._sqlite.close()
 
     def accept(self, channel: str, remote_id: str, raw: bytes,
                meta: Mapping[str, Any]) -> asyncio.Future[bool]:
@@ -142,8 +142,6 @@ class Journal:
             self._queue.append(pending)
             self._wakeup.set()
         else:
-            # the parameters are made here so that the writer's thread, whose commits are the
-            # sender's wait, needs the GIL as little as possible
             pending.rows = self._sqlite.rows(pending)
             self._count(1)
             if not self._sqlite.offer(pending):  # no drain running that will take it
@@ -151,6 +149,8 @@ class Journal:
         return future
 
     async def _committer(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.start()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -165,7 +165,7 @@ class Journal:
                 return
 
     async def _drain(self, writer: SqliteJournalWriter) -> None:
-        """Let the writer's thread commit batch after batch while this task holds the gate."""
+        """Let the writer's process commit batch after batch while this task holds the gate."""
         try:
             async with self._store.writing():
                 await writer.drain(self.drain_limit)

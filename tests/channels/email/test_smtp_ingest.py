@@ -129,23 +129,21 @@ async def test_store_failure_answers_451_then_accepts_on_retry(daemon: Any) -> N
             raise OSError("disk I/O error (injected)")
 
     event.listen(daemon.store.engine.sync_engine, "before_cursor_execute", broken)
-    fast = daemon.journal._sqlite  # SQLite's journal insert goes through the stdlib directly
-    if fast is not None:
-        real_insert = fast._insert
+    refuse = None
+    if daemon.store.sqlite_path is not None:  # the journal's writer process: a real refusal
+        import sqlite3
 
-        def failing_insert(rows: Any) -> Any:
-            if failing["on"]:
-                import sqlite3
-
-                raise sqlite3.OperationalError("disk I/O error (injected)")
-            return real_insert(rows)
-
-        fast._insert = failing_insert
+        refuse = sqlite3.connect(daemon.store.sqlite_path, isolation_level=None)
+        refuse.execute("CREATE TRIGGER refuse BEFORE INSERT ON inbound_journal "
+                       "BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END")
     with pytest.raises(smtplib.SMTPDataError) as err:
         await send(daemon.email.smtp.port, mail())
     assert err.value.smtp_code == 451
     assert b"injected" not in err.value.smtp_error  # no internals leak
     failing["on"] = False
+    if refuse is not None:
+        refuse.execute("DROP TRIGGER refuse")
+        refuse.close()
     await send(daemon.email.smtp.port, mail())  # the sender's retry
     d = await _one(daemon)
     assert len(d["messages"]) == 1

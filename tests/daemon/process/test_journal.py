@@ -1,10 +1,12 @@
 """The inbound journal's group commit (daemon/process/journal.py): what each accept answers, what
 the rows hold, and how failures reach the senders. SQLite goes through SqliteJournalWriter's
-thread; PostgreSQL through SQLAlchemy."""
+process; PostgreSQL through SQLAlchemy."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -14,8 +16,13 @@ import pytest
 from sqlalchemy import func, select
 
 from frontdesk.daemon.process.journal import Journal, StepAside
+from frontdesk.daemon.process.journal_child import JournalFile
 from frontdesk.daemon.process.metrics import Metrics
-from frontdesk.daemon.process.sqlite_writer import SqliteJournalWriter
+from frontdesk.daemon.process.sqlite_writer import (
+    JournalWriteError,
+    SqliteJournalWriter,
+    WriterGone,
+)
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal
 
@@ -63,29 +70,27 @@ async def test_new_and_duplicate_answers(journal: Any, clock: Any) -> None:
     assert journal.commits
 
 
-async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path, clock: Any) -> None:
+async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path) -> None:
     """Which rows of a commit were new is learned from the rows it inserted, even when old and
-    new ones alternate."""
+    new ones alternate, in one statement and in several (the writer process's insert)."""
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/j.db")
     await store.ensure_schema()
-    writer = SqliteJournalWriter(store, lambda *a: None)
-    loop = asyncio.get_running_loop()
+    await store.dispose()
+    file = JournalFile(str(tmp_path / "j.db"), "full", 0)
 
-    def pending(key: str) -> Any:
-        from frontdesk.daemon.process.sqlite_writer import Pending as _Pending
-
-        p = _Pending("sms", [(key, b"x")], {}, clock(), loop.create_future())
-        p.rows = writer.rows(p)
-        return p
+    def row(key: str) -> tuple[str, str, bytes, str, str]:
+        return ("sms", key, b"x", "{}", "2026-11-23 10:00:00.000000")
 
     try:
-        assert writer._insert([pending("a"), pending("c")]) == {("sms", "a"), ("sms", "c")}
-        batch = [pending(k) for k in ("a", "b", "c", "d", "b")]
-        assert writer._insert(batch) == {("sms", "b"), ("sms", "d")}
-        assert writer._insert([pending("a")]) == set()
+        assert file.insert([row("a"), row("c")]) is None  # all new
+        assert sorted(file.insert([row(k) for k in "abcdb"]) or []) == [("sms", "b"), ("sms", "d")]
+        assert file.insert([row("a")]) == []
+        keys = [f"n{i}" for i in range(JournalFile.rows_per_statement + 20)]
+        assert file.insert([row(k) for k in keys[::2]]) is None
+        new = file.insert([row(k) for k in keys])  # old and new alternate over two statements
+        assert sorted(new or []) == sorted(("sms", k) for k in keys[1::2])
     finally:
-        writer.close()
-        await store.dispose()
+        file.close()
 
 
 async def test_more_than_one_commit_holds(journal: Any) -> None:
@@ -127,22 +132,41 @@ async def test_a_failed_commit_fails_its_senders_then_recovers(journal: Any) -> 
     writer = journal._sqlite
     if writer is None:
         pytest.skip("the SQLite writer's failure path")
-    real = writer._insert
-    failing = {"on": True}
-
-    def insert(batch: Any) -> Any:
-        if failing["on"]:
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        return real(batch)
-
-    writer._insert = insert
+    db = sqlite3.connect(journal._store.sqlite_path, isolation_level=None)
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON inbound_journal "
+               "BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END")
     results = await asyncio.gather(*(journal.accept("sms", f"f{i}", b"x", {}) for i in range(5)),
                                    return_exceptions=True)
-    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    assert all(isinstance(r, JournalWriteError) and "injected" in str(r) for r in results)
     assert 'frontdesk_journal_commit_errors_total' in journal.metrics.render().decode()
-    failing["on"] = False
+    db.execute("DROP TRIGGER refuse")
+    db.close()
     assert await journal.accept("sms", "f0", b"x", {}) is True  # the sender's retry
     assert [r.remote_id for r in await rows(journal)] == ["f0"]
+
+
+async def test_a_killed_writer_process_fails_its_commit_and_the_next_one_starts(
+        journal: Any) -> None:
+    """kill -9 of the writer process: the senders of the commit it had in hand get a temporary
+    failure (they retry); the next commit starts a new process, and a retry of a message that
+    was stored after all is answered as a duplicate."""
+    writer = journal._sqlite
+    if writer is None:
+        pytest.skip("SQLite's writer process")
+    assert await journal.accept("sms", "before", b"x", {}) is True
+    first = writer.pid
+    assert first is not None
+    os.kill(first, signal.SIGSTOP)  # it takes the next batch and answers nothing
+    in_hand = asyncio.ensure_future(journal.accept("sms", "in-hand", b"x", {}))
+    await asyncio.sleep(0.2)
+    assert not in_hand.done()
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(WriterGone, match="writer process stopped"):
+        await asyncio.wait_for(in_hand, 5)
+    assert await journal.accept("sms", "in-hand", b"x", {}) is True  # the retry
+    assert await journal.accept("sms", "before", b"x", {}) is False
+    assert writer.pid not in (None, first)
+    assert [r.remote_id for r in await rows(journal)] == ["before", "in-hand"]
 
 
 async def test_stop_commits_what_is_queued_and_refuses_more(journal: Any) -> None:
@@ -219,7 +243,8 @@ async def test_step_aside_waits_only_while_busy() -> None:
 
 async def test_the_wal_is_checkpointed_beside_the_commits(tmp_path: Path, clock: Any) -> None:
     """The writer's own commits never checkpoint (SQLite would, inside the commit a sender
-    waits for); its checkpoint thread copies them into the database file soon after."""
+    waits for); the writer process's checkpoint thread copies them into the database file soon
+    after, and the process ends with the journal."""
     path = tmp_path / "j.db"
     store = Store(f"sqlite+aiosqlite:///{path}")
     await store.ensure_schema()
@@ -238,8 +263,9 @@ async def test_the_wal_is_checkpointed_beside_the_commits(tmp_path: Path, clock:
     try:
         await asyncio.gather(*(journal.accept("sms", f"c{i}", b"x", {}) for i in range(30)))
         writer = journal._sqlite
-        assert writer is not None and writer._conn is not None
-        assert writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert writer is not None
+        pid = writer.pid
+        assert pid is not None
         deadline = time.monotonic() + 5
         while in_database_file() < 30 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -247,7 +273,9 @@ async def test_the_wal_is_checkpointed_beside_the_commits(tmp_path: Path, clock:
     finally:
         await journal.stop()
         await store.dispose()
-    assert writer._checkpointer is not None and not writer._checkpointer.is_alive()
+    assert writer.pid is None
+    with pytest.raises(ProcessLookupError):  # stop waits for the process to exit
+        os.kill(pid, 0)
 
 
 async def test_a_long_read_does_not_hold_up_the_journal(journal: Any) -> None:
