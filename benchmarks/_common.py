@@ -87,6 +87,29 @@ class PgDatabase:
         _pg_execute(self.admin, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """The peak resident memory (``VmHWM``, KiB) of a running daemon and of its child processes
+    (the SQLite journal's writer), added up: what the service takes. None when it is gone."""
+
+    def one(p: int) -> int | None:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    own = one(pid)
+    if own is None:
+        return None
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(one(int(child)) or 0 for child in children)
+
+
 def start_frontdesk(config: Path, http_port: int, log: Path,
                     timeout: float = 60.0) -> subprocess.Popen[bytes]:
     """``frontdesk run -c config`` in the config's folder, its output appended to ``log``;
