@@ -200,11 +200,14 @@ class Journal:
         counters = self._counters
         for p in batch:
             channel = p.channel
-            answers = []
-            for remote_id, _ in p.items:
-                key = (channel, remote_id)
-                answers.append(key in outcome)
-                outcome.discard(key)  # a second copy in the same batch is a duplicate
+            if outcome is None:  # every row of the commit was new
+                answers = [True] * len(p.items)
+            else:
+                answers = []
+                for remote_id, _ in p.items:
+                    key = (channel, remote_id)
+                    answers.append(key in outcome)
+                    outcome.discard(key)  # a second copy in the same batch is a duplicate
             pair = counters.get(channel)
             if pair is None:
                 pair = counters[channel] = (metrics.messages_in.labels(channel),

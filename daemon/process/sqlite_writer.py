@@ -44,8 +44,9 @@ class Pending:
     """SQLite: the rows as the writer process inserts them, made when offered."""
 
 
-Outcomes = set[tuple[str, str]] | BaseException
-"""What one group commit came to: the (channel, remote id) pairs it inserted, or its error."""
+Outcomes = set[tuple[str, str]] | None | BaseException
+"""What one group commit came to: the (channel, remote id) pairs it inserted, None when it
+inserted every row it was given (each one new, none twice), or its error."""
 
 
 class WriterGone(RuntimeError):
@@ -176,9 +177,9 @@ class SqliteJournalWriter:
         channel = p.channel
         return [(channel, remote_id, raw, meta, received) for remote_id, raw in p.items]
 
-    async def _insert(self, batch: list[Pending]) -> set[tuple[str, str]]:
+    async def _insert(self, batch: list[Pending]) -> set[tuple[str, str]] | None:
         """The batch's rows in one commit by the writer process; the (channel, remote id)
-        pairs that were new."""
+        pairs that were new, or None when every row was."""
         rows = [row for p in batch for row in (p.rows or self.rows(p))]
         reader, writer = await self._connected()
         try:
@@ -193,7 +194,7 @@ class SqliteJournalWriter:
             self._forget()
             raise
         if answer is None:
-            return {(row[0], row[1]) for row in rows}
+            return None
         if isinstance(answer, str):
             raise JournalWriteError(answer)
         return {(channel, remote_id) for channel, remote_id in answer}
