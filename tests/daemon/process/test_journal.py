@@ -169,6 +169,34 @@ async def test_a_killed_writer_process_fails_its_commit_and_the_next_one_starts(
     assert [r.remote_id for r in await rows(journal)] == ["before", "in-hand"]
 
 
+async def test_the_next_batch_waits_in_the_writers_socket_while_one_commits(
+        journal: Any) -> None:
+    """Up to ``pipeline`` batches are at the writer process at once, so its next commit starts
+    the moment one ends; what comes after waits in the daemon, and all are answered in order."""
+    writer = journal._sqlite
+    if writer is None:
+        pytest.skip("SQLite's writer process")
+    assert await journal.accept("sms", "warm", b"x", {}) is True
+    pid = writer.pid
+    assert pid is not None and writer.pipeline == 2
+    journal.drain_limit = 5.0  # the gate is not handed on (no batch sent) within the test
+    os.kill(pid, signal.SIGSTOP)  # a commit that takes its time
+    try:
+        first = asyncio.ensure_future(journal.accept("sms", "a", b"x", {}))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(journal.many("sms", [("b", b"x"), ("a", b"again")]))
+        await asyncio.sleep(0.05)
+        third = asyncio.ensure_future(journal.accept("sms", "c", b"x", {}))
+        await asyncio.sleep(0.05)
+        assert len(writer._inflight) == 2 and writer.waiting()
+        assert not (first.done() or second.done() or third.done())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert await asyncio.wait_for(asyncio.gather(first, second, third), 5) == [
+        True, [True, False], True]
+    assert [r.remote_id for r in await rows(journal)] == ["warm", "a", "b", "c"]
+
+
 async def test_stop_commits_what_is_queued_and_refuses_more(journal: Any) -> None:
     waiting = [asyncio.ensure_future(journal.accept("sms", f"s{i}", b"x", {})) for i in range(20)]
     await asyncio.sleep(0)
