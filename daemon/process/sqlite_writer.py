@@ -172,7 +172,10 @@ class SqliteJournalWriter:
             while True:
                 self._send()
                 if not self._inflight:
-                    if not await self._lingered(self._deadline):
+                    # What was sent while it waited counts, even if the wait timed out in the
+                    # same turn of the loop: the batch is at the process and must be answered.
+                    await self._lingered(self._deadline)
+                    if not self._inflight:
                         return
                     continue
                 outcome = await self._answer(reader)
@@ -188,20 +191,19 @@ class SqliteJournalWriter:
                 self._settle(self._inflight.popleft()[0],
                              WriterGone("the journal's writer stopped mid-commit"), 0.0)
 
-    async def _lingered(self, deadline: float) -> bool:
-        """Whether a message was offered within ``linger`` seconds (and before ``deadline``)."""
+    async def _lingered(self, deadline: float) -> None:
+        """Wait up to ``linger`` seconds (and not past ``deadline``) for a batch to be sent."""
         wait = min(self.linger, deadline - time.monotonic())
         if wait <= 0:
-            return False
+            return
         arrived = self._arrived = asyncio.Event()
         try:
             async with asyncio.timeout(wait):
                 await arrived.wait()
         except TimeoutError:
-            return False
+            pass
         finally:
             self._arrived = None
-        return True
 
     @staticmethod
     def rows(p: Pending) -> list[tuple[Any, ...]]:

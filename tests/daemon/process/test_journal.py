@@ -197,6 +197,22 @@ async def test_the_next_batch_waits_in_the_writers_socket_while_one_commits(
     assert [r.remote_id for r in await rows(journal)] == ["warm", "a", "b", "c"]
 
 
+async def test_a_message_offered_as_the_drain_stops_lingering_is_committed(
+        journal: Any) -> None:
+    """A message offered just as the drain's wait for more runs out is sent, committed and
+    answered True: in the same turn of the loop the batch goes to the writer and the wait
+    times out (a busy loop: here it sleeps past the wait), and the drain once took that for
+    the end, answering the batch as if the writer had stopped."""
+    writer = journal._sqlite
+    if writer is None:
+        pytest.skip("SQLite's writer process")
+    for i in range(3):
+        assert await journal.accept("sms", f"first-{i}", b"x", {}) is True  # the drain lingers
+        offered = journal.accept("sms", f"then-{i}", b"x", {})
+        time.sleep(writer.linger * 2)  # a loop too busy to wake the drain in time
+        assert await offered is True
+
+
 async def test_stop_commits_what_is_queued_and_refuses_more(journal: Any) -> None:
     waiting = [asyncio.ensure_future(journal.accept("sms", f"s{i}", b"x", {})) for i in range(20)]
     await asyncio.sleep(0)
