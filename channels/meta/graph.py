@@ -53,9 +53,11 @@ class Graph:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        # Forgotten before it is closed: a call that starts meanwhile is deferred, not handed a
+        # closing session (aiohttp: "Session is closed", an internal error in the outbox).
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # stopping (or not started): the work waits, quietly

@@ -4,9 +4,11 @@ holds the reply until the customer writes again)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import select
 
 from frontdesk.storage.models import Message, Outbox
@@ -299,3 +301,18 @@ async def test_a_messenger_read_receipt_makes_replies_delivered(
     await _status(d, reply, "sent")
     await hooks.post(page_payload(PAGE_ID, messenger_event("PSID1", read=1790000000000)))
     await _status(d, reply, "delivered")
+
+
+async def test_a_call_as_the_graph_client_closes_waits_quietly() -> None:
+    """A send or profile job that starts while the channel stops is deferred (the outbox tries
+    it again after the restart), not an internal error about a closed session."""
+    from frontdesk.channels.base import Deferred
+    from frontdesk.channels.meta.graph import Graph
+
+    graph = Graph("http://127.0.0.1:9", "v21.0", timeout=1.0)
+    await graph.start()
+    closing = asyncio.ensure_future(graph.close())
+    await asyncio.sleep(0)  # the close has begun
+    with pytest.raises(Deferred, match="not running"):
+        await graph.get("123", "token", fields="name")
+    await closing
