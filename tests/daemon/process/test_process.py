@@ -116,11 +116,27 @@ def wait_for(check: Any, timeout: float = 15) -> Any:
     raise AssertionError("condition not met")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (on SQLite: the journal's writer)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # exited, not yet reaped by its (new) parent
+
+
 def test_mail_that_got_250_survives_kill_9(proc: Proc) -> None:
     proc.start()
     for i in range(20):
         smtp_send(proc.smtp_port, mail(msgid=f"<k{i}@example.org>", subject=f"Kill test {i}"))
+    assert proc.process is not None
+    [writer] = children(proc.process.pid)
     assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: gone(writer), timeout=10)  # the journal's writer goes with the daemon
     proc.start()  # the restart processes whatever was journaled but not yet processed
     convs = wait_for(lambda: len(c := proc.json("conversations")) == 20 and c)
     assert {c["subject"] for c in convs} == {f"Kill test {i}" for i in range(20)}
@@ -130,9 +146,15 @@ def test_mail_that_got_250_survives_kill_9(proc: Proc) -> None:
 def test_sigterm_drains_and_exits_0(proc: Proc) -> None:
     proc.start()
     smtp_send(proc.smtp_port, mail())
+    assert proc.process is not None
+    [writer] = children(proc.process.pid)
+    os.kill(writer, signal.SIGTERM)  # systemd signals every process of the unit: it stays
+    time.sleep(0.3)  # for the daemon's last commits
+    assert not gone(writer)
     started = time.monotonic()
     assert proc.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
+    assert gone(writer)
     log = proc.log.read_text()
     assert "stopped cleanly" in log and "Traceback" not in log
     [conv] = proc.json("conversations")
