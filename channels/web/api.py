@@ -225,6 +225,8 @@ class VisitorApi:
         return response
 
     async def _stream(self, request: web.Request, visitor: str) -> web.StreamResponse:
+        if self._accept() is None:  # a stream opened now would hold up the daemon's stop
+            return error(503, "the chat is starting or stopping; please try again")
         try:
             after = int(request.headers.get("Last-Event-ID", "0") or 0)
         except ValueError:

@@ -84,6 +84,8 @@ class WebChannel:
     async def start(self, accept: Accept) -> None:
         self._accept = accept
         self._started = True
+        if self._hub is not None:
+            self._hub.open()
         where = self._http.public_url or f"http://{self._http.listen}"
         log.info("web channel: chat widget at %s/web/widget.js (try %s/web/demo), contact form "
                  "at %s/web/contact; sites allowed: %s", where, where, where,

@@ -70,6 +70,7 @@ class StreamHub:
         self._marks: collections.deque[tuple[float, int]] = collections.deque()
         self._fanned: set[int] = set()
         self._stopping = False
+        self._closed = False  # stopped with the channel: a late subscriber ends at once
 
     @property
     def open_streams(self) -> int:
@@ -77,6 +78,9 @@ class StreamHub:
 
     def subscribe(self, visitor: str, conversations: Sequence[int]) -> Subscriber:
         sub = Subscriber(visitor, conversations)
+        if self._closed:  # the browser reconnected while the daemon stops
+            sub.queue.put_nowait(None)
+            return sub
         self._visitors[visitor].add(sub)
         for conversation in sub.conversations:
             self._by_conversation[conversation].add(sub)
@@ -101,8 +105,13 @@ class StreamHub:
     def wake(self) -> None:
         self._wake.set()
 
+    def open(self) -> None:
+        """Take subscribers again (the channel started after a stop)."""
+        self._closed = False
+
     async def stop(self) -> None:
         self._stopping = True
+        self._closed = True
         for subs in list(self._visitors.values()):
             for sub in list(subs):
                 sub.queue.put_nowait(None)

@@ -322,3 +322,21 @@ async def test_a_stream_resumed_after_a_quiet_spell_repeats_nothing(
         assert (await resumed.next())["id"] == later
         with pytest.raises(TimeoutError):
             await resumed.next(timeout=1.5)
+
+
+async def test_a_stream_opened_as_the_daemon_stops_ends_at_once(
+        web_settings: Any, daemon_factory: Any, http: aiohttp.ClientSession) -> None:
+    """The widget's stream reconnects two seconds after it closes. While the daemon stops, the
+    HTTP server still answers: a stream opened then is refused (503), and one that got past
+    that check as the stop began ends at once: a stream left open would hold the stop up until
+    its shutdown_timeout."""
+    d = await daemon_factory(web_settings())
+    ada = Visitor(http, base_of(d))
+    await ada.send("hello")
+    [web_channel] = [c for c in d.channels if c.name == "web"]
+    await web_channel.stop()  # the first step of the daemon's stop
+    async with http.get(f"{base_of(d)}/web/api/stream",
+                        headers=ada.headers(Accept="text/event-stream")) as r:
+        assert r.status == 503
+    late = web_channel.hub.subscribe("a-visitor", [1])
+    assert late.queue.get_nowait() is None and web_channel.hub.open_streams == 0
