@@ -9,6 +9,7 @@ the GIL. WAL checkpoints run beside the commits in that process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import marshal
@@ -151,7 +152,7 @@ class SqliteJournalWriter:
         sent = False
         while self._pending and len(self._inflight) < self.pipeline:
             batch = self._take()
-            rows = [row for p in batch for row in (p.rows or self.rows(p))]
+            rows = [row for p in batch for row in p.rows]
             streams[1].write(journal_child.frame(rows))
             self._inflight.append((batch, time.perf_counter()))
             sent = True
@@ -235,6 +236,7 @@ class SqliteJournalWriter:
         return {(channel, remote_id) for channel, remote_id in answer}
 
     async def _connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # A process that died while idle is replaced before a batch is lost to it.
         if self._streams is None or self._process is None or self._process.poll() is not None:
             self._forget()
             ours, theirs = socket.socketpair()
@@ -252,11 +254,17 @@ class SqliteJournalWriter:
             self._streams = await asyncio.open_unix_connection(sock=ours)
         return self._streams
 
+    def _close_socket(self) -> asyncio.StreamWriter | None:
+        """Close our end of the socket (the process exits when it reads its end)."""
+        streams, self._streams = self._streams, None
+        if streams is None:
+            return None
+        streams[1].close()
+        return streams[1]
+
     def _forget(self) -> None:
-        """Drop the connection to the process (which exits when its socket closes)."""
-        if self._streams is not None:
-            self._streams[1].close()
-            self._streams = None
+        """Drop the process: close the socket, and kill it if it still runs."""
+        self._close_socket()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.kill()
@@ -264,14 +272,10 @@ class SqliteJournalWriter:
 
     async def close(self) -> None:
         """Close the socket and wait for the process to end (after its commit in hand)."""
-        if self._streams is not None:
-            writer = self._streams[1]
-            self._streams = None
-            writer.close()
-            try:
+        writer = self._close_socket()
+        if writer is not None:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
         process, self._process = self._process, None
         if process is None:
             return
