@@ -143,6 +143,19 @@ def test_mail_that_got_250_survives_kill_9(proc: Proc) -> None:
     assert proc.stop() == 0
 
 
+def test_ctrl_c_stops_it_cleanly_with_its_writer(proc: Proc) -> None:
+    """Ctrl-C in a terminal signals the daemon and its journal writer alike: the writer stays
+    for the daemon's last commits, the daemon exits 0, and the mail it took is there."""
+    proc.start()
+    smtp_send(proc.smtp_port, mail(subject="Before Ctrl-C"))
+    assert proc.process is not None
+    [writer] = children(proc.process.pid)
+    os.kill(writer, signal.SIGINT)
+    assert proc.stop(signal.SIGINT) == 0
+    assert gone(writer)
+    assert [c["subject"] for c in proc.json("conversations")] == ["Before Ctrl-C"]
+
+
 def test_sigterm_drains_and_exits_0(proc: Proc) -> None:
     proc.start()
     smtp_send(proc.smtp_port, mail())
