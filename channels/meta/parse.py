@@ -87,15 +87,22 @@ def _row(channel: str, remote_id: str, data: dict[str, Any], owner: str) -> Row:
 def _messaging_entry(channel: str, entry: Mapping[str, Any], rows: list[Row],
                      notes: list[Note]) -> None:
     owner = str(entry.get("id", ""))
-    for event in _dicts(entry.get("messaging")):
-        sender = str(_dict(event.get("sender")).get("id", ""))
+    events = entry.get("messaging")
+    if not isinstance(events, list):
+        return
+    for event in events:  # at ingest speed: one pass, no helper per event
+        if not isinstance(event, dict):
+            continue
+        sender = event.get("sender")
+        sender = str(sender.get("id", "")) if isinstance(sender, dict) else ""
         message = event.get("message")
         if isinstance(message, dict):
             mid = str(message.get("mid") or "")
             if message.get("is_echo"):
                 notes.append(Note("echo", channel, {"mid": mid, "app_id": message.get("app_id")}))
             elif mid and sender:
-                rows.append(_row(channel, mid, {"owner": owner, "event": event}, owner))
+                rows.append(Row(channel, mid[:250], orjson.dumps(
+                    {"owner": owner, "event": event, "channel": channel}), owner))
             continue
         postback = event.get("postback")
         if isinstance(postback, dict) and sender:
