@@ -76,6 +76,12 @@ def _private_sqlite_file(path: str) -> None:
         os.close(fd)
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes SQLite's write-ahead log file is cut back to when the log starts again from its
+beginning (a checkpoint copied all of it). A flood of commits can grow the log far beyond its
+usual few megabytes; this bounds what stays on disk afterwards."""
+
+
 def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> None:
     checked = path is None
 
@@ -97,6 +103,7 @@ def _sqlite_events(engine: AsyncEngine, synchronous: str, path: str | None) -> N
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # (the busy timeout is sqlite_inline's own: short tries, the loop free between them)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

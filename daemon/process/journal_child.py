@@ -1,12 +1,13 @@
 """The SQLite journal's writer process: group commits of accepted messages, outside the daemon.
 
 The daemon (:class:`~frontdesk.daemon.process.sqlite_writer.SqliteJournalWriter`) starts this
-file as a script of its own (``python -I journal_child.py FD PATH SYNCHRONOUS CHECKPOINT``) and
-talks to it over the socket ``FD``. Each request is one group commit: a frame (4-byte big-endian
-length, then :mod:`marshal` data) holding a list of rows ``(channel, remote id, raw, meta JSON,
-received at)``, written exactly as the SQLAlchemy models write them. Each answer is a frame of
-``None`` (every row was new), a list of the ``(channel, remote id)`` pairs that were new (some
-were there already: a retried delivery), or a string naming the error (nothing was stored).
+file as a script of its own (``python -I journal_child.py FD PATH SYNCHRONOUS CHECKPOINT
+WAL_SIZE_LIMIT``) and talks to it over the socket ``FD``. Each request is one group commit: a
+frame (4-byte big-endian length, then :mod:`marshal` data) holding a list of rows ``(channel,
+remote id, raw, meta JSON, received at)``, written exactly as the SQLAlchemy models write them.
+Each answer is a frame of ``None`` (every row was new), a list of the ``(channel, remote id)``
+pairs that were new (some were there already: a retried delivery), or a string naming the error
+(nothing was stored).
 
 A process of its own, not a thread, because the commits then share nothing with the event loop:
 not the GIL either, whose hand-overs between a writer thread and the loop cost the webhook
@@ -41,10 +42,12 @@ class JournalFile:
     """At most this many rows in one statement (500 parameters: under SQLite's oldest limit of
     999; every size up to it stays in the connection's statement cache)."""
 
-    def __init__(self, path: str, synchronous: str, checkpoint_interval: float) -> None:
+    def __init__(self, path: str, synchronous: str, checkpoint_interval: float,
+                 wal_size_limit: int = -1) -> None:
         self._path = path
         self._synchronous = synchronous
         self._checkpoint_interval = checkpoint_interval
+        self._wal_size_limit = wal_size_limit
         self._conn: sqlite3.Connection | None = None
         self._statements: dict[int, str] = {}
         self._checkpointer: threading.Thread | None = None
@@ -56,6 +59,11 @@ class JournalFile:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             conn.execute("PRAGMA busy_timeout=30000")
+            # While commits follow each other without a pause (a flood), no checkpoint can
+            # copy the whole log, so the log file grows (by about 17 MB a second of flood,
+            # measured); once it has been copied after the flood, the first commit starts it
+            # again from its beginning and cuts the file back to this size.
+            conn.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
             if self._checkpoint_interval > 0:
                 # SQLite checkpoints in the commit that grows the WAL past 1,000 pages: tens of
                 # milliseconds in which every sender waits. A thread of its own does it instead,
@@ -169,10 +177,10 @@ def serve(sock: socket.socket, journal: JournalFile) -> None:
 
 
 def main(argv: list[str]) -> int:
-    fd, path, synchronous, checkpoint = argv
+    fd, path, synchronous, checkpoint, wal_size_limit = argv
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    journal = JournalFile(path, synchronous, float(checkpoint))
+    journal = JournalFile(path, synchronous, float(checkpoint), int(wal_size_limit))
     with socket.socket(fileno=int(fd)) as sock:
         try:
             serve(sock, journal)

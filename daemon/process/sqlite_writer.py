@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from frontdesk.daemon.process import journal_child
-from frontdesk.storage.db import Store
+from frontdesk.storage.db import WAL_SIZE_LIMIT, Store
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class SqliteJournalWriter:
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", str(Path(journal_child.__file__)),
                      str(theirs.fileno()), self._path, self._synchronous,
-                     str(self.checkpoint_interval)],
+                     str(self.checkpoint_interval), str(WAL_SIZE_LIMIT)],
                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             except BaseException:
                 ours.close()

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from frontdesk.daemon.process.sqlite_writer import (
     SqliteJournalWriter,
     WriterGone,
 )
+from frontdesk.storage import db as db_module
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import InboundJournal
 
@@ -91,6 +93,65 @@ async def test_duplicates_among_new_rows_in_one_commit(tmp_path: Path) -> None:
         assert sorted(new or []) == sorted(("sms", k) for k in keys[1::2])
     finally:
         file.close()
+
+
+async def test_a_flood_leaves_no_large_log_file_behind(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """While commits follow each other without a pause, no checkpoint can copy the whole
+    write-ahead log and its file grows (by megabytes a second); once the flood pauses and the log
+    has been copied, the next commit starts it again and cuts the file back to the limit, whether
+    that commit is the journal writer's or processing's (the daemon's own store). Nothing of
+    what was committed is lost on the way."""
+    path = tmp_path / "j.db"
+    wal = Path(f"{path}-wal")
+    limit = 256 * 1024  # instead of 64 MiB: a flood of a fraction of a second is enough
+    monkeypatch.setattr(db_module, "WAL_SIZE_LIMIT", limit)
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.ensure_schema()
+    file = JournalFile(str(path), "full", 0.05, limit)
+    raw = b"x" * 1000
+    count = 0
+
+    def flood() -> None:
+        nonlocal count
+        deadline = time.monotonic() + 20
+        while not (wal.exists() and wal.stat().st_size > 8 * limit):
+            assert time.monotonic() < deadline, "the log never grew"
+            file.insert([("sms", f"k{count + i}", raw, "{}", "2026-12-07 10:00:00.000000")
+                         for i in range(50)])
+            count += 50
+
+    def pause() -> None:  # until a checkpoint has copied all of the log (fsync included)
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                busy, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy and log == copied:
+                    return
+                assert time.monotonic() < deadline, "the log was never copied"
+                time.sleep(0.05)
+        finally:
+            db.close()
+
+    try:
+        flood()
+        pause()
+        async with store.session() as s:  # processing commits first
+            s.add(InboundJournal(channel="sms", remote_id="processed", raw=b"x", meta={},
+                                 received_at=datetime(2026, 12, 7, tzinfo=UTC),
+                                 state="pending", attempts=0))
+        assert wal.stat().st_size <= limit
+        flood()
+        pause()
+        assert file.insert([("sms", "after", b"x", "{}", "2026-12-07 10:00:00.000000")]) is None
+        assert wal.stat().st_size <= limit
+    finally:
+        file.close()
+    async with store.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(InboundJournal))
+                ).scalar_one() == count + 2
+    await store.dispose()
 
 
 async def test_more_than_one_commit_holds(journal: Any) -> None:
