@@ -34,10 +34,9 @@ Each level
    acknowledgement queued and its root post (or ``--drain-timeout`` after sending ends), reads
    the daemon's peak RSS (``VmHWM``, its journal writer process's added) and stops it, then
    checks: every message answered 250, exactly one root post per message and per conversation,
-   no root post for an unknown message,
-   at most one acknowledgement per customer at the sink, inbound messages == conversations ==
-   journal == acknowledgements (when on) == sent in the store, no failed or pending journal row,
-   SIGTERM -> exit 0, no traceback in the log.
+   no root post for an unknown message, at most one acknowledgement per customer at the sink,
+   inbound messages == conversations == journal == acknowledgements (when on) == sent in the
+   store, no failed or pending journal row, SIGTERM -> exit 0, no traceback in the log.
 
 A burst reports its accept rate (250s / (first connect -> last 250)), its processing rate
 (N / (first connect -> the last conversation stored with its acknowledgement queued and its root

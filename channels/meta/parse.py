@@ -101,8 +101,7 @@ def _messaging_entry(channel: str, entry: Mapping[str, Any], rows: list[Row],
             if message.get("is_echo"):
                 notes.append(Note("echo", channel, {"mid": mid, "app_id": message.get("app_id")}))
             elif mid and sender:
-                rows.append(Row(channel, mid[:250], orjson.dumps(
-                    {"owner": owner, "event": event, "channel": channel}), owner))
+                rows.append(_row(channel, mid, {"owner": owner, "event": event}, owner))
             continue
         postback = event.get("postback")
         if isinstance(postback, dict) and sender:
