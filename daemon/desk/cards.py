@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 
 ROOT_METADATA = "frontdesk_conversation"
 _CURSOR = "events_cursor"
-_QUIET_EVENTS = ("message_sent", "delivery_failed")  # they never change the root card
+_QUIET_EVENTS = frozenset({
+    "message_sent", "delivery_failed",  # a send and its outcome
+    "acknowledgement_sent", "acknowledgement_skipped",  # the card shows neither
+    "conversation_created",  # in the transaction that queues the root: it is posted showing it
+})
+"""Events that never change a root card, so they queue no refresh of it."""
 FILES_FETCHED = "attachments_fetched"
 """The audit event of files a chat channel fetched after the message (channels.chat_records)."""
 
@@ -308,11 +313,16 @@ class RootCards:
             callbacks = []  # staff replies nothing can carry: the thread says to call back
             notes = []  # resolved with a note elsewhere (command line, API): the thread says it
             fetched = []  # a chat channel's files, fetched after the message's thread line
+            # A new conversation's first message is received in the transaction that creates
+            # it: the root is posted showing it, like the creation.
+            firsts = {message_id for _, _, kind, _, _, message_id in rows
+                      if kind == "conversation_created" and message_id is not None}
             for event_id, conversation_id, kind, actor, data, message_id in rows:
                 if conversation_id is not None and message_id is not None and \
                         kind == FILES_FETCHED and (data or {}).get("files"):
                     fetched.append((event_id, conversation_id, message_id, data["files"]))
-                if conversation_id is not None and kind not in _QUIET_EVENTS:
+                if conversation_id is not None and kind not in _QUIET_EVENTS and not (
+                        kind == "message_received" and message_id in firsts):
                     latest[conversation_id] = event_id
                 if conversation_id is not None and kind == CALLBACK_NEEDED:
                     callbacks.append((event_id, conversation_id, actor))

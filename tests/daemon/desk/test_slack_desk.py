@@ -4,13 +4,14 @@ fake of Slack, staff replies out to a real SMTP sink; SQLite and (when named) Po
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from frontdesk.domain.conversations import add_staff_reply, get_conversation
+from frontdesk.domain.conversations import add_staff_reply, get_conversation, snooze
 from frontdesk.storage.models import (
     Contact,
     Event,
@@ -441,6 +442,31 @@ async def test_claim_snooze_priority_and_resolve_buttons(
     # A click on an unknown conversation is answered to the clicker alone.
     await slack.click(url, "frontdesk_resolve", value="FD-99")
     assert slack.ephemeral[-1]["text"] == ":warning: no conversation FD-99"
+
+
+async def test_a_new_conversation_needs_no_refresh_of_its_card_until_it_changes(
+        make_settings: Any, daemon_factory: Any, clock: Any, slack: FakeSlack,
+        sink: SmtpSink) -> None:
+    d = await start(daemon_factory, desk_settings(make_settings, slack, sink,
+                                                  scheduler={"enabled": True}), clock)
+    await send(d.email.smtp.port, mail())
+    root = await root_of(slack)
+    [ack] = await eventually(lambda: _thread(slack, root["ts"]))  # acknowledged meanwhile
+    assert "Automatic message sent" in ack["text"] and len(sink.messages) == 1
+    # The card was posted showing the new conversation, and the acknowledgement is not on
+    # it: none of the events so far queues a refresh (each was a render and a comparison).
+    await desk(d).cards.refresh_roots()
+    assert await _count(d, Outbox, Outbox.idempotency_key.like("slack-update-%")) == 0
+    assert slack.called("chat.update") == []
+    # A customer's message that opens a snoozed conversation again changes the card.
+    async with d.store.session() as s:
+        await snooze(s, await get_conversation(s, 1), clock() + timedelta(hours=4),
+                     actor="Grace Hopper", now=clock())
+    d.outbox.kick()
+    await eventually(lambda: _updated(slack, root, "Snoozed"))
+    await send(d.email.smtp.port, mail(subject="Re: Order 1234 never arrived", body="Hello?",
+                                       msgid="<m2@example.org>", In_Reply_To="<m1@example.org>"))
+    await eventually(lambda: _updated(slack, root, ":large_green_circle: Open"))
 
 
 async def _updated(slack: FakeSlack, root: dict[str, Any], text: str) -> bool:
