@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import email.utils
 import logging
 import socket
@@ -132,6 +133,33 @@ def test_building_many_mails_makes_each_header_class_once() -> None:
     assert b"X-Auto-Response-Suppress: All\r\n" in raw
     assert second["Auto-Submitted"] is None
     assert str(second["Subject"]) == "Re: another"
+
+
+def test_plain_headers_go_as_written_long_ones_folded_others_encoded_or_refused() -> None:
+    """Printable ASCII header values are stored as written (no parse now, no refold when the
+    mail is flattened): a long one is still folded to lines of at most 78 characters, words
+    outside ASCII are still encoded, and a line break smuggled into a threading header is
+    still refused rather than written."""
+    sender = sender_for(25)
+    subject = "Re: " + " ".join(f"word{i}" for i in range(30)) + " [FD-7]"
+    msg = sender.build(reply(subject=subject, to_name='Ada "the Countess", Lovelace',
+                             in_reply_to="<cust-1@mail.example.org>",
+                             references=("cust-0@mail.example.org", "cust-1@mail.example.org")))
+    raw = msg.as_bytes()
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert all(len(line) <= 78 for line in head)
+    assert b"To: \"Ada \\\"the Countess\\\", Lovelace\" <ada@example.org>" in head
+    assert b"In-Reply-To: <cust-1@mail.example.org>" in head
+    assert b"References: <cust-0@mail.example.org> <cust-1@mail.example.org>" in head
+    back = email.message_from_bytes(raw, policy=email.policy.default)
+    assert back["Subject"] == subject
+    assert back["To"].addresses[0].display_name == 'Ada "the Countess", Lovelace'
+    assert back["Date"].datetime == NOW
+    encoded = sender.build(reply(subject="Re: Commande n° 42", to_name="Zoë")).as_bytes()
+    assert b"Subject: Re: Commande =?utf-8?q?n=C2=B0?= 42\r\n" in encoded
+    assert b"To: =?utf-8?q?Zo=C3=AB?= <ada@example.org>\r\n" in encoded
+    with pytest.raises(ValueError, match="linefeed"):
+        sender.build(reply(in_reply_to="a@example.org>\r\nBcc: <evil@example.org"))
 
 
 # -- what arrives ----------------------------------------------------------------------------
