@@ -113,6 +113,11 @@ DeliveryHook = Callable[[AsyncSession, Outbox, "DeliveryError | None"], Awaitabl
 """Runs in the transaction that marks an outbox row sent (error None) or failed for good, and
 once when a reply is first held for the customer (a :class:`Held` error)."""
 
+RoundPreload = Callable[[AsyncSession, Sequence[Outbox]], Awaitable[Sequence[object]]]
+"""Reads at once, for a round of sends, what the delivery hooks and the receipts' ``record``
+steps will look up row by row in the transaction that marks the round; returns what it read,
+which the outbox holds while it marks (a session keeps what it loaded only weakly)."""
+
 Consumer = Callable[[], Coroutine[Any, Any, None]]
 """A single consumer's loop (see :class:`Leader`)."""
 

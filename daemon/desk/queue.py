@@ -108,6 +108,8 @@ class SlackQueue:
                    op: str, key: str, first: Message | None = None, new: bool = False,
                    **payload: Any) -> Outbox:
         thread = await self.thread(session, conversation, now, first, new=new)
+        if thread.ts:  # the root is posted: the post goes in its thread without a lookup
+            payload.setdefault("thread_ts", thread.ts)
         row = Outbox(kind=KIND, conversation_id=conversation.id,
                      message_id=payload.get("message_id"),
                      payload={"op": op, "slack_channel": thread.channel_id,

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,7 @@ from frontdesk.channels.base import (
     InboundHook,
     OutboxHandler,
     PermanentFailure,
+    RoundPreload,
     TemporaryFailure,
 )
 from frontdesk.channels.logged.intake import Intake
@@ -67,7 +68,14 @@ from frontdesk.domain.replies import ReplyComposer
 from frontdesk.domain.similar import SimilarConversations
 from frontdesk.storage.attachments import AttachmentStore
 from frontdesk.storage.db import Backoff, Store
-from frontdesk.storage.models import Attachment, Conversation, Message, Outbox, SlackMessage
+from frontdesk.storage.models import (
+    Attachment,
+    Conversation,
+    Message,
+    Outbox,
+    SlackMessage,
+    SlackThread,
+)
 
 if TYPE_CHECKING:
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -120,6 +128,8 @@ class DaemonParts(Protocol):
     @property
     def delivery_hooks(self) -> list[DeliveryHook]: ...
     @property
+    def round_preloads(self) -> list[RoundPreload]: ...
+    @property
     def outbox(self) -> _Outbox: ...
     @property
     def replies(self) -> ReplyComposer: ...
@@ -170,6 +180,7 @@ class SlackDesk:
         self.events = DeskEvents(self)
         daemon.inbound_hooks.append(self.on_inbound)
         daemon.delivery_hooks.append(self.on_delivery)
+        daemon.round_preloads.append(self._threads_of_round)
         daemon.outbox_handlers[KIND] = self.handle
         if self.config.mode == "http":
             daemon.http.app.router.add_post("/slack/events", self.events.http_handler)
@@ -289,6 +300,18 @@ class SlackDesk:
     def _after_ingest_commit(self, _session: Session) -> None:
         self.kick_outbox()
 
+    async def _threads_of_round(self, session: AsyncSession,
+                                rows: Sequence[Outbox]) -> list[SlackThread]:
+        """The thread records of a round's conversations, read at once: marking the round
+        then finds them in the session (a root's ts is written to its record; a customer
+        reply's line is queued in its thread, :meth:`on_delivery`) instead of reading each."""
+        ids = {r.conversation_id for r in rows
+               if r.conversation_id is not None and r.kind in (KIND, "deliver")}
+        if not ids:
+            return []
+        return list((await session.execute(
+            select(SlackThread).where(SlackThread.conversation_id.in_(ids)))).scalars())
+
     async def on_delivery(self, session: AsyncSession, row: Outbox,
                           error: DeliveryError | None) -> None:
         if row.kind != "deliver" or row.message_id is None or row.conversation_id is None:
@@ -343,7 +366,13 @@ class SlackDesk:
         paced = bool(slot) and op in ("root", "message", "text", "files")
         if paced:
             self.api.pace(slot)
-        thread, posted_now = await self.cards.ensure_root(row.conversation_id, paced=paced)
+        if payload.get("thread_ts") and op in ("message", "text", "files"):
+            # queued after its root was posted (SlackQueue): the thread is known, and a
+            # thread's root never changes once posted
+            thread, posted_now = Thread(row.conversation_id, f"FD-{row.conversation_id}", slot,
+                                        str(payload["thread_ts"]), None), False
+        else:
+            thread, posted_now = await self.cards.ensure_root(row.conversation_id, paced=paced)
         save = None if thread.saved else self.cards.save(thread)  # with the row's mark
         if op == "root":
             return Receipt(remote_id=thread.ts, detail=thread.channel_id, record=save)

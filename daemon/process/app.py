@@ -40,6 +40,7 @@ from frontdesk.daemon.process.outbox import (
     OutboxHandler,
     OutboxWorker,
     RetryPolicy,
+    RoundPreload,
     Sender,
 )
 from frontdesk.daemon.process.processor import (
@@ -190,6 +191,7 @@ class Daemon:
         self.inbound_filters: list[InboundFilter] = []
         self.outbox_handlers: dict[str, OutboxHandler] = {}
         self.delivery_hooks: list[DeliveryHook] = []
+        self.round_preloads: list[RoundPreload] = []
         self.services: list[Service] = []
         # Single consumers (IMAP polling, Telegram getUpdates) ask for a leader elector here.
         self.leaders: list[Leadership] = []
@@ -223,6 +225,7 @@ class Daemon:
             metrics=self.metrics,
             policy=RetryPolicy(d.outbox_retry_initial, d.outbox_retry_max, d.outbox_max_attempts),
             poll=d.outbox_poll, handlers=self.outbox_handlers, hooks=self.delivery_hooks,
+            preloads=self.round_preloads,
             step_aside=step_aside, lease=d.outbox_lease, instance=self.instance,
         )
         # Several instances on PostgreSQL: new outbox and journal rows, whoever wrote them, wake

@@ -75,6 +75,7 @@ from frontdesk.channels.base import (
     Held,
     OutboxHandler,
     PermanentFailure,
+    RoundPreload,
     TemporaryFailure,
     Unanswered,
 )
@@ -189,6 +190,7 @@ class OutboxWorker:
                  metrics: Metrics, policy: RetryPolicy, poll: timedelta,
                  handlers: Mapping[str, OutboxHandler] | None = None,
                  hooks: Sequence[DeliveryHook] = (),
+                 preloads: Sequence[RoundPreload] = (),
                  step_aside: StepAside | None = None,
                  lease: timedelta = DEFAULT_LEASE, instance: str | None = None) -> None:
         if lease <= timedelta(0):
@@ -200,6 +202,7 @@ class OutboxWorker:
         # By reference: the Slack desk and the scheduler register theirs after construction.
         self._handlers = handlers if handlers is not None else {}
         self._hooks = hooks
+        self._preloads = preloads  # by reference, like the hooks
         self._clock = clock
         self._metrics = metrics
         self._policy = policy
@@ -457,7 +460,9 @@ class OutboxWorker:
         a reason of one row's (a hook's bug), each is recorded in a transaction of its own, so
         one row's fault stays its own. A send that found the store away is raised afterwards:
         the round is retried when the store is back."""
-        outcomes = [a for a in attempts if a.store_away is None]
+        # In the order the rows were written: what an earlier row's mark records (a Slack
+        # root's ts) is then known to the hooks of the later ones (a line for that thread).
+        outcomes = sorted((a for a in attempts if a.store_away is None), key=lambda a: a.row.id)
         after: list[Callable[[], None]] = []
         try:
             async with self._store.session() as s:
@@ -490,10 +495,10 @@ class OutboxWorker:
 
     async def _load(self, s: AsyncSession, attempts: Sequence[_Attempt]) -> list[Any]:
         """The rows as stored now (locked, in id order, on PostgreSQL), their messages and
-        conversations, in three queries: :meth:`_current`, the marking and the delivery hooks
-        then find them in the session, as long as the caller holds the returned objects (the
-        session's identity map holds them weakly: dropped, each was read again, one query a
-        row)."""
+        conversations, in three queries, and what the services' preloads read for them:
+        :meth:`_current`, the marking and the delivery hooks then find them in the session, as
+        long as the caller holds the returned objects (the session's identity map holds them
+        weakly: dropped, each was read again, one query a row)."""
         query = (select(Outbox).where(Outbox.id.in_([a.row.id for a in attempts]))
                  .order_by(Outbox.id).execution_options(populate_existing=True))
         if self._claims:
@@ -508,6 +513,8 @@ class OutboxWorker:
         if conversations:
             loaded += (await s.execute(select(Conversation).where(
                 Conversation.id.in_(conversations)))).scalars()
+        for preload in self._preloads:  # what the hooks and the receipts' steps look up
+            loaded += await preload(s, [a.row for a in attempts])
         return loaded
 
     async def _mark(self, s: AsyncSession, a: _Attempt, after: list[Callable[[], None]]) -> None:

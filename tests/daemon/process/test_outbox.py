@@ -531,3 +531,70 @@ async def test_a_round_reads_only_the_head_of_each_remote(tmp_path: Any) -> None
     assert len(few_ids) == 40 and len(many_ids) == 64  # 20 of each remote, then 32 of each
     assert sorted(kinds) == ["deliver"] * 32 + ["slack"] * 32
     assert many <= 2 * few, (few, many)
+
+
+async def test_a_rounds_preloads_serve_every_rows_hook_without_a_query_each(
+        tmp_path: Any) -> None:
+    """What the delivery hooks look up row by row (the Slack desk: each conversation's thread
+    record) is read for the whole round by a preload before the round is marked: the hooks
+    then find it in the session. Before, each of a burst's rows read its own."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event
+
+    from frontdesk.daemon.process.metrics import Metrics
+    from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
+    from frontdesk.domain.messages import Receipt
+    from frontdesk.storage.db import Store
+    from frontdesk.storage.models import Contact, Conversation
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db")
+    await store.ensure_schema()
+    now = datetime.now(UTC)
+    async with store.session() as s:
+        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
+        s.add(contact)
+        await s.flush()
+        cs = [Conversation(status="open", priority="normal", subject=f"Matter {i}",
+                           channel="email", contact_id=contact.id, created_at=now,
+                           updated_at=now, escalation_level=0) for i in range(10)]
+        s.add_all(cs)
+        await s.flush()
+        s.add_all(Outbox(kind="slack", conversation_id=c.id, payload={"op": "root"},
+                         idempotency_key=f"root-{c.id}", next_attempt_at=now, created_at=now)
+                  for c in cs)
+
+    preloaded: list[list[int]] = []
+    subjects: dict[int, str] = {}
+    selects: list[str] = []
+
+    async def preload(s: Any, rows: Any) -> list[Any]:
+        preloaded.append(sorted(r.id for r in rows))
+        return list((await s.execute(select(Conversation).where(
+            Conversation.id.in_([r.conversation_id for r in rows])))).scalars())
+
+    async def hook(s: Any, row: Outbox, error: Any) -> None:
+        subjects[row.id] = (await s.get_one(Conversation, row.conversation_id)).subject
+
+    async def post(row: Outbox) -> Receipt:
+        return Receipt()
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("SELECT") and "FROM conversations" in statement:
+            selects.append(statement)
+
+    worker = OutboxWorker(store, senders={}, handlers={"slack": post}, hooks=[hook],
+                          preloads=[preload], clock=lambda: datetime.now(UTC),
+                          metrics=Metrics(), policy=RetryPolicy(), poll=timedelta(seconds=1))
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await worker.deliver_due() == 10
+        async with store.reader() as s:
+            ids = sorted((await s.execute(select(Outbox.id))).scalars())
+            states = set((await s.execute(select(Outbox.state))).scalars())
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        await store.dispose()
+    assert preloaded == [ids] and states == {"done"}
+    assert sorted(subjects.values()) == sorted(f"Matter {i}" for i in range(10))
+    assert len(selects) == 1  # the preload's; the ten hooks read nothing
