@@ -54,7 +54,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -757,6 +757,16 @@ class SimilarityIndex:
 
 # --- the store's resolved conversations ------------------------------------------------------
 
+class Titled(Protocol):
+    """What a conversation is looked up by: its id and subject (a stored Conversation, or a
+    row of those columns)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class SimilarHit:
     conversation_id: int
@@ -877,7 +887,7 @@ class SimilarConversations:
             conversation.id]
 
     async def similar_to_each(self, session: AsyncSession,
-                              conversations: Sequence[Conversation], *,
+                              conversations: Sequence[Titled], *,
                               limit: int = 3) -> dict[int, list[SimilarHit]]:
         """:meth:`similar_to` for several conversations, their texts read in one query (none
         while nothing is resolved: a new installation, a burst of first contacts)."""

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import SlackConfig
@@ -28,12 +28,14 @@ from frontdesk.daemon.desk.queue import SlackQueue, insert_once
 from frontdesk.domain import cc as cc_list
 from frontdesk.domain.conversations import CALLBACK_NEEDED
 from frontdesk.domain.messages import Receipt
-from frontdesk.domain.similar import SimilarConversations
+from frontdesk.domain.similar import SimilarConversations, Titled
 from frontdesk.storage.db import Store
 from frontdesk.storage.models import (
     Attachment,
+    Contact,
     Conversation,
     Event,
+    Identity,
     Message,
     SlackState,
     SlackThread,
@@ -68,7 +70,7 @@ class Thread:
     outbox row's mark."""
 
 
-def _shown_text(m: Message) -> str:
+def _shown_text(m: Any) -> str:
     """The new part of a customer's reply when the parser found one, else the whole text."""
     return str(getattr(m, "text_new", None) or m.text or "")
 
@@ -79,6 +81,36 @@ def _attachment_names(m: Message, cap: int | None = None) -> tuple[str, ...]:
     if cap is None:
         return tuple(a.filename for a in m.attachments)
     return tuple(blocks.file_name(a.filename, a.size, cap) for a in m.attachments)
+
+
+def _card_statements() -> tuple[Any, ...]:
+    """What :meth:`RootCards.cards` reads, built once."""
+    c = Conversation
+    ids: Any = bindparam("ids", expanding=True)
+    contacts: Any = bindparam("contacts", expanding=True)
+    cards = (select(c.id, c.contact_id, c.channel, c.subject, c.status, c.priority, c.assignee,
+                    c.created_at, c.first_response_due_at, c.first_responded_at,
+                    c.snoozed_until, c.escalation_level, c.inbox_address, c.tags,
+                    c.resolution_note, c.cc, Contact.name.label("contact_name"))
+             .join(Contact, Contact.id == c.contact_id).where(c.id.in_(ids)))
+    identities = (select(Identity.contact_id, Identity.channel, Identity.address)
+                  .where(Identity.contact_id.in_(contacts)).order_by(Identity.id))
+    ranked = (select(Message.id, func.row_number().over(
+                  partition_by=Message.conversation_id, order_by=Message.id).label("n"))
+              .where(Message.conversation_id.in_(ids), Message.direction == "in").subquery())
+    firsts = (select(Message.id, Message.conversation_id, Message.text, Message.text_new,
+                     Message.automated)
+              .join(ranked, ranked.c.id == Message.id).where(ranked.c.n == 1))
+    files = (select(Attachment.message_id, Attachment.filename, Attachment.size)
+             .where(Attachment.message_id.in_(bindparam("messages", expanding=True)))
+             .order_by(Attachment.id))
+    history = (select(c.id, c.contact_id, c.status, c.subject)
+               .where(c.contact_id.in_(contacts), c.id < bindparam("below"))
+               .order_by(c.id))
+    return cards, identities, firsts, files, history
+
+
+_CARDS, _IDENTITIES, _FIRSTS, _FILES, _HISTORY = _card_statements()
 
 
 class RootCards:
@@ -105,47 +137,55 @@ class RootCards:
         return (await self.cards(s, [conversation_id]))[conversation_id]
 
     async def cards(self, s: AsyncSession, ids: list[int]) -> dict[int, blocks.Card]:
-        """The cards of the conversations ``ids``, in four queries whatever their number."""
-        conversations = (await s.execute(select(Conversation).where(Conversation.id.in_(ids)))
-                         ).unique().scalars().all()
-        ranked = (select(Message.id, func.row_number().over(
-                      partition_by=Message.conversation_id, order_by=Message.id).label("n"))
-                  .where(Message.conversation_id.in_(ids), Message.direction == "in").subquery())
-        firsts = {m.conversation_id: m for m in (await s.execute(
-            select(Message).join(ranked, ranked.c.id == Message.id).where(ranked.c.n == 1))
-        ).scalars()}
+        """The cards of the conversations ``ids``, in five queries whatever their number. They
+        are read as rows, not as objects, by statements built once: a card is all they are
+        for, and building a card's objects (the conversation, its contact and their
+        identities, the first message and its files) and its statements cost more than twice
+        what reading it did."""
+        conversations = (await s.execute(_CARDS, {"ids": ids})).all()
+        contacts = sorted({row.contact_id for row in conversations})
+        identities: dict[int, list[tuple[str, str]]] = {}
+        for contact_id, channel, address in (await s.execute(
+                _IDENTITIES, {"contacts": contacts})).all():
+            identities.setdefault(contact_id, []).append((channel, address))
+        firsts = {m.conversation_id: m for m in (await s.execute(_FIRSTS, {"ids": ids})).all()}
+        files: dict[int, list[tuple[str, int]]] = {}
+        if firsts:
+            for message_id, filename, size in (await s.execute(
+                    _FILES, {"messages": [m.id for m in firsts.values()]})).all():
+                files.setdefault(message_id, []).append((filename, size))
         history: dict[int, list[Any]] = {}  # each contact's conversations, oldest first
-        for row in (await s.execute(
-                select(Conversation.id, Conversation.contact_id, Conversation.status,
-                       Conversation.subject)
-                .where(Conversation.contact_id.in_({c.contact_id for c in conversations}),
-                       Conversation.id < max(ids))
-                .order_by(Conversation.id))).all():
-            history.setdefault(row.contact_id, []).append(row)
-        similar = await self._similar(s, [c for c in conversations if c.status != "resolved"])
+        for past in (await s.execute(_HISTORY, {"contacts": contacts,
+                                                "below": max(ids)})).all():
+            history.setdefault(past.contact_id, []).append(past)
+        similar = await self._similar(s, [row for row in conversations
+                                          if row.status != "resolved"])
+        cap = self.config.upload_max
         cards = {}
-        for c in conversations:
-            contact, first = c.contact, firsts.get(c.id)
-            earlier = [h for h in history.get(c.contact_id, []) if h.id < c.id]
+        for row in conversations:
+            first = firsts.get(row.id)
+            earlier = [h for h in history.get(row.contact_id, []) if h.id < row.id]
             last = earlier[-1] if earlier else None
-            cards[c.id] = blocks.Card(
-                conversation_id=c.id, reference=c.reference, channel=c.channel,
-                subject=c.subject, status=c.status, priority=c.priority, assignee=c.assignee,
-                created_at=c.created_at, first_response_due_at=c.first_response_due_at,
-                first_responded_at=c.first_responded_at, snoozed_until=c.snoozed_until,
-                escalation_level=c.escalation_level, contact_name=contact.name,
-                identities=tuple((i.channel, i.address) for i in contact.identities),
+            cards[row.id] = blocks.Card(
+                conversation_id=row.id, reference=f"FD-{row.id}", channel=row.channel,
+                subject=row.subject, status=row.status, priority=row.priority,
+                assignee=row.assignee, created_at=row.created_at,
+                first_response_due_at=row.first_response_due_at,
+                first_responded_at=row.first_responded_at, snoozed_until=row.snoozed_until,
+                escalation_level=row.escalation_level, contact_name=row.contact_name,
+                identities=tuple(identities.get(row.contact_id, ())),
                 earlier=len(earlier),
                 last_earlier=(f"FD-{last.id}", last.status, last.subject) if last else None,
                 first_text=_shown_text(first) if first else "",
                 first_automated="automated" if first is not None and first.automated else None,
-                attachments=_attachment_names(first, self.config.upload_max) if first else (),
-                inbox_address=c.inbox_address, replies_enabled=self.config.replies_enabled,
-                tags=tuple(c.tags or ()), resolution_note=c.resolution_note,
-                similar=similar.get(c.id, ()), cc=tuple(cc_list.active(c.cc)))
+                attachments=tuple(blocks.file_name(name, size, cap)
+                                  for name, size in files.get(first.id, ())) if first else (),
+                inbox_address=row.inbox_address, replies_enabled=self.config.replies_enabled,
+                tags=tuple(row.tags or ()), resolution_note=row.resolution_note,
+                similar=similar.get(row.id, ()), cc=tuple(cc_list.active(row.cc)))
         return cards
 
-    async def _similar(self, s: AsyncSession, conversations: list[Conversation],
+    async def _similar(self, s: AsyncSession, conversations: Sequence[Titled],
                        ) -> dict[int, tuple[tuple[str, str, str | None, str | None], ...]]:
         """For each open conversation, up to three resolved ones like it, with their links."""
         if self.similar is None or not conversations:
