@@ -75,14 +75,6 @@ def _shown_text(m: Any) -> str:
     return str(getattr(m, "text_new", None) or m.text or "")
 
 
-def _attachment_names(m: Message, cap: int | None = None) -> tuple[str, ...]:
-    """The names of a message's files; with ``cap`` (``slack.upload_max``: a customer's files
-    are uploaded into the thread up to it), a larger one with its size."""
-    if cap is None:
-        return tuple(a.filename for a in m.attachments)
-    return tuple(blocks.file_name(a.filename, a.size, cap) for a in m.attachments)
-
-
 def _card_statements() -> tuple[Any, ...]:
     """What :meth:`RootCards.cards` reads, built once."""
     c = Conversation
@@ -111,6 +103,18 @@ def _card_statements() -> tuple[Any, ...]:
 
 
 _CARDS, _IDENTITIES, _FIRSTS, _FILES, _HISTORY = _card_statements()
+THREADS_OF = select(SlackThread).where(
+    SlackThread.conversation_id.in_(bindparam("ids", expanding=True)))
+_LINES = select(Message.id, Message.conversation_id, Message.is_note, Message.direction,
+                Message.author, Message.author_name, Message.address, Message.channel,
+                Message.text, Message.text_new, Message.automated).where(
+    Message.id.in_(bindparam("ids", expanding=True)))
+_MARK = (update(SlackThread)
+         .where(SlackThread.conversation_id.in_(bindparam("ids", expanding=True)))
+         .values(root_attempted_at=bindparam("now", type_=SlackThread.updated_at.type),
+                 updated_at=bindparam("now", type_=SlackThread.updated_at.type))
+         .execution_options(synchronize_session=False))
+"""What a thread post reads and a root's post writes first, built once."""
 
 
 class RootCards:
@@ -223,32 +227,38 @@ class RootCards:
     async def _threads(self, ids: list[int]) -> dict[int, SlackThread]:
         async with self.store.reader() as s:
             return {t.conversation_id: t for t in (await s.execute(
-                select(SlackThread).where(SlackThread.conversation_id.in_(ids)))).scalars()}
+                THREADS_OF, {"ids": ids})).scalars()}
 
     async def thread_line(self, message_id: int) -> str | None:
         """A stored message as a thread post; None for a note (or a message that is gone).
-        The lines asked for at the same moment are read together."""
+        The lines asked for at the same moment are read together, as rows."""
         return await self._lines(message_id)
 
     async def _thread_lines(self, ids: list[int]) -> dict[int, str]:
         async with self.store.reader() as s:
-            messages = (await s.execute(select(Message).where(Message.id.in_(ids)))).scalars()
-            lines = {}
-            for m in messages:
-                if m.is_note:
-                    continue
-                reference = f"FD-{m.conversation_id}"
-                if m.direction == "in":
-                    lines[m.id] = blocks.customer_line(
-                        m.author_name or m.address, m.channel, _shown_text(m),
-                        reference=reference, automated="automated" if m.automated else None,
-                        attachments=_attachment_names(m, self.config.upload_max))
-                else:
-                    lines[m.id] = blocks.outbound_line(m.author_name, m.author, m.channel,
-                                                       m.text, reference=reference,
-                                                       address=m.address,
-                                                       attachments=_attachment_names(m))
-            return lines
+            messages = (await s.execute(_LINES, {"ids": ids})).all()
+            files: dict[int, list[tuple[str, int]]] = {}
+            for message_id, filename, size in (await s.execute(
+                    _FILES, {"messages": [m.id for m in messages]})).all():
+                files.setdefault(message_id, []).append((filename, size))
+        lines = {}
+        for m in messages:
+            if m.is_note:
+                continue
+            reference = f"FD-{m.conversation_id}"
+            if m.direction == "in":
+                cap = self.config.upload_max
+                lines[m.id] = blocks.customer_line(
+                    m.author_name or m.address, m.channel, _shown_text(m),
+                    reference=reference, automated="automated" if m.automated else None,
+                    attachments=tuple(blocks.file_name(name, size, cap)
+                                      for name, size in files.get(m.id, ())))
+            else:
+                lines[m.id] = blocks.outbound_line(
+                    m.author_name, m.author, m.channel, m.text, reference=reference,
+                    address=m.address,
+                    attachments=tuple(name for name, _size in files.get(m.id, ())))
+        return lines
 
     # -- the root message in Slack ----------------------------------------------------------------
 
@@ -289,10 +299,8 @@ class RootCards:
         """Write that these roots are being posted (should the daemon die before a post is
         recorded, the next try looks for it first): the roots posted at the same moment, in
         one transaction."""
-        now = self.clock()
         async with self.store.session() as s:
-            await s.execute(update(SlackThread).where(SlackThread.conversation_id.in_(ids))
-                            .values(root_attempted_at=now, updated_at=now))
+            await s.execute(_MARK, {"ids": ids, "now": self.clock()})
         return {}
 
     def save(self, thread: Thread) -> Callable[[AsyncSession], Awaitable[None]]:

@@ -59,7 +59,7 @@ from frontdesk.daemon.desk.api import (
     error_code,
     quiet_logger,
 )
-from frontdesk.daemon.desk.cards import ROOT_METADATA, RootCards, Thread
+from frontdesk.daemon.desk.cards import ROOT_METADATA, THREADS_OF, RootCards, Thread
 from frontdesk.daemon.desk.events import DeskEvents
 from frontdesk.daemon.desk.queue import KIND, SlackQueue
 from frontdesk.domain.business_hours import BusinessCalendar
@@ -309,8 +309,7 @@ class SlackDesk:
                if r.conversation_id is not None and r.kind in (KIND, "deliver")}
         if not ids:
             return []
-        return list((await session.execute(
-            select(SlackThread).where(SlackThread.conversation_id.in_(ids)))).scalars())
+        return list((await session.execute(THREADS_OF, {"ids": sorted(ids)})).scalars())
 
     async def on_delivery(self, session: AsyncSession, row: Outbox,
                           error: DeliveryError | None) -> None:
