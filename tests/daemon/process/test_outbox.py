@@ -17,6 +17,22 @@ from tests.fakes.smtp_sink import SmtpSink
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
 
 
+async def _open_conversations(s: Any, n: int, now: Any, channel: str,
+                              subject: str = "Matter {i}") -> list[Any]:
+    """``n`` open conversations of one contact, written (their ids known)."""
+    from frontdesk.storage.models import Contact, Conversation
+
+    contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
+    s.add(contact)
+    await s.flush()
+    made = [Conversation(status="open", priority="normal", subject=subject.format(i=i),
+                         channel=channel, contact_id=contact.id, created_at=now, updated_at=now,
+                         escalation_level=0) for i in range(n)]
+    s.add_all(made)
+    await s.flush()
+    return made
+
+
 async def _daemon_with_relay(make_settings: Any, daemon_factory: Any, clock: Any, sink: SmtpSink,
                              database_url: str | None = None,
                              sections: dict[str, Any] | None = None, **daemon: Any) -> Any:
@@ -348,23 +364,12 @@ async def test_independent_lanes_are_sent_together_at_most_eight_to_one_remote(
     from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
     from frontdesk.domain.messages import OutboundMessage, Receipt
     from frontdesk.storage.db import Store
-    from frontdesk.storage.models import Contact, Conversation
 
     store = Store(database_url)
     await store.ensure_schema()
     now = datetime.now(UTC)
     async with store.session() as s:  # twelve conversations, two texts each
-        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
-        s.add(contact)
-        await s.flush()
-        ids = []
-        for i in range(12):
-            c = Conversation(status="open", priority="normal", subject=f"Matter {i}",
-                             channel="sms", contact_id=contact.id, created_at=now,
-                             updated_at=now, escalation_level=0)
-            s.add(c)
-            await s.flush()
-            ids.append(c.id)
+        ids = [c.id for c in await _open_conversations(s, 12, now, "sms")]
         for seq in range(2):
             for cid in ids:
                 out = OutboundMessage(channel="sms", to_address="+15550001", text=f"{cid}:{seq}")
@@ -406,20 +411,12 @@ async def test_a_staff_reply_is_not_held_behind_a_backlog(database_url: str) -> 
     from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
     from frontdesk.domain.messages import OutboundMessage, Receipt
     from frontdesk.storage.db import Store
-    from frontdesk.storage.models import Contact, Conversation
 
     store = Store(database_url)
     await store.ensure_schema()
     now = datetime.now(UTC)
     async with store.session() as s:  # a burst: 150 Slack cards and 60 acknowledgements queued,
-        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})  # then a reply
-        s.add(contact)
-        await s.flush()
-        conversations = [Conversation(status="open", priority="normal", subject=f"Matter {i}",
-                                      channel="sms", contact_id=contact.id, created_at=now,
-                                      updated_at=now, escalation_level=0) for i in range(151)]
-        s.add_all(conversations)
-        await s.flush()
+        conversations = await _open_conversations(s, 151, now, "sms")  # then a reply
         for c in conversations[:150]:
             s.add(Outbox(kind="slack", conversation_id=c.id,
                          payload={"op": "root", "slack_channel": "C1"},
@@ -469,7 +466,6 @@ async def test_a_round_reads_only_the_head_of_each_remote(tmp_path: Any) -> None
     from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
     from frontdesk.domain.messages import OutboundMessage
     from frontdesk.storage.db import Store
-    from frontdesk.storage.models import Contact, Conversation
 
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db")
     await store.ensure_schema()
@@ -477,14 +473,7 @@ async def test_a_round_reads_only_the_head_of_each_remote(tmp_path: Any) -> None
 
     async def queue(n: int) -> None:
         async with store.session() as s:
-            contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
-            s.add(contact)
-            await s.flush()
-            cs = [Conversation(status="open", priority="normal", subject="Matter",
-                               channel="email", contact_id=contact.id, created_at=now,
-                               updated_at=now, escalation_level=0) for _ in range(n)]
-            s.add_all(cs)
-            await s.flush()
+            cs = await _open_conversations(s, n, now, "email", subject="Matter")
             for c in cs:
                 ack = OutboundMessage(channel="email", to_address="a@example.org", text="ack",
                                       automated=True)
@@ -546,20 +535,13 @@ async def test_a_rounds_preloads_serve_every_rows_hook_without_a_query_each(
     from frontdesk.daemon.process.outbox import OutboxWorker, RetryPolicy
     from frontdesk.domain.messages import Receipt
     from frontdesk.storage.db import Store
-    from frontdesk.storage.models import Contact, Conversation
+    from frontdesk.storage.models import Conversation
 
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/frontdesk.db")
     await store.ensure_schema()
     now = datetime.now(UTC)
     async with store.session() as s:
-        contact = Contact(name="Ada", created_at=now, updated_at=now, tags={})
-        s.add(contact)
-        await s.flush()
-        cs = [Conversation(status="open", priority="normal", subject=f"Matter {i}",
-                           channel="email", contact_id=contact.id, created_at=now,
-                           updated_at=now, escalation_level=0) for i in range(10)]
-        s.add_all(cs)
-        await s.flush()
+        cs = await _open_conversations(s, 10, now, "email")
         s.add_all(Outbox(kind="slack", conversation_id=c.id, payload={"op": "root"},
                          idempotency_key=f"root-{c.id}", next_attempt_at=now, created_at=now)
                   for c in cs)
