@@ -239,7 +239,7 @@ class RootCards:
             messages = (await s.execute(_LINES, {"ids": ids})).all()
             files: dict[int, list[tuple[str, int]]] = {}
             for message_id, filename, size in (await s.execute(
-                    _FILES, {"messages": [m.id for m in messages]})).all():
+                    _FILES, {"messages": [m.id for m in messages]})).all() if messages else ():
                 files.setdefault(message_id, []).append((filename, size))
         lines = {}
         for m in messages:
