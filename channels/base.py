@@ -169,6 +169,10 @@ class ChannelParts:
     inbound_hooks: Sequence[InboundHook] = ()
     delivery_hooks: Sequence[DeliveryHook] = ()
     outbox_handlers: Mapping[str, OutboxHandler] = dataclasses.field(default_factory=dict)
+    outbox_wakers: Sequence[Callable[[], None]] = ()
+    """Called when another instance on the same PostgreSQL committed outbox rows (its
+    notification): the reply it wrote is in the store now (the web hub reads it at once rather
+    than at its next poll)."""
     answers: Callable[[OutboundMessage], bool] | None = None
     """For a customer channel that two channels send (WhatsApp through Twilio and through
     Meta): whether this one sends ``outbound`` (it received the message it answers). A channel

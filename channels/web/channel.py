@@ -79,7 +79,8 @@ class WebChannel:
                   *api.routes(), *form.routes()]
         return ChannelParts(routes=routes, inbound_hooks=(records.after_store,),
                             delivery_hooks=(records.after_delivery,),
-                            outbox_handlers={OFFLINE_MAIL: records.offline_mail})
+                            outbox_handlers={OFFLINE_MAIL: records.offline_mail},
+                            outbox_wakers=(self._hub.wake,))
 
     async def start(self, accept: Accept) -> None:
         self._accept = accept

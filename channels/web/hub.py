@@ -5,7 +5,8 @@ The hub reads the store, not this process's memory, so a reply committed by any 
 Slack desk, the command line, another instance on the same PostgreSQL) reaches a visitor
 connected here. While at least one stream is open it asks for messages above its cursor when
 woken (this instance's outbox handed a web reply over, a visitor's message was stored) and at
-least every ``poll`` seconds (another process's commit). Ids are handed out before commit, so
+least every ``poll`` seconds (another process's commit; on PostgreSQL, another instance's reply
+wakes it through the outbox's notification). Ids are handed out before commit, so
 one may become visible after a higher one: the query starts ``lookback`` seconds' worth of
 cursor behind, and ids already fanned out are skipped. Each stream de-duplicates as well.
 """
@@ -56,10 +57,12 @@ class StreamHub:
     first_look = 100
     """How many ids before the newest the first read after a quiet spell covers."""
 
-    def __init__(self, store: Store, *, poll: float = 1.0, lookback: float = 10.0,
+    poll = 1.0
+    """Seconds between reads while streams are open and nothing woke the hub."""
+
+    def __init__(self, store: Store, *, lookback: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._poll = poll
         self._lookback = lookback
         self._clock = clock
         self._visitors: dict[str, set[Subscriber]] = collections.defaultdict(set)
@@ -124,12 +127,12 @@ class StreamHub:
                 await task
 
     async def _run(self) -> None:
-        delay = self._poll
+        delay = self.poll
         while not self._stopping and self._visitors:
             self._wake.clear()  # before the step: a wake during it is not lost
             try:
                 await self._step()
-                delay = self._poll
+                delay = self.poll
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the store is away; streams wait

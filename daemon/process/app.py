@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -230,10 +231,12 @@ class Daemon:
         )
         # Several instances on PostgreSQL: new outbox and journal rows, whoever wrote them, wake
         # this instance's idle outbox worker and processor at once (LISTEN/NOTIFY).
+        # Channels add theirs (the web hub reads another instance's reply at once).
+        self.outbox_wakers: list[Callable[[], None]] = [self.outbox.kick]
         self.listener: Listener | None = None
         if self.store.dialect == "postgresql":
             self.listener = Listener(settings.database.url, {
-                OUTBOX_CHANNEL: self.outbox.kick, JOURNAL_CHANNEL: self.processor.kick})
+                OUTBOX_CHANNEL: self._outbox_notified, JOURNAL_CHANNEL: self.processor.kick})
         self.http = HttpServer(settings.http, metrics=self.metrics,
                                readiness=self.readiness, refresh_metrics=self.refresh_gauges)
         self.metrics.watch_connections(self._limiters)
@@ -256,6 +259,7 @@ class Daemon:
             self.inbound_hooks.extend(parts.inbound_hooks)
             self.delivery_hooks.extend(parts.delivery_hooks)
             self.outbox_handlers.update(parts.outbox_handlers)
+            self.outbox_wakers.extend(parts.outbox_wakers)
         for name, sharing in claims.items():
             if len(sharing) > 1:
                 senders[name] = _shared_sender(sharing)
@@ -305,6 +309,10 @@ class Daemon:
         """A step of the stop raised (logged): ``frontdesk run`` then exits 1, not 0."""
         self._watchdog: asyncio.Task[None] | None = None
         self._data_dir_ok = False
+
+    def _outbox_notified(self) -> None:
+        for wake in self.outbox_wakers:
+            wake()
 
     def _api(self, settings: Settings) -> ApiServer:
         from frontdesk.daemon.api import operations
