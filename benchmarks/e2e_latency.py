@@ -473,7 +473,7 @@ def sessions_for(rate: float) -> int:
 
 
 def run_level(level: Level, url: str | None, tmp: Path, acks: bool,
-              drain_timeout: float) -> Level:
+              drain_timeout: float, keep: bool = False) -> Level:
     n = level.sent
     pg = PgDatabase(url) if url else None
     database_url = pg.url if pg else f"sqlite+aiosqlite:///{tmp}/frontdesk.db"
@@ -604,7 +604,10 @@ def run_level(level: Level, url: str | None, tmp: Path, acks: bool,
         if remote is not None:
             remote.stop()
         if pg is not None:
-            pg.drop()
+            if keep:
+                print(f"  kept the database {pg.name}", flush=True)
+            else:
+                pg.drop()
     return level
 
 
@@ -809,7 +812,8 @@ def main() -> int:
     p.add_argument("--drain-timeout", type=float, default=600, metavar="S",
                    help="after sending ends, wait at most S seconds for the processing and the "
                         "root posts (600)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temp dir (logs, SQLite stores) and the PostgreSQL databases")
     p.add_argument("--sender", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--remote", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", help=argparse.SUPPRESS)
@@ -901,7 +905,7 @@ def main() -> int:
                     f"{level.sessions} SMTP sessions)")
             print(f"\n[{level.backend}, {level.instances} instance(s)] {what} ...", flush=True)
             started = time.monotonic()
-            run_level(level, url, where, not args.no_acks, args.drain_timeout)
+            run_level(level, url, where, not args.no_acks, args.drain_timeout, args.keep)
             levels.append(level)
             if level.burst:
                 stored = level.sent / level.stored_s if level.stored_s else None

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 ACK_LOCK_KEYS = "hashtext('frontdesk.acknowledgement'), hashtext(:recipient)"
 """The two keys of a recipient's transaction advisory lock (PostgreSQL), held while an
 acknowledgement to them is decided and written (``:recipient`` lower-cased)."""
+_LOCK_EACH = text(
+    "SELECT r, pg_try_advisory_xact_lock({}) FROM unnest(CAST(:recipients AS text[])) AS r"
+    .format(ACK_LOCK_KEYS.replace(":recipient", "r")))
+"""Each of ``:recipients`` (lower-cased) with whether its lock was taken (PostgreSQL)."""
 _BUSY_RETRY = timedelta(seconds=1)
 
 
@@ -82,8 +86,12 @@ class Acknowledgements:
                       now: datetime) -> None:
         """A sweep's batch is about to be acknowledged: read what the decisions need for all of
         it at once (each conversation's first message, the acknowledgements already sent, and
-        on SQLite, where this process is the only writer, what the rate limits count), instead
-        of several queries for each. :meth:`finish` forgets it."""
+        what the rate limits count), instead
+        of several queries for each. :meth:`finish` forgets it.
+
+        On PostgreSQL each recipient's lock is taken here first, for the whole batch, and what
+        the rate limits count is read under it; the global limits count what was committed
+        when the batch began (plus the batch's own), as on SQLite."""
         ids = [c.id for c in conversations]
         known = _Known()
         if ids:
@@ -99,24 +107,30 @@ class Acknowledgements:
                 select(Acknowledgement.conversation_id)
                 .where(Acknowledgement.conversation_id.in_(ids)))).scalars())
         known.ids = set(ids)
-        if self.dialect == "sqlite":  # PostgreSQL: counted under each recipient's lock
-            if self.rate_limits:
-                longest = max(limit.window for limit in self.rate_limits)
-                recipients = {m.address.lower() for m in known.firsts.values()}
-                known.recent = {}
-                for recipient, at in (await s.execute(
-                        select(Acknowledgement.recipient, Acknowledgement.created_at)
-                        .where(Acknowledgement.recipient.in_(recipients),
-                               Acknowledgement.created_at > now - longest))).all():
-                    known.recent.setdefault(recipient, []).append(at)
-            if self.global_rate_limits:
-                # counted by the store (an index range each), not read: a burst's thousands
-                # of acknowledgements were read again by every sweep
-                known.everyone = {}
-                for limit in self.global_rate_limits:
-                    known.everyone[limit.spec] = (await s.execute(
-                        select(func.count()).select_from(Acknowledgement)
-                        .where(Acknowledgement.created_at > now - limit.window))).scalar_one()
+        recipients = {m.address.lower() for m in known.firsts.values()}
+        if self.dialect == "postgresql" and self.rate_limits and recipients:
+            # Every recipient's lock at once, before their acknowledgements are counted (the
+            # counts below are read under the locks taken); one held by another instance
+            # postpones that recipient's conversations (acknowledge).
+            known.locked = {recipient for recipient, taken in (await s.execute(
+                _LOCK_EACH, {"recipients": sorted(recipients)})).all() if taken}
+            recipients &= known.locked
+        if self.rate_limits:
+            longest = max(limit.window for limit in self.rate_limits)
+            known.recent = {}
+            for recipient, at in (await s.execute(
+                    select(Acknowledgement.recipient, Acknowledgement.created_at)
+                    .where(Acknowledgement.recipient.in_(recipients),
+                           Acknowledgement.created_at > now - longest))).all():
+                known.recent.setdefault(recipient, []).append(at)
+        if self.global_rate_limits:
+            # counted by the store (an index range each), not read: a burst's thousands of
+            # acknowledgements were read again by every sweep
+            known.everyone = {}
+            for limit in self.global_rate_limits:
+                known.everyone[limit.spec] = (await s.execute(
+                    select(func.count()).select_from(Acknowledgement)
+                    .where(Acknowledgement.created_at > now - limit.window))).scalar_one()
         self._known = known
 
     async def settle(self, s: AsyncSession) -> None:
@@ -210,8 +224,8 @@ class Acknowledgements:
             data={"due": iso(due), "language": language},
             neutral=_sender_check(first) == "unverified", earlier=self._earlier(c),
             after_flush=later)
-        # Added now, so that the batch's later decisions count it: SQLite from ``recent``,
-        # PostgreSQL from the session, unflushed (_unflushed).
+        # Added now, so that the batch's later decisions count it (``recent``; outside a batch,
+        # from the session, unflushed: _unflushed).
         sent = Acknowledgement(conversation_id=c.id, message_id=message.id, channel=c.channel,
                                recipient=first.address.lower(), created_at=now)
         s.add(sent)
@@ -231,6 +245,8 @@ class Acknowledgements:
         together pass a rate limit."""
         if self.dialect != "postgresql" or not self.rate_limits:
             return True
+        if self._known is not None and self._known.locked is not None:
+            return address.lower() in self._known.locked  # taken for the batch (prepare)
         with s.no_autoflush:  # the batch's messages wait for its one flush (settle)
             taken = (await s.execute(
                 text(f"SELECT pg_try_advisory_xact_lock({ACK_LOCK_KEYS})"),
@@ -282,15 +298,19 @@ class _Known:
     earlier: dict[int, dict[str, list[str]]] = field(default_factory=dict)
     """Each conversation's remote ids by channel (:func:`earlier_ids`)."""
     recent: dict[str, list[datetime]] | None = None
-    """Each recipient's acknowledgements within the longest rate-limit window (SQLite)."""
+    """Each recipient's acknowledgements within the longest rate-limit window (on PostgreSQL,
+    of the recipients whose lock the batch holds)."""
+    locked: set[str] | None = None
+    """PostgreSQL: the recipients whose acknowledgement lock the batch took (the others' are
+    held by another instance)."""
     after_flush: list[Callable[[], None]] = field(default_factory=list)
     """What waits for the batch's flush: the outbox rows and audit events of its
     acknowledgements, which name their messages' ids (:meth:`Acknowledgements.settle`)."""
     everyone: dict[str, int] | None = None
     """For each global rate limit (by its spec), the acknowledgements within its window when
-    the batch began (SQLite)."""
+    the batch began."""
     added: int = 0
-    """Acknowledgements this batch made so far (SQLite: counted with ``everyone``)."""
+    """Acknowledgements this batch made so far (counted with ``everyone``)."""
 
 
 def _unflushed(s: AsyncSession, recipient: str | None = None) -> list[datetime]:

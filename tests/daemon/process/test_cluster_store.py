@@ -535,6 +535,8 @@ async def test_a_broken_message_is_still_a_dead_letter(two_daemons: list[Daemon]
 
 async def test_an_acknowledgement_waits_while_another_instance_acknowledges_that_customer(
         postgres_url: str, make_settings: Any, daemon_factory: Any) -> None:
+    """Ada's two new conversations wait while another instance holds her lock; Bob's, due in
+    the same sweep, is acknowledged meanwhile."""
     clock = FakeClock()
     async with SmtpSink() as sink:
         settings = make_settings(database_url=postgres_url,
@@ -543,7 +545,9 @@ async def test_an_acknowledgement_waits_while_another_instance_acknowledges_that
         d = await daemon_factory(settings, clock=clock)  # sweeps only when the test says
         for n in (1, 2):
             await send(d.email.smtp.port, mail(subject=f"Matter {n}", msgid=f"<m{n}@example.org>"))
-        await eventually(lambda: _none_pending(d.store, 2))
+        await send(d.email.smtp.port, mail(frm="Bob <bob@example.org>", subject="Matter 3",
+                                           msgid="<m3@example.org>"))
+        await eventually(lambda: _none_pending(d.store, 3))
         other = Store(postgres_url)  # another instance, in the middle of acknowledging Ada
         try:
             async with other.session() as held:
@@ -551,26 +555,28 @@ async def test_an_acknowledgement_waits_while_another_instance_acknowledges_that
                                    {"recipient": "ada@example.org"})
                 await d.scheduler.sweep()
                 async with d.store.reader() as s:
-                    assert (await s.execute(select(func.count())
-                                            .select_from(Acknowledgement))).scalar_one() == 0
+                    assert list((await s.execute(select(Acknowledgement.recipient))
+                                 ).scalars()) == ["bob@example.org"]
                     assert (await s.execute(select(Event).where(
                         Event.kind == "acknowledgement_skipped"))).first() is None
-                    due = set((await s.execute(select(Conversation.ack_due_at))).scalars())
-                assert due == {clock() + timedelta(seconds=1)}  # postponed, not dropped
+                    due = dict((await s.execute(select(Conversation.subject,
+                                                       Conversation.ack_due_at))).all())
+                postponed = clock() + timedelta(seconds=1)  # not dropped
+                assert due == {"Matter 1": postponed, "Matter 2": postponed, "Matter 3": None}
         finally:
             await other.dispose()
         clock.advance(seconds=2)
         await d.scheduler.sweep()
         async with d.store.reader() as s:
-            assert (await s.execute(select(func.count())
-                                    .select_from(Acknowledgement))).scalar_one() == 1
+            assert sorted((await s.execute(select(Acknowledgement.recipient))).scalars()) == [
+                "ada@example.org", "bob@example.org"]
             [skipped] = (await s.execute(select(Event).where(
                 Event.kind == "acknowledgement_skipped"))).scalars()
-        assert "rate limit 1/1h" in skipped.data["reason"]
+        assert "rate limit 1/1h for ada@example.org" in skipped.data["reason"]
         await d.outbox.deliver_due()
-        await eventually(lambda: _sunk(sink, 1))
+        await eventually(lambda: _sunk(sink, 2))
         await asyncio.sleep(0.2)
-        assert len(sink.messages) == 1
+        assert len(sink.messages) == 2
 
 
 async def _sunk(sink: SmtpSink, n: int) -> bool:
