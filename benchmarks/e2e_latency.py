@@ -44,6 +44,12 @@ post at the fake)), their ratio, the root-post rate (first -> last root post) an
 p50/p99. Its target is the ratio: >= 1.0 for plain-2k (below 0.5 is below the floor), >= 0.5 for
 html-30k. The open loop's target: at 100 new customers a second for 20 s, p99 250 -> root < 1 s.
 
+After the bursts (with acknowledgements on), the **send floor**: the same three sends for as many
+new conversations (root post, acknowledgement mail, its line in the thread) through frontdesk's
+own Slack and SMTP clients with no store at all (``benchmarks/_send_floor.py``), against a Slack
+fake and relay of their own. Its rate divided by a burst's accept rate is the highest ratio any
+processing could reach on this machine.
+
 Slack's real limit (about one post a second per channel) is not what is measured: the daemon
 runs with ``slack.post_interval = "0s"``, so it posts as fast as it can. Acknowledgements are on
 (the default), so each message also costs an acknowledgement email and its mirror in the thread;
@@ -730,6 +736,44 @@ def _target(lv: Level) -> str:
     return "-" if v is None else ("PASS" if v[0] else "FAIL")
 
 
+def send_floor(tmp: Path, count: int) -> dict[str, float] | None:
+    """The three sends of ``count`` new conversations alone, no store (benchmarks/_send_floor.py),
+    against a Slack fake and relay of their own: what no processing can beat here."""
+    where = tmp / "send-floor"
+    where.mkdir()
+    print(f"\n[send floor] the sends of {count} new conversations alone (no store) ...",
+          flush=True)
+    remote = Remote(where)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks._send_floor", "--slack", remote.slack_base_url,
+             "--token", remote.bot_token, "--relay-port", str(remote.relay_port),
+             "--count", str(count)], capture_output=True, text=True, timeout=600)
+    finally:
+        remote.stop()
+    if done.returncode != 0:
+        print(f"  failed (exit code {done.returncode}): {done.stderr[-2000:]}")
+        return None
+    floor: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    print(f"  {floor['rate']:,.0f} conversations/s, {floor['cpu_ms']:.2f} ms of CPU each",
+          flush=True)
+    return floor
+
+
+def print_floor(floor: dict[str, float], bursts: list[Level]) -> None:
+    print("\nSend floor: each new conversation's three sends alone (its Slack root post, the "
+          "acknowledgement mail, its line in the thread), through frontdesk's own Slack and SMTP "
+          f"clients, {floor['lanes']:.0f} at a time per remote as the outbox sends, "
+          "with no store: "
+          f"{floor['rate']:,.0f} conversations/s, {floor['cpu_ms']:.2f} ms of CPU each "
+          f"({floor['count']:,.0f} conversations).")
+    for lv in bursts:
+        if lv.accept_rate:
+            print(f"  {lv.label}: at most {floor['rate'] / lv.accept_rate:.2f} of its accept rate "
+                  f"({lv.accept_rate:,.0f}/s) whatever the processing costs; measured "
+                  f"{'-' if lv.ratio is None else f'{lv.ratio:.2f}'}")
+
+
 def print_bursts(levels: list[Level]) -> None:
     print("\nBursts (closed loop, every message from a new customer):")
     print("accepted/s: 250s / (first connect -> last 250);")
@@ -920,6 +964,7 @@ def main() -> int:
                       f", {'sustained' if level.sustained else 'NOT sustained'}; ", end="")
             print(f"{'checks pass' if not level.checks else 'CHECKS FAIL'} "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
+        floor = send_floor(tmp, burst) if workloads and not args.no_acks else None
     finally:
         if args.keep:
             print(f"\nkept {tmp}")
@@ -931,6 +976,8 @@ def main() -> int:
     open_loop = [lv for lv in levels if not lv.burst]
     if bursts:
         print_bursts(bursts)
+        if floor is not None:
+            print_floor(floor, bursts)
     if open_loop:
         print_open_loop(open_loop)
     print()
