@@ -86,8 +86,8 @@ class Acknowledgements:
                       now: datetime) -> None:
         """A sweep's batch is about to be acknowledged: read what the decisions need for all of
         it at once (each conversation's first message, the acknowledgements already sent, and
-        what the rate limits count), instead
-        of several queries for each. :meth:`finish` forgets it.
+        what the rate limits count), instead of several queries for each. :meth:`finish`
+        forgets it.
 
         On PostgreSQL each recipient's lock is taken here first, for the whole batch, and what
         the rate limits count is read under it; the global limits count what was committed
