@@ -478,6 +478,12 @@ class _Batch:
         for item in batch:
             self._write(item)
         await self.session.flush()  # the messages and attachments: their ids
+        # The batch's events in one flush before any hook runs: a hook's query would flush each
+        # item's events on its own (two single-row INSERTs a message, where the batch's events
+        # together are one or two statements).
+        for item in batch:
+            self.session.add_all(self._events(item))
+        await self.session.flush()
         journal: list[dict[str, Any]] = []
         for item in batch:
             msg_id, conv_id = await self._tell(item)
@@ -669,26 +675,24 @@ class _Batch:
         if not m.automated:
             conversation.last_customer_message_at = self.now
 
-    async def _tell(self, item: _Item) -> tuple[int, int]:
-        """The item's events and hooks; its (message id, conversation id)."""
+    def _events(self, item: _Item) -> list[Event]:
+        """The item's audit events (none for a message stored already)."""
         if item.same_as is not None:
-            same = item.same_as
-            if isinstance(same, _Item):
-                assert same.stored is not None
-                return same.stored.id, same.stored.conversation_id
-            return same
+            return []
         m, contact, conversation, message = item.m, item.contact, item.conversation, item.stored
         assert contact is not None and conversation is not None and message is not None
         events = []
         if item.is_new:
+            # Every column given, as for the others: rows with the same columns are one INSERT
+            # (the ORM starts a new statement wherever the set of columns changes).
             events.append(Event(kind="conversation_created", conversation_id=conversation.id,
                                 contact_id=contact.id, message_id=message.id,
-                                created_at=self.now,
+                                created_at=self.now, actor="system",
                                 data={"channel": m.channel, "automated": m.automated}))
         if item.reopened:
             events.append(Event(kind="conversation_reopened", conversation_id=conversation.id,
                                 contact_id=contact.id, message_id=message.id,
-                                created_at=self.now, actor="customer"))
+                                created_at=self.now, actor="customer", data={}))
         events.append(Event(kind="message_received", conversation_id=conversation.id,
                             contact_id=contact.id, message_id=message.id, created_at=self.now,
                             actor="customer",
@@ -700,7 +704,18 @@ class _Batch:
                                 created_at=self.now, actor="customer",
                                 data={"added": item.cc_added, "removed": [],
                                       "via": m.channel}))
-        self.session.add_all(events)
+        return events
+
+    async def _tell(self, item: _Item) -> tuple[int, int]:
+        """The item's hooks (its events are written); its (message id, conversation id)."""
+        if item.same_as is not None:
+            same = item.same_as
+            if isinstance(same, _Item):
+                assert same.stored is not None
+                return same.stored.id, same.stored.conversation_id
+            return same
+        conversation, message = item.conversation, item.stored
+        assert conversation is not None and message is not None
         for hook in self.p._hooks:
             result = hook(self.session, conversation, message, item.is_new)
             if asyncio.iscoroutine(result):

@@ -11,11 +11,11 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from frontdesk.channels.email.parse import remote_id_for
 from frontdesk.daemon.process.app import Daemon
-from frontdesk.storage.models import Contact, Conversation, InboundJournal, Message
+from frontdesk.storage.models import Contact, Conversation, Event, InboundJournal, Message
 from tests.fakes.telegram import BOT_TOKEN as TELEGRAM_TOKEN
 from tests.support.helpers import SMTP_POLICY, mail
 
@@ -164,3 +164,34 @@ async def test_a_batch_fits_in_step_hold_and_a_waiting_sender_cuts_it_to_flood_h
     processor._row_time = 0.01
     await process_one_batch(daemon, 3)
     assert await count(daemon, Message) == (6 if sqlite else 16)
+
+
+async def test_a_batchs_audit_events_are_written_together_in_the_order_they_happened(
+        daemon: Daemon) -> None:
+    """Ten new customers in one batch: their twenty events (each conversation created, then its
+    message received) go to PostgreSQL in one INSERT, not one a row (a round trip each); the
+    same order as one at a time. (SQLite's driver runs a statement a row in-process.)"""
+    await journal_mails(daemon, *(mail(frm=f"c{n}@example.org", subject=f"Matter {n}",
+                                       msgid=f"<m{n}@example.org>") for n in range(10)))
+    inserts: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
+            inserts.append(statement)
+
+    engine = daemon.store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await process_one_batch(daemon, 10)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(inserts) == (1 if daemon.store.dialect == "postgresql" else 20), inserts
+    async with daemon.store.reader() as s:
+        rows = (await s.execute(select(Event.conversation_id, Event.kind, Event.actor)
+                                .order_by(Event.id))).all()
+    by_conversation: dict[int, list[tuple[str, str]]] = {}
+    for conversation_id, kind, actor in rows:
+        by_conversation.setdefault(conversation_id, []).append((kind, actor))
+    assert len(by_conversation) == 10
+    assert all(kinds == [("conversation_created", "system"), ("message_received", "customer")]
+               for kinds in by_conversation.values()), by_conversation
