@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frontdesk.config.schema import SlackConfig
@@ -75,6 +75,10 @@ def _shown_text(m: Any) -> str:
     return str(getattr(m, "text_new", None) or m.text or "")
 
 
+_HAS_FILES = exists().where(Attachment.message_id == Message.id).label("has_files")
+"""Whether a message has files: most have none, and their files are then not read at all."""
+
+
 def _card_statements() -> tuple[Any, ...]:
     """What :meth:`RootCards.cards` reads, built once."""
     c = Conversation
@@ -91,7 +95,7 @@ def _card_statements() -> tuple[Any, ...]:
                   partition_by=Message.conversation_id, order_by=Message.id).label("n"))
               .where(Message.conversation_id.in_(ids), Message.direction == "in").subquery())
     firsts = (select(Message.id, Message.conversation_id, Message.text, Message.text_new,
-                     Message.automated)
+                     Message.automated, _HAS_FILES)
               .join(ranked, ranked.c.id == Message.id).where(ranked.c.n == 1))
     files = (select(Attachment.message_id, Attachment.filename, Attachment.size)
              .where(Attachment.message_id.in_(bindparam("messages", expanding=True)))
@@ -107,7 +111,7 @@ THREADS_OF = select(SlackThread).where(
     SlackThread.conversation_id.in_(bindparam("ids", expanding=True)))
 _LINES = select(Message.id, Message.conversation_id, Message.is_note, Message.direction,
                 Message.author, Message.author_name, Message.address, Message.channel,
-                Message.text, Message.text_new, Message.automated).where(
+                Message.text, Message.text_new, Message.automated, _HAS_FILES).where(
     Message.id.in_(bindparam("ids", expanding=True)))
 _MARK = (update(SlackThread)
          .where(SlackThread.conversation_id.in_(bindparam("ids", expanding=True)))
@@ -115,6 +119,17 @@ _MARK = (update(SlackThread)
                  updated_at=bindparam("now", type_=SlackThread.updated_at.type))
          .execution_options(synchronize_session=False))
 """What a thread post reads and a root's post writes first, built once."""
+
+
+async def _files(s: AsyncSession, messages: Iterable[Any]) -> dict[int, list[tuple[str, int]]]:
+    """The (name, size) of each message's files, for the message rows that have any."""
+    files: dict[int, list[tuple[str, int]]] = {}
+    with_files = [m.id for m in messages if m.has_files]
+    if with_files:
+        for message_id, filename, size in (await s.execute(
+                _FILES, {"messages": with_files})).all():
+            files.setdefault(message_id, []).append((filename, size))
+    return files
 
 
 class RootCards:
@@ -153,11 +168,7 @@ class RootCards:
                 _IDENTITIES, {"contacts": contacts})).all():
             identities.setdefault(contact_id, []).append((channel, address))
         firsts = {m.conversation_id: m for m in (await s.execute(_FIRSTS, {"ids": ids})).all()}
-        files: dict[int, list[tuple[str, int]]] = {}
-        if firsts:
-            for message_id, filename, size in (await s.execute(
-                    _FILES, {"messages": [m.id for m in firsts.values()]})).all():
-                files.setdefault(message_id, []).append((filename, size))
+        files = await _files(s, firsts.values())
         history: dict[int, list[Any]] = {}  # each contact's conversations, oldest first
         for past in (await s.execute(_HISTORY, {"contacts": contacts,
                                                 "below": max(ids)})).all():
@@ -237,10 +248,7 @@ class RootCards:
     async def _thread_lines(self, ids: list[int]) -> dict[int, str]:
         async with self.store.reader() as s:
             messages = (await s.execute(_LINES, {"ids": ids})).all()
-            files: dict[int, list[tuple[str, int]]] = {}
-            for message_id, filename, size in (await s.execute(
-                    _FILES, {"messages": [m.id for m in messages]})).all() if messages else ():
-                files.setdefault(message_id, []).append((filename, size))
+            files = await _files(s, messages)
         lines = {}
         for m in messages:
             if m.is_note:
