@@ -10,6 +10,7 @@ no-op that gets the same success answer. On SQLite the commits are made by
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -29,6 +30,13 @@ from frontdesk.storage.models import (
 
 log = logging.getLogger(__name__)
 
+_PG_INSERT = (
+    "INSERT INTO inbound_journal (channel, remote_id, raw, meta, received_at, state, attempts) "
+    "SELECT c, r, w, m, t, 'pending', 0 FROM unnest($1::varchar[], $2::varchar[], $3::bytea[], "
+    "$4::json[], $5::timestamptz[]) AS u(c, r, w, m, t) "
+    "ON CONFLICT (channel, remote_id) DO NOTHING RETURNING channel, remote_id")
+"""A PostgreSQL group commit in one statement, each column an array: asyncpg sends it straight
+(no BEGIN and COMMIT of their own: a single statement is its own transaction)."""
 
 
 class Journal:
@@ -173,20 +181,46 @@ class Journal:
             self._fail(writer.take_all(), exc)
 
     async def _commit(self, batch: list[Pending]) -> None:
-        rows = [
-            {"channel": p.channel, "remote_id": remote_id, "raw": raw, "meta": p.meta,
-             "received_at": p.received_at, "state": "pending", "attempts": 0}
-            for p in batch for remote_id, raw in p.items
-        ]
         started = time.perf_counter()
         outcome: Outcomes
         try:
-            async with self._store.writing(), self._store.engine.begin() as conn:
-                result = await conn.execute(self._insert, rows)
-                outcome = {(r.channel, r.remote_id) for r in result}
+            if self._store.dialect == "postgresql":
+                outcome = await self._commit_postgresql(batch)
+            else:
+                rows = [
+                    {"channel": p.channel, "remote_id": remote_id, "raw": raw, "meta": p.meta,
+                     "received_at": p.received_at, "state": "pending", "attempts": 0}
+                    for p in batch for remote_id, raw in p.items
+                ]
+                async with self._store.writing(), self._store.engine.begin() as conn:
+                    result = await conn.execute(self._insert, rows)
+                    outcome = {(r.channel, r.remote_id) for r in result}
         except Exception as exc:  # noqa: BLE001 - every waiting sender gets a temporary failure
             outcome = exc
         self._settle(batch, outcome, time.perf_counter() - started)
+
+    async def _commit_postgresql(self, batch: list[Pending]) -> Outcomes:
+        """One statement on a pooled connection's asyncpg handle: one round trip, where
+        SQLAlchemy's transaction took three (BEGIN, the INSERT, COMMIT). The open loop's
+        commits on PostgreSQL cost about half as much CPU this way."""
+        channels, remote_ids, raws, metas, times = [], [], [], [], []
+        for p in batch:
+            meta = json.dumps(p.meta) if p.meta else "{}"
+            for remote_id, raw in p.items:
+                channels.append(p.channel)
+                remote_ids.append(remote_id)
+                raws.append(raw)
+                metas.append(meta)
+                times.append(p.received_at)
+        async with self._store.engine.connect() as conn:
+            handle = await conn.get_raw_connection()
+            try:
+                found = await handle.driver_connection.fetch(  # type: ignore[union-attr]
+                    _PG_INSERT, channels, remote_ids, raws, metas, times)
+            except BaseException:
+                await conn.invalidate()  # its state is not known: the pool makes a new one
+                raise
+        return {(r["channel"], r["remote_id"]) for r in found}
 
     def _settle(self, batch: list[Pending], outcome: Outcomes, seconds: float) -> None:
         """Answer the senders of one group commit (on the loop)."""
