@@ -213,11 +213,15 @@ class Journal:
                 raws.append(raw)
                 metas.append(meta)
                 times.append(p.received_at)
+        from asyncpg import PostgresError  # the driver of PostgreSQL stores
+
         async with self._store.engine.connect() as conn:
             handle = await conn.get_raw_connection()
             try:
                 found = await handle.driver_connection.fetch(  # type: ignore[union-attr]
                     _PG_INSERT, channels, remote_ids, raws, metas, times)
+            except PostgresError:
+                raise  # the server refused the statement: the connection is as it was
             except BaseException:
                 await conn.invalidate()  # its state is not known: the pool makes a new one
                 raise

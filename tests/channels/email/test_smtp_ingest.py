@@ -7,7 +7,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select, text
 
 from frontdesk.storage.models import InboundJournal, Message
 from tests.support.helpers import conversations, detail, eventually, mail, processed, send
@@ -122,28 +122,33 @@ async def test_oversized_mail_refused_552(make_settings: Any, daemon_factory: An
 
 
 async def test_store_failure_answers_451_then_accepts_on_retry(daemon: Any) -> None:
-    failing = {"on": True}
-
-    def broken(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if failing["on"] and statement.lstrip().upper().startswith("INSERT INTO INBOUND_JOURNAL"):
-            raise OSError("disk I/O error (injected)")
-
-    event.listen(daemon.store.engine.sync_engine, "before_cursor_execute", broken)
+    """The store refuses the journal's insert (a trigger raises, as a full disk would): the
+    sender gets a 451 with nothing of ours in it, and its retry is stored once."""
     refuse = None
-    if daemon.store.sqlite_path is not None:  # the journal's writer process: a real refusal
+    if daemon.store.sqlite_path is not None:  # the journal's writer process commits there
         import sqlite3
 
         refuse = sqlite3.connect(daemon.store.sqlite_path, isolation_level=None)
         refuse.execute("CREATE TRIGGER refuse BEFORE INSERT ON inbound_journal "
                        "BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END")
+    else:
+        async with daemon.store.engine.begin() as conn:
+            await conn.execute(text(
+                "CREATE FUNCTION refuse_journal() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk I/O error (injected)'; END $$"))
+            await conn.execute(text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON inbound_journal "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_journal()"))
     with pytest.raises(smtplib.SMTPDataError) as err:
         await send(daemon.email.smtp.port, mail())
     assert err.value.smtp_code == 451
     assert b"injected" not in err.value.smtp_error  # no internals leak
-    failing["on"] = False
     if refuse is not None:
         refuse.execute("DROP TRIGGER refuse")
         refuse.close()
+    else:
+        async with daemon.store.engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER refuse ON inbound_journal"))
     await send(daemon.email.smtp.port, mail())  # the sender's retry
     d = await _one(daemon)
     assert len(d["messages"]) == 1
