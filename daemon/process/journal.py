@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from frontdesk.daemon.process.metrics import Metrics
 from frontdesk.daemon.process.sqlite_writer import Outcomes, Pending, SqliteJournalWriter
@@ -66,9 +66,9 @@ class Journal:
         self._closing = False
         self._counters: dict[str, tuple[Any, Any]] = {}  # channel -> (new, duplicate) children
         table = core_table(InboundJournal)
-        dialect_insert = sqlite.insert if store.dialect == "sqlite" else postgresql.insert
+        # SQLite without a file (an in-memory store): its commits run here, on the loop.
         self._insert = (
-            dialect_insert(table)
+            sqlite.insert(table)
             .on_conflict_do_nothing(index_elements=["channel", "remote_id"])
             .returning(table.c.channel, table.c.remote_id)
         )
